@@ -1,0 +1,44 @@
+# Two commands do all the set-up: `make demo` and `make test` (both create .venv and install first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch and torchvision are pinned to the builds this project is tested with (DESIGN.md).
+TORCH := torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench bench-gpu clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pixelperfect demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pixelperfect tests bench
+	$(VENV)/bin/ruff format --check pixelperfect tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy pixelperfect
+
+test: $(STAMP) lint typecheck
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not integration and not slow"
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+bench-gpu:
+	bash bench/gpu.sh
+
+clean:
+	rm -rf pixelperfect-demo pixelperfect-store pixelperfect.db .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""SQL persistence: typed models, sessions, keyword-only repository functions and evaluation queries."""

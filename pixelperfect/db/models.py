@@ -1,0 +1,147 @@
+"""SQLAlchemy 2 typed models. The schema changes only through Alembic migrations (``db/migrations``).
+
+Identity (DESIGN.md): one image row per ``(run, key)``; one segment row per ``(image, variant, prompt)``.
+Boxes are XYXY pixel coordinates of the original image, stored as JSON lists ``[x1, y1, x2, y2]``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ImageStatus(str, enum.Enum):
+    queued = "queued"
+    done = "done"
+    failed = "failed"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Run(Base):
+    """A named, immutable configuration and its images."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source_url: Mapped[str] = mapped_column(Text)
+    store_url: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(40))
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    variants: Mapped[list[Any]] = mapped_column(JSON)  # [{"name", "spec", "hash"}]
+    prompt_mode: Mapped[str] = mapped_column(String(20), default="boxes")
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # consistency K, jitter, min_area, seed, ...
+    code_version: Mapped[str] = mapped_column(String(40))
+    config_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20), default="segment")  # segment | train
+
+    images: Mapped[list[Image]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("run_id", "key", name="uq_images_run_key"),
+        Index("ix_images_run_status", "run_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(10), default=ImageStatus.queued.value)
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # stage -> seconds
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    gt_mask_key: Mapped[str | None] = mapped_column(Text)  # full URL of the ground-truth mask, if any
+    n_segments: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    run: Mapped[Run] = relationship(back_populates="images")
+    segments: Mapped[list[Segment]] = relationship(back_populates="image", cascade="all, delete-orphan")
+
+
+class Segment(Base):
+    """One prompt decoded on one variant of one image."""
+
+    __tablename__ = "segments"
+    __table_args__ = (
+        UniqueConstraint("image_id", "variant", "prompt_index", name="uq_segments_image_variant_prompt"),
+        Index("ix_segments_run_variant", "run_id", "variant"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    variant: Mapped[str] = mapped_column(String(64))
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    prompt_kind: Mapped[str] = mapped_column(String(10), default="box")  # box | point | auto
+    prompt: Mapped[list[Any]] = mapped_column(JSON)  # XYXY box or [x, y] point
+    score: Mapped[float | None] = mapped_column(Float)  # chosen mask's predicted IoU
+    scores: Mapped[list[Any] | None] = mapped_column(JSON)  # all multimask predicted IoUs
+    chosen: Mapped[int | None] = mapped_column(Integer)
+    stability: Mapped[float | None] = mapped_column(Float)
+    consistency_std: Mapped[float | None] = mapped_column(Float)
+    consistency_iou: Mapped[float | None] = mapped_column(Float)  # mean pairwise IoU of perturbed masks
+    consistency_iou_base: Mapped[float | None] = mapped_column(Float)  # mean IoU to the unperturbed mask
+    perturbations: Mapped[list[Any] | None] = mapped_column(JSON)  # [[x1,y1,x2,y2,score], ...]
+    area: Mapped[int | None] = mapped_column(Integer)
+    mask_boxes: Mapped[list[Any] | None] = mapped_column(JSON)  # XYXY boxes of components > min_area
+    mask_key: Mapped[str | None] = mapped_column(Text)
+    dice: Mapped[float | None] = mapped_column(Float)
+    iou: Mapped[float | None] = mapped_column(Float)
+    nsd: Mapped[float | None] = mapped_column(Float)
+    hd95: Mapped[float | None] = mapped_column(Float)
+    box_iou: Mapped[float | None] = mapped_column(Float)
+    inside_box: Mapped[float | None] = mapped_column(Float)
+
+    image: Mapped[Image] = relationship(back_populates="segments")
+
+
+class Annotation(Base):
+    """A ground-truth box of a run's image (XYXY), imported once at submit."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("run_id", "image_key", "index", name="uq_annotations_run_key_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_key: Mapped[str] = mapped_column(String(1024))
+    index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(10), default="box")  # box | point
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float | None] = mapped_column(Float)
+    y2: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[int] = mapped_column(Integer, default=1)

@@ -1,0 +1,142 @@
+"""Per-process handles — model, stores, run configs — created lazily, after any fork, and reused by every task.
+
+A Celery prefork child inherits the parent's memory; nothing here is created before the fork (the parent never
+touches the model), and :func:`reset_after_fork` drops whatever a parent did create.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pixelperfect.config import Settings, get_settings
+from pixelperfect.pipeline.models import RANDOM_CHECKPOINT, sha256_hex
+from pixelperfect.pipeline.preprocess import Variant, parse_variant
+from pixelperfect.pipeline.process import ProcessSettings
+from pixelperfect.pipeline.prompts import Jitter
+from pixelperfect.pipeline.segment import Segmenter, build_segmenter
+from pixelperfect.storage import ObjectStore, open_store, read_url
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint a worker can read is not the one the run was created with."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a worker needs of a run row (immutable, so cached per process)."""
+
+    id: int
+    name: str
+    source_url: str
+    store_url: str
+    model: str
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    variants: tuple[Variant, ...]
+    process: ProcessSettings
+
+    @classmethod
+    def from_row(cls, run: Any) -> RunSpec:
+        s = run.settings or {}
+        jitter = Jitter(
+            k=int(s.get("consistency_k", 4)),
+            shift=int(s.get("jitter_shift", 5)),
+            scale=float(s.get("jitter_scale", 0.1)),
+        )
+        variants = tuple(parse_variant(f"{v['name']}={v['spec']}") for v in run.variants)
+        for declared, built in zip(run.variants, variants, strict=True):
+            if built.spec_hash != declared["hash"]:
+                raise RuntimeError(
+                    f"variant {declared['name']!r} hashes to {built.spec_hash} here but {declared['hash']} in the "
+                    "run: this worker's preprocessing code differs from the producer's"
+                )
+        return cls(
+            id=run.id,
+            name=run.name,
+            source_url=run.source_url,
+            store_url=run.store_url,
+            model=run.model,
+            checkpoint=run.checkpoint,
+            checkpoint_sha256=run.checkpoint_sha256,
+            variants=variants,
+            process=ProcessSettings(jitter=jitter, min_area=int(s.get("min_area", 250)), seed=int(s.get("seed", 0))),
+        )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pid: int = field(default_factory=os.getpid)
+    _stores: dict[str, ObjectStore] = field(default_factory=dict)
+    _segmenters: dict[tuple[str, str | None], Segmenter] = field(default_factory=dict)
+    _runs: dict[int, RunSpec] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    model_loads: int = 0
+
+    def store(self, url: str) -> ObjectStore:
+        with self._lock:
+            if url not in self._stores:
+                self._stores[url] = open_store(url, endpoint_url=self.settings.s3_endpoint_url)
+            return self._stores[url]
+
+    def segmenter(self, run: RunSpec) -> Segmenter:
+        """The run's model, loaded on first use in this process and kept (never per task)."""
+        key = (run.model, run.checkpoint)
+        with self._lock:
+            if key not in self._segmenters:
+                data = None
+                if run.checkpoint and run.checkpoint != RANDOM_CHECKPOINT:
+                    data = read_url(run.checkpoint, endpoint_url=self.settings.s3_endpoint_url)
+                    if run.checkpoint_sha256 and sha256_hex(data) != run.checkpoint_sha256:
+                        raise CheckpointMismatchError(
+                            f"checkpoint {run.checkpoint} has sha256 {sha256_hex(data)[:12]}…, the run was "
+                            f"created with {run.checkpoint_sha256[:12]}…"
+                        )
+                self._segmenters[key] = build_segmenter(
+                    run.model,
+                    data,
+                    self.settings.device,
+                    encoder_batch=self.settings.encoder_batch,
+                    precision=self.settings.precision,
+                )
+                self.model_loads += 1
+            return self._segmenters[key]
+
+    def run_spec(self, run_id: int) -> RunSpec:
+        if run_id not in self._runs:
+            from pixelperfect.db import repo
+            from pixelperfect.db.session import session_scope
+
+            with session_scope(self.settings.database_url) as session:
+                row = repo.get_run_by_id(session, run_id=run_id)
+                if row is None:
+                    raise LookupError(f"run id {run_id} does not exist in {self.settings.database_url}")
+                self._runs[run_id] = RunSpec.from_row(row)
+        return self._runs[run_id]
+
+
+_RUNTIME: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _RUNTIME
+    if _RUNTIME is None or _RUNTIME.pid != os.getpid():
+        _RUNTIME = Runtime(get_settings())
+    return _RUNTIME
+
+
+def reset_runtime() -> None:
+    global _RUNTIME
+    _RUNTIME = None
+
+
+def reset_after_fork() -> None:
+    """Called in each new worker child: fresh runtime, fresh DB engines (never the parent's sockets)."""
+    global _RUNTIME
+    from pixelperfect.db.session import dispose_inherited_engines
+
+    _RUNTIME = None
+    dispose_inherited_engines()
