@@ -18,8 +18,9 @@ from pixelperfect.config import Settings, get_settings, use_settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
 app.add_typer(db_app, name="db")
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped output (CI logs, scripts) gets 140 columns instead of rich's 80, so tables keep their headers.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 140)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -190,9 +191,13 @@ def status(
 
 
 def run_status(run: str, settings: Settings) -> dict[str, Any]:
-    from pixelperfect.db import repo
-    from pixelperfect.db.session import session_scope
+    from sqlalchemy import inspect
 
+    from pixelperfect.db import repo
+    from pixelperfect.db.session import get_engine, session_scope
+
+    if not inspect(get_engine(settings.database_url)).has_table("runs"):
+        raise LookupError(f"no run named {run!r}: {settings.database_url} has no PixelPerfect tables yet")
     with session_scope(settings.database_url) as session:
         row = repo.get_run(session, name=run)
         if row is None:
@@ -280,7 +285,12 @@ def _register_plugins() -> None:
     """Commands that live beside their subsystems (imaging, evaluation, training)."""
     import importlib
 
-    for module in ("pixelperfect.cli_imaging", "pixelperfect.evaluation.cli", "pixelperfect.training.cli"):
+    for module in (
+        "pixelperfect.cli_imaging",
+        "pixelperfect.cli_ops",
+        "pixelperfect.evaluation.cli",
+        "pixelperfect.training.cli",
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

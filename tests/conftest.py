@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -172,8 +173,9 @@ class WorkerProcess:
         self.hostname = hostname
         self._fh = log.open("wb")
         cmd = [PIXELPERFECT, "worker", "--hostname", hostname, "--concurrency", "1", *(extra or [])]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -194,10 +196,8 @@ class WorkerProcess:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(10)
         self._fh.close()
 
@@ -206,8 +206,9 @@ class WorkerProcess:
 def start_worker(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], *, hostname: str = "w1@%h", extra: list[str] | None = None,
-              wait: bool = True) -> WorkerProcess:
+    def start(
+        env: dict[str, str], *, hostname: str = "w1@%h", extra: list[str] | None = None, wait: bool = True
+    ) -> WorkerProcess:
         worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", hostname=hostname, extra=extra)
         started.append(worker)
         if wait:

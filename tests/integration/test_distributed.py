@@ -35,7 +35,12 @@ def wait_for_run(env: dict[str, str], run: str, timeout: float = 180) -> dict:  
 
 
 def test_distributed_run_end_to_end(
-    s3_server: S3Server, s3_bucket: str, redis_url: str, pg_url: str, phantom_dir: Path, tiny_checkpoint: Path,
+    s3_server: S3Server,
+    s3_bucket: str,
+    redis_url: str,
+    pg_url: str,
+    phantom_dir: Path,
+    tiny_checkpoint: Path,
     start_worker,  # type: ignore[no-untyped-def]
 ) -> None:
     client = s3_server.client()
@@ -43,17 +48,39 @@ def test_distributed_run_end_to_end(
     upload_dir(client, s3_bucket, phantom_dir / "masks", "archive/masks")
     client.put_object(Bucket=s3_bucket, Key="archive/labels.csv", Body=(phantom_dir / "labels.csv").read_bytes())
     client.put_object(Bucket=s3_bucket, Key="models/sam_tiny.pth", Body=tiny_checkpoint.read_bytes())
-    env = service_env(
-        broker_url=redis_url, database_url=pg_url, store_url=f"s3://{s3_bucket}/results",
-        s3_endpoint_url=s3_server.endpoint, device="cpu",
-    ) | s3_server.env
+    env = (
+        service_env(
+            broker_url=redis_url,
+            database_url=pg_url,
+            store_url=f"s3://{s3_bucket}/results",
+            s3_endpoint_url=s3_server.endpoint,
+            device="cpu",
+        )
+        | s3_server.env
+    )
     assert cli(env, "db", "upgrade").returncode == 0
     start_worker(env)
 
-    args = ["submit", f"s3://{s3_bucket}/archive/images", "--run", "dist", "--model", "sam_tiny",
-            "--checkpoint", f"s3://{s3_bucket}/models/sam_tiny.pth", "--annotations",
-            f"s3://{s3_bucket}/archive/labels.csv", "--gt-masks", f"s3://{s3_bucket}/archive/masks",
-            "--variant", "raw", "--variant", "clahe", "--batch-size", "4"]
+    args = [
+        "submit",
+        f"s3://{s3_bucket}/archive/images",
+        "--run",
+        "dist",
+        "--model",
+        "sam_tiny",
+        "--checkpoint",
+        f"s3://{s3_bucket}/models/sam_tiny.pth",
+        "--annotations",
+        f"s3://{s3_bucket}/archive/labels.csv",
+        "--gt-masks",
+        f"s3://{s3_bucket}/archive/masks",
+        "--variant",
+        "raw",
+        "--variant",
+        "clahe",
+        "--batch-size",
+        "4",
+    ]
     first = cli(env, *args)
     assert first.returncode == 0, first.stderr + first.stdout
     assert "enqueued 3 batch(es)" in first.stdout
@@ -62,8 +89,11 @@ def test_distributed_run_end_to_end(
     boxes = sum(1 for row in csv.DictReader((phantom_dir / "labels.csv").open()) if row["Target"] == "1")
     assert status["images"] == {"queued": 0, "done": 12, "failed": 0}
     assert status["segments"] == boxes * 2
-    masks = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=s3_bucket, Prefix="results/dist/masks/") for o in page.get("Contents", [])]
+    masks = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="results/dist/masks/")
+        for o in page.get("Contents", [])
+    ]
     assert len(masks) == boxes * 2
     assert all(k.endswith(".png") for k in masks)
 

@@ -31,17 +31,25 @@ def test_embedded_run_with_a_corrupt_image(tmp_path: Path, phantom_dir: Path, ti
     shutil.copytree(phantom_dir / "images", images)
     (images / "broken.png").write_bytes((phantom_dir / "images" / "phantom-00000.png").read_bytes()[:300])
     (images / "empty.dcm").write_bytes(b"")
-    req = SubmitRequest(source=str(images), run="emb", variants=["raw", "clahe"], model="sam_tiny",
-                        checkpoint=str(tiny_checkpoint), annotations=str(phantom_dir / "labels.csv"),
-                        gt_masks=str(phantom_dir / "masks"), batch_size=5)
+    req = SubmitRequest(
+        source=str(images),
+        run="emb",
+        variants=["raw", "clahe"],
+        model="sam_tiny",
+        checkpoint=str(tiny_checkpoint),
+        annotations=str(phantom_dir / "labels.csv"),
+        gt_masks=str(phantom_dir / "masks"),
+        batch_size=5,
+    )
     result = submit(req, settings)
     assert (result.images, result.new_images, result.batches) == (14, 14, 3)
 
     boxes = _positive_boxes(phantom_dir / "labels.csv")
     with session_scope(settings.database_url) as session:
         assert repo.status_counts(session, run_id=result.run_id) == {"queued": 0, "done": 12, "failed": 2}
-        failed = {i.key: (i.error_reason, i.error) for i in session.scalars(select(Image).where(
-            Image.status == "failed"))}
+        failed = {
+            i.key: (i.error_reason, i.error) for i in session.scalars(select(Image).where(Image.status == "failed"))
+        }
         n_segments = session.scalar(select(func.count()).select_from(Segment))
         seg = session.scalars(select(Segment).order_by(Segment.id)).first()
         assert seg is not None
@@ -58,7 +66,7 @@ def test_embedded_run_with_a_corrupt_image(tmp_path: Path, phantom_dir: Path, ti
     assert n_segments == boxes * 2
 
     # the mask object is where the row says, a lossless PNG of the image's size
-    store_root, _, key = mask_key.partition(f"{settings.store_url[len('file://'):]}/")
+    _store_root, _, key = mask_key.partition(f"{settings.store_url[len('file://') :]}/")
     data = open_store(settings.store_url).get(key)
     mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}
@@ -72,8 +80,9 @@ def test_embedded_run_with_a_corrupt_image(tmp_path: Path, phantom_dir: Path, ti
 
 def test_same_run_name_with_other_config_is_refused(tmp_path: Path, phantom_dir: Path) -> None:
     settings = embedded_settings(tmp_path)
-    base = dict(source=str(phantom_dir / "images"), run="r1", model="grabcut",
-                annotations=str(phantom_dir / "labels.csv"))
+    base = dict(
+        source=str(phantom_dir / "images"), run="r1", model="grabcut", annotations=str(phantom_dir / "labels.csv")
+    )
     submit(SubmitRequest(**base, variants=["raw"]), settings, execute=False)  # type: ignore[arg-type]
     with pytest.raises(SubmitError, match="different configuration"):
         submit(SubmitRequest(**base, variants=["clahe"]), settings, execute=False)  # type: ignore[arg-type]
