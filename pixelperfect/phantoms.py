@@ -183,9 +183,7 @@ def _draw_opacity(
         # centre in the mid and lower zones of the chosen lung
         y0 = size * (anatomy.top + (dome - anatomy.top) * rng.uniform(0.5, 0.78))
         row = lungs[int(np.clip(y0, 0, size - 1))]
-        in_lung = (row > 0.5) & (
-            (columns < anatomy.cx * size) if side < 0 else (columns >= anatomy.cx * size)
-        )
+        in_lung = (row > 0.5) & ((columns < anatomy.cx * size) if side < 0 else (columns >= anatomy.cx * size))
         xs = np.flatnonzero(in_lung)
         if xs.size < BOX_WIDTH_RANGE[0] * scale:
             continue

@@ -119,13 +119,16 @@ def test_sobel_step_edge_is_255() -> None:
     assert out[0].tolist() == [0] * 7 + [255, 255] + [0] * 7
     assert parse_step("sobel(k=5)")(step_image()).max() == 255
     assert parse_step("sobel(scale=0.5)")(step_image()).max() == 128
+    faint = step_image(value=40)
+    assert parse_step("sobel(scale=1)")(faint).max() == 40 and parse_step("sobel")(faint).max() == 255
 
 
 def test_log_is_zero_on_flat_and_peaks_beside_an_edge() -> None:
     assert parse_step("log")(np.full((9, 9), 77, U8)).max() == 0
-    row = parse_step("log(sigma=2)")(step_image(32, at=16))[0].astype(int)
+    row = parse_step("log(sigma=2,scale=4)")(step_image(32, at=16))[0].astype(int)
     assert 200 <= row.max() <= 255 and row[0] < 5
     assert row[15] > 0 and row[16] > 0  # both sides of the edge
+    assert parse_step("log(sigma=2)")(step_image(32, value=30, at=16)).max() == 255  # auto stretch
 
 
 def test_entropy_known_answer_and_matches_skimage() -> None:
@@ -181,6 +184,7 @@ def test_every_step_maps_any_dtype_to_uint8_of_same_shape(name: str) -> None:
         ("canny_blend(blur=2)", ["blur", "2"]),
         ("sobel(k=4)", ["sobel", "k", "4"]),
         ("log(sigma=0)", ["log", "sigma", "0"]),
+        ("log(scale=-1)", ["log", "scale", "-1"]),
         ("entropy(radius=0)", ["entropy", "radius", "0"]),
         ("rapmed(k=1)", ["rapmed", "k", "1"]),
         ("gaussian(k=abc)", ["k", "abc"]),
