@@ -1,0 +1,180 @@
+"""The aggregate evaluation queries on SQLite and PostgreSQL, against numbers computed by hand / numpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pixelperfect.db import queries, repo
+from pixelperfect.db.migrate import upgrade
+from pixelperfect.db.session import session_scope
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'q.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def _run(name: str, model: str, variants: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "source_url": "file:///src",
+        "store_url": "file:///out",
+        "model": model,
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "variants": [{"name": v, "spec": "identity", "hash": "x"} for v in variants],
+        "prompt_mode": "boxes",
+        "settings": {"annotations": True},
+        "code_version": "0",
+        "config_hash": name,
+        **extra,
+    }
+
+
+KEYS = ["a.png", "b.png", "c.png", "d.png"]
+# run A, per (key, variant, prompt): score, consistency_std, dice
+SCORE = {"raw": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], "clahe": [0.95, 0.85, 0.6, 0.65, 0.55, 0.45, 0.2, 0.1]}
+STD = {
+    "raw": [0.02, 0.03, 0.01, 0.05, 0.04, 0.02, 0.06, 0.01],
+    "clahe": [0.01, 0.02, 0.02, 0.03, 0.02, 0.02, 0.05, 0.0],
+}
+DICE = {"raw": [0.8, 0.7, 0.9, 0.3, None, 0.5, 0.6, 0.2], "clahe": [0.85, 0.6, 0.9, 0.4, None, 0.55, 0.7, 0.1]}
+
+
+def _segment(run_id: int, image_id: int, variant: str, p: int, i: int, *, model_scores: bool = True) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "image_id": image_id,
+        "variant": variant,
+        "prompt_index": p,
+        "prompt_kind": "box",
+        "prompt": [10.0 * p, 0.0, 10.0 * p + 20, 20.0],
+        "score": SCORE[variant][i] if model_scores else None,
+        "stability": 0.5 if model_scores else None,
+        "consistency_std": STD[variant][i] if model_scores else None,
+        "consistency_iou": 0.9,
+        "dice": DICE[variant][i],
+        "iou": None,
+        "mask_boxes": [[10 * p, 0, 10 * p + 20, 20]],
+        "mask_key": f"file:///out/{variant}/{i}.png",
+    }
+
+
+def _populate(url: str) -> dict[str, int]:
+    upgrade(url)
+    with session_scope(url) as s:
+        a = repo.create_run(s, name="A", fields=_run("A", "sam_tiny", ["raw", "clahe"])).id
+        b = repo.create_run(s, name="B", fields=_run("B", "grabcut", ["raw"])).id
+        for run_id in (a, b):
+            repo.add_images(s, run_id=run_id, keys=[*KEYS, "bad.png", "gone.png", "later.png"])
+        repo.add_annotations(s, run_id=a, boxes={"a.png": [[0, 0, 20, 20]], "b.png": [[100, 100, 120, 120]]})
+        for run_id, variants in ((a, ["raw", "clahe"]), (b, ["raw"])):
+            images = repo.images_by_key(s, run_id=run_id, keys=[*KEYS, "bad.png", "gone.png"])
+            for k, key in enumerate(KEYS):
+                segs = [
+                    _segment(run_id, images[key].id, v, p, 2 * k + p, model_scores=run_id == a)
+                    for v in variants
+                    for p in range(2)
+                ]
+                repo.mark_done(s, image_id=images[key].id, segments=segs, fields={})
+            repo.mark_failed(s, image_id=images["bad.png"].id, reason="truncated", error="x")
+            repo.mark_failed(s, image_id=images["gone.png"].id, reason="missing", error="y")
+    return {"A": a, "B": b}
+
+
+def test_summaries_failures_pairs_and_ranks(db_url: str) -> None:
+    ids = _populate(db_url)
+    with session_scope(db_url) as s:
+        assert queries.run_ids_by_name(s, names=["B", "A"]) == {"B": ids["B"], "A": ids["A"]}
+        with pytest.raises(LookupError, match="'nope'"):
+            queries.run_ids_by_name(s, names=["A", "nope"])
+
+        summary = queries.metric_summary(s, run_ids=[ids["A"], ids["B"]])
+        assert [(r["run"], r["model"], r["variant"]) for r in summary] == [
+            ("A", "sam_tiny", "clahe"),
+            ("A", "sam_tiny", "raw"),
+            ("B", "grabcut", "raw"),
+        ]
+        a_raw = summary[1]
+        assert a_raw["n"] == 8 and a_raw["dice_n"] == 7 and a_raw["iou_n"] == 0
+        for metric, values in (("score", SCORE["raw"]), ("consistency_std", STD["raw"]), ("dice", DICE["raw"])):
+            arr = np.array([v for v in values if v is not None])
+            assert a_raw[f"{metric}_mean"] == pytest.approx(arr.mean())
+            assert a_raw[f"{metric}_median"] == pytest.approx(np.median(arr))
+            assert a_raw[f"{metric}_p10"] == pytest.approx(np.percentile(arr, 10))
+            assert a_raw[f"{metric}_p90"] == pytest.approx(np.percentile(arr, 90))
+        assert a_raw["iou_mean"] is None and a_raw["iou_median"] is None
+        b_raw = summary[2]
+        assert b_raw["score_mean"] is None and b_raw["score_n"] == 0 and b_raw["dice_mean"] == a_raw["dice_mean"]
+
+        legacy = queries.variant_summary(s, run_ids=[ids["A"]])
+        assert {r["variant"]: r["images"] for r in legacy} == {"raw": 4, "clahe": 4}
+
+        failures = queries.failure_summary(s, run_ids=[ids["A"], ids["B"]])
+        assert failures == [
+            {"run": "A", "reason": "missing", "n": 1},
+            {"run": "A", "reason": "truncated", "n": 1},
+            {"run": "B", "reason": "missing", "n": 1},
+            {"run": "B", "reason": "truncated", "n": 1},
+        ]
+
+        pairs = queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["A"], "clahe"), metric="dice")
+        expected = [
+            (KEYS[i // 2], i % 2, DICE["raw"][i], DICE["clahe"][i]) for i in range(8) if DICE["raw"][i] is not None
+        ]
+        assert pairs == [(k, p, pytest.approx(x), pytest.approx(y)) for k, p, x, y in expected]
+        across = queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="dice")
+        assert len(across) == 7 and all(x == pytest.approx(y) for _, _, x, y in across)
+        assert queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="score") == []
+        with pytest.raises(ValueError, match="unknown metric"):
+            queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="drop table")
+
+        worst = queries.ranked_cases(s, run_ids=[ids["A"]], metric="dice", n=2)
+        assert [(c["key"], c["variant"], c["prompt_index"], c["value"]) for c in worst] == [
+            ("d.png", "clahe", 1, pytest.approx(0.1)),
+            ("d.png", "raw", 1, pytest.approx(0.2)),
+        ]
+        assert worst[0]["mask_key"] == "file:///out/clahe/7.png" and worst[0]["source_url"] == "file:///src"
+        best_std = queries.ranked_cases(s, run_ids=[ids["A"]], metric="consistency_std", n=1, worst=False)
+        assert best_std[0]["value"] == pytest.approx(0.0) and best_std[0]["key"] == "d.png"
+        worst_std = queries.ranked_cases(s, run_ids=[ids["A"]], metric="consistency_std", n=1, worst=True)
+        assert worst_std[0]["value"] == pytest.approx(0.06)
+
+        rows = queries.segment_rows(s, run_ids=[ids["A"]], columns=["score", "perturbations"])
+        assert len(rows) == 16 and set(rows[0]) == {
+            "run",
+            "model",
+            "variant",
+            "key",
+            "prompt_index",
+            "prompt_kind",
+            "score",
+            "perturbations",
+        }
+
+
+def test_detection_inputs_and_points(db_url: str) -> None:
+    ids = _populate(db_url)
+    with session_scope(db_url) as s:
+        inputs = {k: (t, p, sc) for k, t, p, sc in queries.detection_inputs(s, run_id=ids["A"], variant="raw")}
+        assert sorted(inputs) == KEYS  # done images only
+        truth, pred, scores = inputs["a.png"]
+        assert truth == [[0, 0, 20, 20]] and pred == [[0, 0, 20, 20], [10, 0, 30, 20]]
+        assert scores == [pytest.approx(0.9), pytest.approx(0.8)]
+        assert inputs["c.png"][0] == []
+        b_inputs = queries.detection_inputs(s, run_id=ids["B"], variant="raw")
+        assert all(sc == [1.0, 1.0] for *_, sc in b_inputs)  # GrabCut: no score, ranked as given
+
+        points = {"a.png": [[5.0, 6.0, 1.0], [7.0, 8.0, 0.0]], "b.png": [[1.0, 2.0, 1.0]]}
+        assert queries.add_points(s, run_id=ids["A"], points=points) == 3
+        queries.add_points(s, run_id=ids["A"], points=points)  # idempotent
+        assert queries.points_for(s, run_id=ids["A"], keys=["a.png", "b.png", "c.png"]) == points
+        # the points do not turn into ground-truth boxes, and boxes are untouched by them
+        assert repo.boxes_for(s, run_id=ids["A"], keys=["a.png"]) == {"a.png": [[0.0, 0.0, 20.0, 20.0]]}
