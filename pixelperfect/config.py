@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ModelName = Literal["sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny"]
@@ -24,18 +24,42 @@ class Settings(BaseSettings):
     checkpoint: str | None = None
     device: str = "auto"
 
-    # Batches: a batch of 8 images x 2 variants at ViT-B costs ~16 x 4 MiB of embeddings (256x64x64 fp32) plus
-    # the encoder's activations for one encoder chunk (~1.3 GiB per image in fp32 at 1024^2, half in bf16).
-    batch_size: int = Field(default=8, ge=1, le=256)
+    # Batches. A task holds batch_size images; the worker runs them through the model in groups of encoder_batch
+    # and fetches/decodes the next group and uploads the last while the model works on this one, so a batch of
+    # several groups keeps the device busy (one group cannot overlap its own fetch). Memory, ViT-B at 1024^2:
+    # per image and variant 4 MiB of embedding (256x64x64 fp32) and ~10 MiB of masks per prompt with K = 4; the
+    # encoder's activations peak in its 4 global-attention blocks at 12 heads x 4096^2 scores (+ the same again
+    # for the relative-position bias): ~1.3 GiB per image in fp32, ~0.7 GiB in bf16 (computed; bench/gpu.sh
+    # measures the peak for chunks of 1/8/32), so encoder_batch 32 needs ~22 GiB in bf16 and 8 fits a 16 GiB card.
+    # Host memory is bounded by ~4 x encoder_batch images in flight (prefetch, model, post-processing, upload).
+    batch_size: int = Field(default=32, ge=1, le=256)
     encoder_batch: int = Field(default=8, ge=1, le=128)
+    # torch.compile the image encoder: faster steady state, a cold start per worker process (bench/RESULTS.md)
+    compile_encoder: bool = False
+    # The producer pauses while the broker's gpu queue holds more than this many batch messages and resumes when
+    # it has drained to half: Redis holds ~1.3 KiB per message of 8 keys, so the default costs a few MiB at most.
+    max_queued_batches: int = Field(default=2000, ge=1)
     min_area: int = Field(default=250, ge=0, description="connected components smaller than this are dropped")
     max_pixels: int = Field(default=50_000_000, ge=1, description="refuse images larger than this (header check)")
-    # Redis re-delivers an unacknowledged task after this many seconds; it must exceed the longest batch, or a
-    # slow batch is handed to a second worker while the first still runs (work done twice, not lost).
-    visibility_timeout: int = Field(default=3600, ge=60)
+    # Visibility timeout (Redis broker). A message is acknowledged only after its batch finished (late acks); until
+    # then Redis keeps it in an "unacked" set, and any worker hands it back to the queue once it is older than this
+    # many seconds. That is how the batch of a worker that died with its main process (OOM kill, lost machine) or
+    # that lost its broker connection comes back — after up to this long. It must exceed the longest batch
+    # *including* a retry's countdown (Redis holds ETA tasks unacked too), or a batch still running is handed to a
+    # second worker: work done twice (upserts keep the result single), never lost. Lower it to recover faster when
+    # batches are short; tests use a few seconds.
+    visibility_timeout: int = Field(default=3600, ge=1)
     task_max_retries: int = Field(default=5, ge=0)
     retry_backoff_s: float = Field(default=2.0, ge=0, description="first retry delay; doubles each retry")
+    # SIGTERM (the worker remaps it to a cold shutdown with this soft phase): the in-flight batch gets this many
+    # seconds to finish, then it is cancelled and its message goes back to the queue. A supervisor's grace period
+    # (docker stop -t, Kubernetes terminationGracePeriodSeconds) must be longer.
     worker_soft_shutdown_timeout: float = Field(default=60.0, ge=0)
+    # rediss:// brokers: certificate checking (required | optional | none) and the files for it.
+    broker_ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    broker_ssl_ca_certs: str | None = None
+    broker_ssl_certfile: str | None = None
+    broker_ssl_keyfile: str | None = None
     metrics_port: int | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
@@ -46,9 +70,32 @@ class Settings(BaseSettings):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
 
+    @model_validator(mode="after")
+    def _check_visibility_timeout(self) -> Settings:
+        longest = max_retry_countdown(self.retry_backoff_s, self.task_max_retries)
+        if self.visibility_timeout <= longest:
+            raise ValueError(
+                f"visibility_timeout={self.visibility_timeout}s must exceed the longest retry countdown "
+                f"({longest:.0f}s): Redis would hand a waiting retry to a second worker"
+            )
+        return self
+
     @property
     def embedded(self) -> bool:
         return not self.broker_url
+
+
+#: Retry countdowns double from ``retry_backoff_s`` and are capped here (seconds).
+RETRY_BACKOFF_MAX_S = 300.0
+
+
+def retry_countdown(backoff_s: float, retries: int) -> float:
+    """Seconds before retry number ``retries + 1`` of a batch: ``backoff_s * 2**retries``, capped."""
+    return float(min(RETRY_BACKOFF_MAX_S, backoff_s * 2 ** min(retries, 30)))
+
+
+def max_retry_countdown(backoff_s: float, max_retries: int) -> float:
+    return retry_countdown(backoff_s, max_retries - 1) if max_retries > 0 else 0.0
 
 
 _SETTINGS: Settings | None = None

@@ -35,7 +35,16 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+    # application_name names the creating process, so pg_stat_activity shows which process holds a connection
+    # (an engine used across a fork would show the parent's pid from a child)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        pool_recycle=1800,
+        connect_args={"application_name": f"pixelperfect-{os.getpid()}"},
+    )
 
 
 def get_engine(url: str) -> Engine:

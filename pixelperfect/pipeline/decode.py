@@ -8,7 +8,8 @@ code that the worker stores on the image row:
 empty          the object has 0 bytes
 not_an_image   neither a raster format PIL recognises nor DICOM
 not_dicom      claims to be DICOM (``.dcm``) but is not
-truncated      pixel data ends early
+truncated      pixel data ends early (a PNG without IEND, a JPEG without EOI after its last scan, ...)
+corrupt        a recognised raster format whose complete data does not decode
 zero_size      a header with 0 rows or columns
 too_large      more pixels than ``max_pixels`` (checked from the header, before decoding)
 too_small      a side below ``min_side``
@@ -78,6 +79,27 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
+#: Signatures of the raster formats we read. They decide over the key's extension: a PNG named ``.dcm`` is a PNG.
+_RASTER_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _raster_format(data: bytes) -> str | None:
+    return next((fmt for magic, fmt in _RASTER_MAGIC.items() if data.startswith(magic)), None)
+
+
+def _damage(data: bytes, fmt: str | None) -> str:
+    """Why bytes of raster format ``fmt`` do not decode: ``truncated`` if its end marker is missing (PNG: no
+    ``IEND`` chunk; JPEG: no EOI after the last start-of-scan, where byte stuffing keeps EOI out of scan data),
+    else ``corrupt``."""
+    if fmt == "PNG" and data.rfind(b"IEND") < 0:
+        return "truncated"
+    if fmt == "JPEG":
+        sos = data.rfind(b"\xff\xda")
+        if sos < 0 or data.find(b"\xff\xd9", sos) < 0:
+            return "truncated"
+    return "corrupt"
+
+
 def _looks_like_bare_dicom(data: bytes) -> bool:
     """A dataset without preamble (e.g. pydicom's ``no_meta.dcm``) starts with a group 0x0002 or 0x0008 tag."""
     return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[3:4] == b"\x00"
@@ -119,7 +141,7 @@ def _decode_dicom_or_raster(
     from pixelperfect.pipeline.dicom import decode_dicom
 
     options: dict[str, Any] = {"max_pixels": max_pixels, "frame": frame, "colour_to_grey": colour_to_grey}
-    if is_dicom(data) or key.lower().endswith((".dcm", ".dicom")):
+    if is_dicom(data) or (key.lower().endswith((".dcm", ".dicom")) and _raster_format(data) is None):
         return decode_dicom(data, key, window_index=window_index, **options)
     if _looks_like_bare_dicom(data):
         try:
@@ -140,6 +162,11 @@ def _decode_raster(data: bytes, key: str, *, max_pixels: int, frame: int | None,
     except Image.DecompressionBombError as exc:
         raise UnsupportedImageError(key, "too_large", str(exc)) from None
     except Exception as exc:  # PIL raises many types for bad bytes
+        known = _raster_format(data)
+        if known:  # the right signature, an unreadable header
+            raise CorruptImageError(
+                key, _damage(data, known), f"{known} header does not parse ({type(exc).__name__})"
+            ) from None
         raise CorruptImageError(key, "not_an_image", f"unrecognised image data ({type(exc).__name__})") from None
     if width <= 0 or height <= 0:
         raise CorruptImageError(key, "zero_size", f"{width}x{height} px")
@@ -151,6 +178,8 @@ def _decode_raster(data: bytes, key: str, *, max_pixels: int, frame: int | None,
         raise UnsupportedImageError(key, "multi_frame", f"{frames} frames; pass frame=0 to take the first")
     if frame is not None and frame >= frames:
         raise UnsupportedImageError(key, "frame_index", f"frame {frame} requested, the file has {frames}")
+    if fmt == "JPEG" and _damage(data, fmt) == "truncated":  # libjpeg would pad the missing rows with grey
+        raise CorruptImageError(key, "truncated", "the JPEG stream ends before its end-of-image marker")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if not frame else None
     if array is None:
         array = _decode_with_pil(data, key, frame or 0)
@@ -181,7 +210,8 @@ def _decode_with_pil(data: bytes, key: str, frame: int) -> np.ndarray:
             # PIL gives RGB(A); match OpenCV's BGR(A) channel order for _to_grey
             return array[..., [2, 1, 0, *range(3, array.shape[-1])]] if array.ndim == 3 else array
     except Exception as exc:
-        raise CorruptImageError(key, "truncated", f"pixel data does not decode ({type(exc).__name__})") from None
+        reason = _damage(data, _raster_format(data))
+        raise CorruptImageError(key, reason, f"pixel data does not decode ({type(exc).__name__}: {exc})") from None
 
 
 def _to_grey(array: np.ndarray, key: str, mode: str, colour_to_grey: bool) -> np.ndarray:

@@ -67,6 +67,8 @@ def decode_dicom(
     if not any(tag in ds for tag in pixel_tags):
         if not is_dicom(data) and not any(tag in ds for tag in ("SOPClassUID", "Modality", "Rows")):
             raise CorruptImageError(key, "not_dicom", "no DICOM preamble and no DICOM attributes")
+        if is_dicom(data) and len(ds) == 0:  # nothing after the meta header: the file was cut there
+            raise CorruptImageError(key, "truncated", "the file ends in or right after its meta header")
         raise UnsupportedImageError(key, "no_pixel_data", "the DICOM object has no pixel data element")
     _ensure_transfer_syntax(ds)
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)

@@ -1,24 +1,39 @@
-"""Thin, ID-driven tasks: JSON arguments in, ``run_batch`` does the work, the decorator owns the retry policy."""
+"""Thin, ID-driven tasks: JSON arguments in, ``run_batch`` does the work, the task owns the retry policy.
+
+Nothing is lost on the way: a failed batch is retried with exponential backoff (``retry_backoff_s * 2**n``) up to
+``task_max_retries`` times, then :func:`give_up` records its images as failed with the error. Whenever the outcome
+cannot be recorded — the retry message cannot be published (broker down), or the database refuses the failure
+rows — the message is handed back to the broker instead of being acknowledged, so the batch runs again later.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
+from celery.exceptions import Reject
 
+from pixelperfect.config import RETRY_BACKOFF_MAX_S, retry_countdown
 from pixelperfect.worker.app import app
 
 log = logging.getLogger(__name__)
 
 #: Backoff between retries of a whole batch is exponential from ``retry_backoff_s``, capped at 5 minutes.
-BACKOFF_MAX_S = 300.0
+BACKOFF_MAX_S = RETRY_BACKOFF_MAX_S
+#: A batch whose pool process died this many times (a crashing decoder, the OOM killer) is split into one task per
+#: image; a single image that takes its pool process down this many times ends ``failed`` with ``worker_lost``.
+#: Without this, reject-on-worker-lost would hand a poison file from worker to worker forever.
+MAX_WORKER_LOSSES = 2
+#: How long a task's delivery count is kept in Redis (well past any visibility timeout or retry countdown).
+DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
 
 
 def backoff(retries: int) -> float:
+    """Seconds before retry ``retries + 1``: ``retry_backoff_s * 2**retries``, at most :data:`BACKOFF_MAX_S`."""
     from pixelperfect.config import get_settings
 
-    return float(min(BACKOFF_MAX_S, get_settings().retry_backoff_s * 2**retries))
+    return retry_countdown(get_settings().retry_backoff_s, retries)
 
 
 @app.task(name="pixelperfect.segment_batch", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -27,26 +42,98 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
     from pixelperfect.config import get_settings
     from pixelperfect.worker.batch import run_batch
 
+    retries = int(self.request.retries or 0)
+    lost = _count_delivery(self) - (retries + 1)  # deliveries that neither finished nor published a retry
+    if lost >= MAX_WORKER_LOSSES:
+        return _isolate(self, run_id, keys, lost)
     try:
-        return run_batch(run_id, keys).as_dict()
+        return run_batch(run_id, keys, worker_host=self.request.hostname).as_dict()  # node name, e.g. gpu0@host
     except Exception as exc:
-        retries = self.request.retries or 0
         if retries < get_settings().task_max_retries:
             log.warning(
-                "batch of run %s failed (%s: %s); retry %d in %.0fs",
+                "batch %s of run %s failed (%s: %s); retry %d in %.1fs",
+                self.request.id,
                 run_id,
                 type(exc).__name__,
-                exc,
+                _short(exc),
                 retries + 1,
                 backoff(retries),
             )
-            raise self.retry(exc=exc, countdown=backoff(retries), max_retries=None) from exc
-        log.error("batch of run %s failed %d times; marking its images failed: %s", run_id, retries + 1, exc)
-        return give_up(run_id, keys, exc)
+            _retry(self, exc, backoff(retries))
+        log.error(
+            "batch %s of run %s failed %d times; marking its images failed: %s",
+            self.request.id,
+            run_id,
+            retries + 1,
+            _short(exc),
+        )
+        try:
+            return give_up(run_id, keys, exc)
+        except Exception as db_exc:  # the failure cannot be recorded: keep the batch, try again later
+            log.error("cannot record the failed batch of run %s (%s); retrying", run_id, _short(db_exc))
+            _retry(self, db_exc, backoff(retries))
 
 
-def give_up(run_id: int, keys: list[str], exc: BaseException) -> dict[str, Any]:
-    """Record a poison batch: its unfinished images end ``failed`` with the error, so the queue drains."""
+def _count_delivery(task: Task) -> int:
+    """This delivery's number (1 for the first) for the task id, counted in the Redis broker; a retry keeps the
+    task id, so deliveries minus ``retries + 1`` are the ones whose pool process died. 1 without a Redis broker
+    or when the count cannot be kept (the batch then runs: counting must never block work)."""
+    if not str(task.app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+        return 1
+    key = f"pixelperfect:deliveries:{task.request.id}"
+    try:
+        with task.app.pool.acquire(block=True, timeout=10) as conn:
+            client = conn.default_channel.client
+            count = int(client.incr(key))
+            client.expire(key, DELIVERY_COUNT_TTL_S)
+            return count
+    except Exception as exc:
+        log.warning("cannot count the deliveries of task %s (%s)", task.request.id, _short(exc))
+        return 1
+
+
+def _isolate(task: Task, run_id: int, keys: list[str], lost: int) -> dict[str, Any]:
+    """After :data:`MAX_WORKER_LOSSES` dead pool processes: one task per image, so the images that do not kill
+    their worker finish; a lone image that does is failed (``pixelperfect retry --reason worker_lost`` retries)."""
+    if len(keys) > 1:
+        log.error(
+            "batch %s of run %s lost its pool process %d times; splitting it into %d single-image tasks",
+            task.request.id,
+            run_id,
+            lost,
+            len(keys),
+        )
+        try:
+            for key in keys:
+                segment_batch.apply_async((run_id, [key]), argsrepr=f"(run={run_id}, key={key!r}, isolated)")
+        except Exception as exc:
+            raise Reject(exc, requeue=True) from exc  # not published: keep this message
+        return {"run_id": run_id, "split": len(keys)}
+    log.error("image %s of run %s took its pool process down %d times; marking it failed", keys[0], run_id, lost)
+    error = RuntimeError(f"the worker's pool process died {lost} times while processing this image")
+    try:
+        return give_up(run_id, keys, error, reason="worker_lost")
+    except Exception as db_exc:
+        raise Reject(db_exc, requeue=True) from db_exc
+
+
+def _retry(task: Task, exc: BaseException, countdown: float) -> NoReturn:
+    """Publish the retry; if the broker refuses it, requeue this very message rather than drop it.
+
+    Celery answers a retry it cannot publish with ``Reject(requeue=False)`` — the batch would be gone while its
+    images stay ``queued`` forever. Requeueing the original message keeps it (and if even that is impossible, the
+    message stays unacknowledged and returns after the visibility timeout).
+    """
+    try:
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None)
+    except Reject as rejected:
+        log.error("could not publish the retry (%s); requeueing the message instead", _short(rejected.reason))
+        raise Reject(rejected.reason, requeue=True) from exc
+
+
+def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "batch_error") -> dict[str, Any]:
+    """Record a poison batch: its unfinished images end ``failed`` with ``reason`` and the error, so the queue
+    drains (a done image is never downgraded)."""
     from pixelperfect.config import get_settings
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
@@ -54,5 +141,22 @@ def give_up(run_id: int, keys: list[str], exc: BaseException) -> dict[str, Any]:
     with session_scope(get_settings().database_url) as session:
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)
         for row in rows.values():
-            repo.mark_failed(session, image_id=row.id, reason="batch_error", error=f"{type(exc).__name__}: {exc}")
+            repo.mark_failed(session, image_id=row.id, reason=reason, error=f"{type(exc).__name__}: {exc}")
     return {"run_id": run_id, "done": 0, "failed": len(keys), "gave_up": True}
+
+
+def _short(exc: BaseException | Any, limit: int = 300) -> str:
+    """The first line of an error, bounded: SQL errors carry whole statements and parameter lists."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit]
+
+
+# A training runs for hours, far past the broker's visibility timeout: with a late ack Redis would hand the same
+# training to a second worker while the first still writes to --out. So it is acknowledged on receipt and never
+# retried; if its worker dies, `pixelperfect train ... --queue --resume` continues from the last checkpoint.
+@app.task(name="pixelperfect.train", bind=True, acks_late=False, reject_on_worker_lost=False)
+def train(self: Task, config: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune SAM per ``config`` (``TrainConfig.as_dict()``); progress as ``task-progress`` events."""
+    from pixelperfect.training.task import run_training_task
+
+    return run_training_task(self, config)
