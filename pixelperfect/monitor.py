@@ -1,13 +1,125 @@
-"""``pixelperfect status RUN --watch``: a live progress bar with images/s and ETA from the database."""
+"""``pixelperfect status RUN --watch``: live progress of a run from the database — images/s, ETA, stage shares.
+
+Everything comes from the rows workers write (image status, ``finished_at``, ``Image.timings``), so the view works
+from any machine that reaches the database, for embedded and distributed runs alike. On a terminal it is a rich
+live display (bar + stage table); on a pipe or file it prints one plain line per refresh, so logs stay readable.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
 
 from pixelperfect.config import Settings
+from pixelperfect.worker.metrics import STAGES
+
+#: Images whose timings are summed for the stage shares (see ``repo.stage_timings``).
+STAGE_SAMPLE = 5000
+
+
+class RateWindow:
+    """Images per second over the last ``window_s`` seconds of observed progress (a moving window).
+
+    The run's lifetime average (first to last ``finished_at``) hides a slowdown or a new worker; the window shows it.
+    """
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be > 0, not {window_s}")
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, t: float, finished: int) -> None:
+        """Record ``finished`` images (done + failed) seen at monotonic time ``t`` (seconds)."""
+        self._samples.append((t, finished))
+        while len(self._samples) > 2 and t - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+
+    def rate(self) -> float | None:
+        """Images/s across the window, or ``None`` until two samples at least a second apart show progress."""
+        if len(self._samples) < 2:
+            return None
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < 1.0 or n1 <= n0:
+            return None
+        return (n1 - n0) / (t1 - t0)
+
+
+def format_eta(seconds: float | None) -> str:
+    """``None`` -> ``?``; else ``1h02m``, ``3m05s`` or ``12s``."""
+    if seconds is None:
+        return "?"
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def stage_shares(totals: dict[str, float], n: int) -> list[tuple[str, float, float]]:
+    """``(stage, mean seconds per image, share of the summed stage time)``, pipeline order first."""
+    total = sum(totals.values())
+    if n < 1 or total <= 0:
+        return []
+    order = [s for s in STAGES if s in totals] + sorted(s for s in totals if s not in STAGES)
+    return [(s, totals[s] / n, totals[s] / total) for s in order]
+
+
+def snapshot(run: str, settings: Settings) -> dict[str, Any]:
+    """``run_status`` plus ``stages`` (list of stage, s/image, share) and ``stage_sample`` (images summed)."""
+    from pixelperfect.cli import run_status
+    from pixelperfect.db import repo
+    from pixelperfect.db.session import session_scope
+
+    info = run_status(run, settings)
+    with session_scope(settings.database_url) as session:
+        row = repo.get_run(session, name=run)
+        totals, n = repo.stage_timings(session, run_id=row.id, limit=STAGE_SAMPLE) if row else ({}, 0)
+    info["stages"] = stage_shares(totals, n)
+    info["stage_sample"] = n
+    return info
+
+
+def _rate_and_eta(info: dict[str, Any], window: RateWindow) -> tuple[float | None, float | None]:
+    counts = info["images"]
+    rate = window.rate() or info["images_per_s"]
+    if counts["queued"] == 0:
+        return rate, 0.0
+    return rate, (counts["queued"] / rate if rate else None)
+
+
+def status_line(info: dict[str, Any], rate: float | None, eta: float | None) -> str:
+    """One plain line: progress, images/s, ETA, failures and stage shares."""
+    counts = info["images"]
+    total = sum(counts.values())
+    finished = counts["done"] + counts["failed"]
+    pct = 100.0 * finished / total if total else 0.0
+    stages = " ".join(f"{s} {share:.0%}" for s, _, share in info["stages"]) or "no stage timings yet"
+    return (
+        f"run {info['run']}: {finished}/{total} ({pct:.0f}%) · {rate or 0:.2f} img/s · ETA {format_eta(eta)} · "
+        f"{counts['failed']} failed · {stages}"
+    )
+
+
+def stage_table(info: dict[str, Any]) -> Table:
+    """Stage, mean ms per image and share of the per-image time, with a proportional bar."""
+    table = Table(box=None, padding=(0, 1), title_justify="left")
+    table.add_column("stage")
+    table.add_column("ms/img", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    for stage, mean_s, share in info["stages"]:
+        table.add_row(stage, f"{mean_s * 1000:.1f}", f"{share:.0%}", "█" * max(1, round(share * 30)))
+    table.caption = f"stage times over {info['stage_sample']} done images" if info["stages"] else "no timings yet"
+    return table
 
 
 def watch_run(
@@ -17,32 +129,55 @@ def watch_run(
     interval: float = 2.0,
     console: Console | None = None,
     max_seconds: float | None = None,
-) -> dict[str, object]:
-    """Refresh until no image of ``run`` is queued (or ``max_seconds`` pass); returns the last status."""
-    from pixelperfect.cli import run_status
-
+    fetch: Callable[[str, Settings], dict[str, Any]] = snapshot,
+) -> dict[str, Any]:
+    """Refresh every ``interval`` s until no image of ``run`` is queued or ``max_seconds`` pass; returns the last
+    snapshot with ``rate`` (images/s) and ``eta_s`` as shown. Raises ``LookupError`` for an unknown run."""
+    if interval <= 0:
+        raise ValueError(f"interval must be > 0, not {interval}")
+    console = console or Console()
+    window = RateWindow(max(10.0, 10 * interval))
     started = time.monotonic()
-    with Progress(
-        TextColumn("{task.description}"),
+
+    def poll() -> tuple[dict[str, Any], bool]:
+        info = fetch(run, settings)
+        counts = info["images"]
+        window.add(time.monotonic(), counts["done"] + counts["failed"])
+        info["rate"], info["eta_s"] = _rate_and_eta(info, window)
+        timed_out = max_seconds is not None and time.monotonic() - started >= max_seconds
+        return info, counts["queued"] == 0 or timed_out
+
+    if not console.is_terminal:
+        while True:
+            info, finished = poll()
+            console.print(status_line(info, info["rate"], info["eta_s"]), highlight=False, soft_wrap=True)
+            if finished:
+                return info
+            time.sleep(interval)
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} img/s · ETA {task.fields[eta]} · {task.fields[failed]} failed"),
         console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task(f"run {run}", total=None, info="")
+        auto_refresh=False,
+    )
+    task = progress.add_task(f"run {run}", total=None, rate="–", eta="?", failed=0)
+    with Live(console=console, auto_refresh=False, transient=False) as live:
         while True:
-            info = run_status(run, settings)
+            info, finished = poll()
             counts = info["images"]
-            total = sum(counts.values())
-            rate = info["images_per_s"]
             progress.update(
                 task,
-                total=total,
+                total=sum(counts.values()),
                 completed=counts["done"] + counts["failed"],
-                info=f"{rate:.2f} img/s, {counts['failed']} failed" if rate else f"{counts['failed']} failed",
+                rate=f"{info['rate']:.2f}" if info["rate"] else "–",
+                eta=format_eta(info["eta_s"]),
+                failed=counts["failed"],
             )
-            if counts["queued"] == 0 or (max_seconds is not None and time.monotonic() - started > max_seconds):
+            live.update(Group(progress, stage_table(info)), refresh=True)
+            if finished:
                 return info
             time.sleep(interval)
