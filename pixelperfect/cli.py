@@ -70,9 +70,17 @@ def submit(
     batch_size: int | None = typer.Option(None, min=1, help="images per task"),
     consistency_k: int = typer.Option(4, min=0, help="perturbed boxes per prompt for consistency"),
     seed: int = typer.Option(0, help="seed of the box perturbations"),
+    prompts: str | None = typer.Option(
+        None, help="boxes | points | auto (default: auto for a SAM run without annotations, else boxes)"
+    ),
+    points: str | None = typer.Option(None, help="--prompts points: CSV key,x,y[,label] (path or URL)"),
+    nsd_tolerance: float = typer.Option(2.0, min=0, help="px tolerance of the normalised surface distance"),
+    points_per_side: int = typer.Option(16, min=1, max=128, help="--prompts auto: grid points per side"),
+    lung_only: bool = typer.Option(True, help="--prompts auto: keep only masks inside the lung field"),
     wait: bool = typer.Option(False, help="distributed: wait until every image is done or failed"),
 ) -> None:
     """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset)."""
+    from pixelperfect.pipeline.auto import AutoSettings
     from pixelperfect.pipeline.process import ProcessSettings
     from pixelperfect.pipeline.prompts import Jitter
     from pixelperfect.producer.annotations import AnnotationError
@@ -90,7 +98,15 @@ def submit(
         annotations_format=annotations_format,
         gt_masks=gt_masks,
         batch_size=batch_size,
-        process=ProcessSettings(jitter=Jitter(k=consistency_k), min_area=settings.min_area, seed=seed),
+        prompts=prompts,
+        points=points,
+        process=ProcessSettings(
+            jitter=Jitter(k=consistency_k),
+            min_area=settings.min_area,
+            seed=seed,
+            nsd_tolerance=nsd_tolerance,
+            auto=AutoSettings(points_per_side=points_per_side, lung_only=lung_only),
+        ),
     )
     try:
         result = _submit_with_progress(req, settings, do_submit)
@@ -178,14 +194,18 @@ def status(
     run: str = typer.Argument(..., help="run name"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
     watch: bool = typer.Option(False, help="live progress until the run has no queued images"),
-    interval: float = typer.Option(2.0, help="seconds between refreshes with --watch"),
+    interval: float = typer.Option(2.0, min=0.1, help="seconds between refreshes with --watch"),
+    max_seconds: float | None = typer.Option(None, min=0, help="--watch: stop after this many seconds"),
 ) -> None:
-    """Images by status, segments, images/s and ETA of a run."""
+    """Images by status, segments, images/s and ETA of a run (--watch: live bar with stage time shares)."""
     settings = _settings()
     if watch:
         from pixelperfect.monitor import watch_run
 
-        watch_run(run, settings, interval=interval, console=console)
+        try:
+            watch_run(run, settings, interval=interval, console=console, max_seconds=max_seconds)
+        except LookupError as exc:
+            fail(str(exc))
         return
     _print_status(run, settings, as_json=as_json)
 
@@ -245,6 +265,11 @@ def _print_status(run: str, settings: Settings, *, as_json: bool) -> None:
     console.print(table)
     if info["failures"]:
         console.print("failures: " + ", ".join(f"{r}: {n}" for r, n in sorted(info["failures"].items())))
+    from pixelperfect.training.tracking import describe_progress, read_progress
+
+    progress = read_progress(settings, run)
+    if progress:
+        console.print(describe_progress(progress))
 
 
 @db_app.command("upgrade")
@@ -264,6 +289,7 @@ def demo(
     size: int = typer.Option(512, min=64, help="phantom side in pixels"),
     variant: list[str] = typer.Option(["raw", "clahe"], "--variant"),
     model: list[str] = typer.Option(["sam_tiny", "grabcut"], "--model"),
+    tune: bool = typer.Option(True, help="also fine-tune sam_tiny's decoder on other phantoms and evaluate it"),
 ) -> None:
     """Phantoms -> embedded runs (one per model) -> a table of score and Dice per model and variant."""
     from pixelperfect.demo import run_demo
@@ -278,7 +304,7 @@ def demo(
         }
     )
     use_settings(settings)
-    run_demo(workdir, settings, n=n, size=size, variants=variant, models=model, console=console)
+    run_demo(workdir, settings, n=n, size=size, variants=variant, models=model, console=console, tune=tune)
 
 
 def _register_plugins() -> None:

@@ -21,6 +21,7 @@ def run_demo(
     variants: Sequence[str],
     models: Sequence[str],
     console: Console,
+    tune: bool = True,
 ) -> list[dict[str, object]]:
     from pixelperfect.db import queries, repo
     from pixelperfect.db.session import session_scope
@@ -32,9 +33,12 @@ def run_demo(
     if not (data / "labels.csv").exists():
         write_phantoms(data, n, seed=0, size=size)
     console.print(f"phantoms: {n} chest X-rays of {size}² px in {data}")
+    runs: list[tuple[str, str, str | None]] = [(f"demo-{m}", m, None) for m in models]
+    if tune and "sam_tiny" in models:
+        best = _fine_tune(workdir, settings, size=size, console=console)
+        runs.insert(models.index("sam_tiny") + 1, ("demo-sam_tiny-tuned", "sam_tiny", best))
     run_ids = []
-    for model in models:
-        name = f"demo-{model}"
+    for name, model, checkpoint in runs:
         t0 = time.perf_counter()
         result = submit(
             SubmitRequest(
@@ -42,6 +46,7 @@ def run_demo(
                 run=name,
                 variants=variants,
                 model=model,
+                checkpoint=checkpoint,
                 annotations=str(data / "labels.csv"),
                 annotations_format="rsna",
                 gt_masks=str(data / "masks"),
@@ -52,10 +57,10 @@ def run_demo(
         console.print(f"run {name}: {result.pending} images processed in {time.perf_counter() - t0:.1f}s")
     with session_scope(settings.database_url) as session:
         rows = queries.variant_summary(session, run_ids=run_ids)
-        failed = {m: repo.status_counts(session, run_id=r)["failed"] for m, r in zip(models, run_ids, strict=True)}
+        failed = {r[0]: repo.status_counts(session, run_id=i)["failed"] for r, i in zip(runs, run_ids, strict=True)}
     table = Table(title="PixelPerfect demo — SAM vs baseline, raw vs preprocessed (phantom ground truth)")
     for col in (
-        "model",
+        "run",
         "variant",
         "images",
         "segments",
@@ -64,10 +69,10 @@ def run_demo(
         "consistency std",
         "mean Dice",
     ):
-        table.add_column(col, justify="left" if col in ("model", "variant") else "right")
+        table.add_column(col, justify="left" if col in ("run", "variant") else "right")
     for row in rows:
         table.add_row(
-            str(row["model"]),
+            str(row["name"]),
             str(row["variant"]),
             str(row["images"]),
             str(row["segments"]),
@@ -79,13 +84,57 @@ def run_demo(
     console.print(table)
     if any(failed.values()):
         console.print(f"failed images: {failed}")
-    report = _report(workdir, settings, [f"demo-{m}" for m in models], console)
+    report = _report(workdir, settings, [r[0] for r in runs], console)
     console.print(f"database: {settings.database_url}")
     console.print(f"masks:    {settings.store_url}")
     if report:
         console.print(f"report:   {report}")
     console.print(f"demo finished in {time.perf_counter() - started:.1f}s")
     return rows
+
+
+#: The demo's fine-tuning: decoder only, on phantoms of another seed than the evaluation set. A random tiny
+#: decoder needs a larger learning rate than the recipe's 1e-4 for pretrained SAM (measured: 1e-4 stays near
+#: Dice 0.1 after 100 steps, 1e-3 reaches ~0.8 in 200).
+TUNE_STEPS = 200
+TUNE_LR = 1e-3
+TUNE_IMAGES = 24
+
+
+def _fine_tune(workdir: Path, settings: Settings, *, size: int, console: Console) -> str:
+    """Fine-tune the random ``sam_tiny``'s mask decoder on held-out phantoms; returns the best checkpoint path."""
+    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.training.config import TrainConfig
+    from pixelperfect.training.finetune import train
+
+    out = workdir / "sam_tiny-tuned"
+    best = out / "best.pth"
+    if best.exists():
+        return str(best)
+    train_data = workdir / "train-phantoms"
+    if not (train_data / "labels.csv").exists():
+        write_phantoms(train_data, TUNE_IMAGES, seed=1, size=size)
+    t0 = time.perf_counter()
+    config = TrainConfig(
+        source=str(train_data / "images"),
+        gt_masks=str(train_data / "masks"),
+        out=str(out),
+        model="sam_tiny",
+        variant="raw",
+        max_steps=TUNE_STEPS,
+        epochs=1000,
+        lr=TUNE_LR,
+        patience=1000,
+        checkpoint_every=TUNE_STEPS,
+    )
+    result = train(config, settings, track=False)
+    metrics = result.metrics
+    console.print(
+        f"fine-tuned sam_tiny's mask decoder on {TUNE_IMAGES} other phantoms in {time.perf_counter() - t0:.1f}s: "
+        f"validation Dice {metrics.get('val_dice_before', float('nan')):.3f} -> "
+        f"{metrics.get('val_dice_after', float('nan')):.3f}"
+    )
+    return str(best)
 
 
 def _report(workdir: Path, settings: Settings, runs: list[str], console: Console) -> Path | None:
