@@ -131,6 +131,12 @@ def mark_done(
     )
 
 
+def set_timings(session: Session, *, timings: dict[int, dict[str, float]]) -> None:
+    """Write ``Image.timings`` (stage -> seconds) of several images in one executemany UPDATE by primary key."""
+    if timings:
+        session.execute(update(Image), [{"id": image_id, "timings": t} for image_id, t in timings.items()])
+
+
 def mark_failed(
     session: Session, *, image_id: int, reason: str, error: str, fields: dict[str, Any] | None = None
 ) -> None:
@@ -223,3 +229,28 @@ def progress_window(session: Session, *, run_id: int) -> tuple[datetime | None, 
         )
     ).one()
     return first, last, int(n or 0)
+
+
+def stage_timings(session: Session, *, run_id: int, limit: int = 5000) -> tuple[dict[str, float], int]:
+    """Summed per-image stage seconds over a sample of up to ``limit`` done images, and the sample size.
+
+    A sample, not the whole run: the shares of the stages settle after a few hundred images, and summing JSON over
+    millions of rows on every refresh of ``status --watch`` would cost more than the answer is worth.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, not {limit}")
+    rows = session.scalars(
+        select(Image.timings)
+        .where(Image.run_id == run_id, Image.status == ImageStatus.done.value, Image.timings.is_not(None))
+        .limit(limit)
+    )
+    totals: dict[str, float] = {}
+    n = 0
+    for timings in rows:
+        if not isinstance(timings, dict):
+            continue
+        n += 1
+        for stage, seconds in timings.items():
+            if isinstance(seconds, (int, float)):
+                totals[stage] = totals.get(stage, 0.0) + float(seconds)
+    return totals, n

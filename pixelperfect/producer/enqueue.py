@@ -1,32 +1,49 @@
 """Create or resume a run and hand its unfinished images to workers, in batches.
 
 Everything that can be wrong with a submission (unknown variant, bad annotations, unreadable checkpoint, a run
-name reused with another configuration) fails here, before anything is enqueued.
+name reused with another configuration) fails here, before anything is enqueued. Then the listing streams through
+in chunks (``producer/stream.py``): each chunk is registered in one transaction and its batches are published —
+pipelined, pausing while the queue is full — before the next chunk is read, so workers start on the first images
+while later ones are still being listed, and memory does not grow with the archive.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pixelperfect import __version__
 from pixelperfect.config import MODEL_NAMES, Settings
-from pixelperfect.db import repo
+from pixelperfect.db import bulk, queries, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.session import session_scope
+from pixelperfect.pipeline.auto import PROMPT_MODES, parse_points_csv
 from pixelperfect.pipeline.models import RANDOM_CHECKPOINT, sha256_hex
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
 from pixelperfect.pipeline.process import ProcessSettings
-from pixelperfect.producer.annotations import match_masks, match_to_keys, parse_annotations
-from pixelperfect.producer.sources import absolute_url, list_image_keys, open_source
+from pixelperfect.producer.annotations import match_to_keys, parse_annotations, stem
+from pixelperfect.producer.sources import absolute_url, iter_manifest, list_image_keys, open_source
+from pixelperfect.producer.stream import (
+    PUBLISH_CHUNK,
+    REGISTER_CHUNK,
+    Backpressure,
+    Batcher,
+    KeyMatcher,
+    Publisher,
+    chunked,
+    queue_length,
+)
 from pixelperfect.storage import read_url
 
-#: How many batch messages one pipelined round trip to the broker carries.
-PUBLISH_CHUNK = 200
+log = logging.getLogger(__name__)
+
+__all__ = ["PUBLISH_CHUNK", "SubmitError", "SubmitRequest", "SubmitResult", "dispatch", "submit"]
 
 
 class SubmitError(ValueError):
@@ -43,6 +60,9 @@ class SubmitRequest:
     annotations: str | None = None
     annotations_format: str = "rsna"
     gt_masks: str | None = None
+    prompts: str | None = None  # boxes | points | auto; None: auto for a SAM run without annotations, else boxes
+    points: str | None = None  # points mode: CSV key,x,y[,label] (path or URL)
+    manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
     process: ProcessSettings = field(default_factory=ProcessSettings)
 
@@ -98,6 +118,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
     if model not in MODEL_NAMES:
         raise SubmitError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
     checkpoint, sha = _checkpoint(model, req.checkpoint or settings.checkpoint, settings)
+    process = replace(req.process, prompt_mode=prompt_mode(req, model))
     return {
         "source_url": absolute_url(req.source),
         "store_url": absolute_url(settings.store_url),
@@ -105,13 +126,31 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
         "checkpoint": checkpoint,
         "checkpoint_sha256": sha,
         "variants": [{"name": v.name, "spec": v.spec, "hash": v.spec_hash} for v in variants],
-        "prompt_mode": "boxes",
+        "prompt_mode": process.prompt_mode,
         "settings": {
-            **req.process.as_dict(),
+            **process.as_dict(),
             "annotations": bool(req.annotations),
+            "points": bool(req.points),
             "gt_masks": absolute_url(req.gt_masks) if req.gt_masks else None,
         },
     }
+
+
+def prompt_mode(req: SubmitRequest, model: str) -> str:
+    """The run's prompts: as asked, or by default ``auto`` for a SAM run without annotations (GrabCut has no
+    confidence to filter automatic masks by, so it keeps ``boxes``), ``points`` when a points file is given."""
+    mode = req.prompts
+    if mode is None:
+        mode = "points" if req.points else ("boxes" if req.annotations or model == "grabcut" else "auto")
+    if mode not in PROMPT_MODES:
+        raise SubmitError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {mode!r}")
+    if mode == "points" and not req.points:
+        raise SubmitError("--prompts points needs --points CSV (key,x,y[,label])")
+    if req.points and mode != "points":
+        raise SubmitError(f"--points is only used with --prompts points, not {mode}")
+    if mode == "auto" and model == "grabcut":
+        raise SubmitError("--prompts auto needs a SAM model: GrabCut has no confidence to filter masks by")
+    return mode
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -125,30 +164,28 @@ def submit(
     on_progress: Callable[[int, int], None] | None = None,
     execute: bool = True,
 ) -> SubmitResult:
-    """Validate, register and enqueue (or, embedded, run) the run's unfinished images."""
+    """Validate, register and enqueue (or, embedded, run) the run's unfinished images, chunk by chunk.
+
+    ``on_progress(done, known)``: batches published (distributed) or images processed (embedded) so far, out of
+    those known so far (the total grows while the listing streams).
+    """
     variants = parse_variants(req.variants)
     config = run_config(req, settings, variants)
     batch_size = req.batch_size or settings.batch_size
-    source = open_source(req.source, settings.s3_endpoint_url)
-    keys = list(list_image_keys(source))
-    if not keys:
+    chunks = chunked(_listing(req, settings), REGISTER_CHUNK)
+    first = next(chunks, [])
+    if not first:
         raise SubmitError(f"no images under {req.source}")
-    boxes: dict[str, list[list[float]]] = {}
-    if req.annotations:
-        try:
-            text = read_url(
-                req.annotations if "://" in req.annotations else absolute_url(req.annotations),
-                endpoint_url=settings.s3_endpoint_url,
-            ).decode("utf-8-sig")
-        except Exception as exc:
-            raise SubmitError(f"cannot read annotations {req.annotations}: {exc}") from None
-        boxes = match_to_keys(parse_annotations(text, req.annotations_format, req.annotations), keys)
-    gt: dict[str, str] = {}
-    if req.gt_masks:
-        mask_store = open_source(req.gt_masks, settings.s3_endpoint_url)
-        gt = {k: mask_store.url_for(m) for k, m in match_masks(list_image_keys(mask_store), keys).items()}
-        if not gt:
-            raise SubmitError(f"no ground-truth mask under {req.gt_masks} matches an image stem")
+    second = next(chunks, [])
+    whole = not second  # the listing fits one chunk: matches can be checked against all of it before registering
+    chunks = itertools.chain([first], [second] if second else [], chunks)
+    boxes = KeyMatcher(_read_boxes(req, req.annotations, settings)) if req.annotations else None
+    points = KeyMatcher(_read_points(req.points, settings)) if req.points else None
+    masks = _mask_index(req.gt_masks, settings) if req.gt_masks else None
+    if whole and points is not None and not match_to_keys(points.values, first):
+        raise SubmitError(f"no point in {req.points} matches an image key or stem")
+    if whole and masks is not None and not any(stem(k) in masks for k in first):
+        raise SubmitError(f"no ground-truth mask under {req.gt_masks} matches an image stem")
 
     upgrade(settings.database_url)
     digest = config_hash(config)
@@ -161,13 +198,120 @@ def submit(
             session, name=req.run, fields={**config, "code_version": __version__, "config_hash": digest}
         )
         run_id = run.id
-        new = repo.add_images(session, run_id=run_id, keys=keys, gt_masks=gt)
-        repo.add_annotations(session, run_id=run_id, boxes=boxes)
-        pending = repo.keys_with_status(session, run_id=run_id, statuses=["queued"])
-    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
-    if execute:
-        dispatch(run_id, req.run, batches, settings, on_progress=on_progress)
-    return SubmitResult(run_id, req.run, created, len(keys), new, len(pending), len(batches), len(boxes))
+
+    sink = _Sink(run_id, req.run, settings, on_progress) if execute else None
+    batcher = Batcher(batch_size)
+    images = new = pending = batches = annotated = 0
+    try:
+        for chunk in chunks:
+            gt = {k: masks[stem(k)] for k in chunk if stem(k) in masks} if masks else {}
+            with session_scope(settings.database_url) as session:  # one transaction per chunk
+                inserted, queued = bulk.register_images(session, run_id=run_id, keys=chunk, gt_masks=gt)
+                if boxes is not None:
+                    matched = boxes.match(chunk)
+                    repo.add_annotations(session, run_id=run_id, boxes=matched)
+                    annotated += len(matched)
+                if points is not None:
+                    queries.add_points(session, run_id=run_id, points=points.match(chunk))
+            images, new, pending = images + len(chunk), new + inserted, pending + len(queued)
+            ready = batcher.add(queued)
+            batches += len(ready)
+            if sink is not None:
+                sink.send(ready, known_images=pending, known_batches=batches)
+        rest = batcher.flush()
+        batches += len(rest)
+        if sink is not None:
+            sink.send(rest, known_images=pending, known_batches=batches)
+    finally:
+        if sink is not None:
+            sink.close()
+    if points is not None and not points.matched:
+        log.warning("no point in %s matches an image key or stem", req.points)
+    return SubmitResult(run_id, req.run, created, images, new, pending, batches, annotated)
+
+
+def _listing(req: SubmitRequest, settings: Settings) -> Iterator[str]:
+    if req.manifest:
+        url = req.manifest if "://" in req.manifest else absolute_url(req.manifest)
+        try:
+            yield from iter_manifest(url, settings.s3_endpoint_url)
+        except (OSError, KeyError) as exc:
+            raise SubmitError(f"cannot read manifest {req.manifest}: {exc}") from None
+        return
+    yield from list_image_keys(open_source(req.source, settings.s3_endpoint_url))
+
+
+def _read_text(what: str, where: str, settings: Settings) -> str:
+    try:
+        url = where if "://" in where else absolute_url(where)
+        return read_url(url, endpoint_url=settings.s3_endpoint_url).decode("utf-8-sig")
+    except Exception as exc:
+        raise SubmitError(f"cannot read {what} {where}: {exc}") from None
+
+
+def _read_boxes(req: SubmitRequest, where: str, settings: Settings) -> dict[str, list[list[float]]]:
+    return parse_annotations(_read_text("annotations", where, settings), req.annotations_format, where)
+
+
+def _read_points(where: str, settings: Settings) -> dict[str, list[list[float]]]:
+    text = _read_text("points", where, settings)
+    try:
+        return parse_points_csv(text, where)
+    except ValueError as exc:
+        raise SubmitError(str(exc)) from None
+
+
+def _mask_index(where: str, settings: Settings) -> dict[str, str]:
+    """``{stem: mask URL}`` of the ground-truth masks (memory: one entry per mask, not per image)."""
+    mask_store = open_source(where, settings.s3_endpoint_url)
+    index: dict[str, str] = {}
+    for key in list_image_keys(mask_store):
+        index[stem(key)] = mask_store.url_for(key)  # as match_masks: the last mask listed for a stem wins
+    return index
+
+
+class _Sink:
+    """Where a chunk's batches go: published with backpressure (distributed) or run here, in order (embedded)."""
+
+    def __init__(
+        self, run_id: int, run_name: str, settings: Settings, on_progress: Callable[[int, int], None] | None
+    ) -> None:
+        self.run_id, self.settings, self.on_progress = run_id, settings, on_progress
+        self.done = 0
+        self.publisher: Publisher | None = None
+        self._length: Any = None
+        if not settings.embedded:
+            from pixelperfect.worker.app import GPU_QUEUE
+            from pixelperfect.worker.tasks import segment_batch
+
+            broker = settings.broker_url or ""
+            self._length = queue_length(segment_batch.app, broker, GPU_QUEUE)
+            pressure = Backpressure(self._length, settings.max_queued_batches)
+            self.publisher = Publisher(segment_batch.app, segment_batch, broker, run_id, run_name, pressure)
+
+    def send(self, batches: list[list[str]], *, known_images: int, known_batches: int) -> None:
+        """Publish or run ``batches``; progress counts batches published (distributed) or images run (embedded)."""
+        report = self.on_progress
+        if self.publisher is not None:
+            self.publisher.publish(batches)
+            self.done = self.publisher.published
+            if report and batches:
+                report(self.done, known_batches)
+            return
+        offset = self.done
+
+        def progress(done: int, _total: int) -> None:
+            if report:
+                report(offset + done, known_images)
+
+        run_embedded(self.run_id, batches, self.settings, on_progress=progress)
+        self.done += sum(len(b) for b in batches)
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        if self._length is not None:
+            self._length.close()
 
 
 def dispatch(
@@ -178,21 +322,15 @@ def dispatch(
     *,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Distributed: publish one ``segment_batch`` message per batch. Embedded: run them here, in order."""
-    if settings.embedded:
-        run_embedded(run_id, batches, settings, on_progress=on_progress)
-        return
-    from pixelperfect.worker.tasks import segment_batch
-
-    with segment_batch.app.producer_or_acquire() as producer:
-        for i, batch in enumerate(batches):
-            segment_batch.apply_async(
-                (run_id, batch),
-                producer=producer,
-                argsrepr=f"(run={run_name!r}, keys={len(batch)})",  # what Flower shows: short and meaningful
-            )
-            if on_progress and (i % PUBLISH_CHUNK == 0 or i == len(batches) - 1):
-                on_progress(i + 1, len(batches))
+    """Distributed: publish one ``segment_batch`` message per batch (pipelined, with backpressure). Embedded: run
+    them here, in order."""
+    sink = _Sink(run_id, run_name, settings, on_progress)
+    try:
+        images = sum(len(b) for b in batches)
+        for start in range(0, len(batches), PUBLISH_CHUNK):
+            sink.send(batches[start : start + PUBLISH_CHUNK], known_images=images, known_batches=len(batches))
+    finally:
+        sink.close()
 
 
 def run_embedded(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pixelperfect.storage import ObjectStore, is_image_key, open_store, parse_url
+from pixelperfect.storage import ObjectStore, is_image_key, open_store, parse_url, read_url
 
 
 def absolute_url(url: str) -> str:
@@ -25,7 +25,26 @@ def list_image_keys(store: ObjectStore, prefix: str = "") -> Iterator[str]:
 
 def read_manifest(text: str) -> list[str]:
     """A manifest: one key per line; blank lines and ``#`` comments ignored."""
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return list(_manifest_keys(text.splitlines()))
+
+
+def iter_manifest(url: str, endpoint_url: str | None = None) -> Iterator[str]:
+    """The keys of a manifest (path or URL), lazily: a local file is read line by line, so a manifest of millions
+    of keys (an S3 Inventory export, a CSV's key column) costs no more memory than one line; a remote one is one
+    object in memory. Keys are relative to the run's source."""
+    scheme, _, path = parse_url(url)
+    if scheme == "file":
+        with open(Path(path).expanduser(), encoding="utf-8-sig") as fh:
+            yield from _manifest_keys(fh)
+        return
+    yield from _manifest_keys(read_url(url, endpoint_url=endpoint_url).decode("utf-8-sig").splitlines())
+
+
+def _manifest_keys(lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        key = line.strip()
+        if key and not key.startswith("#"):
+            yield key
 
 
 def open_source(url: str, endpoint_url: str | None = None) -> ObjectStore:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixelperfect.config import Settings, get_settings
+from pixelperfect.pipeline.auto import AutoSettings
 from pixelperfect.pipeline.models import RANDOM_CHECKPOINT, sha256_hex
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
 from pixelperfect.pipeline.process import ProcessSettings
@@ -62,7 +63,14 @@ class RunSpec:
             checkpoint=run.checkpoint,
             checkpoint_sha256=run.checkpoint_sha256,
             variants=variants,
-            process=ProcessSettings(jitter=jitter, min_area=int(s.get("min_area", 250)), seed=int(s.get("seed", 0))),
+            process=ProcessSettings(
+                jitter=jitter,
+                min_area=int(s.get("min_area", 250)),
+                seed=int(s.get("seed", 0)),
+                prompt_mode=run.prompt_mode or "boxes",
+                nsd_tolerance=float(s.get("nsd_tolerance", 2.0)),
+                auto=AutoSettings.from_dict(s.get("auto")),
+            ),
         )
 
 
@@ -101,6 +109,7 @@ class Runtime:
                     self.settings.device,
                     encoder_batch=self.settings.encoder_batch,
                     precision=self.settings.precision,
+                    compile_encoder=self.settings.compile_encoder,
                 )
                 self.model_loads += 1
             return self._segmenters[key]

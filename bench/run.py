@@ -1,0 +1,81 @@
+"""``make bench``: the CPU benchmarks of issue 8, side by side in one run (about 5 minutes on 2 cores).
+
+Each measure prints one line, ``P<n> <what> ratio=<x>`` or ``P<n> <what> value=<x> <unit>`` (with its goal and
+``ok=yes|no``), followed by ``#`` detail lines. Every benchmark runs in its own process, so thread settings and
+memory of one cannot colour another. The real services must be up (PostgreSQL, Redis; moto runs in-process).
+
+* P1 ``p1_pipeline.py``  end-to-end ÷ model-only time per image; non-model CPU time per 1024² image
+* P2 ``p2_scaling.py``   two workers ÷ one worker, images/s (S3 + PostgreSQL + Redis)
+* P3 ``bench_consistency.py`` consistency K = 4 ÷ K = 0 (issue 4's benchmark, when present)
+* P5 ``p5_producer.py``  producer keys/s for a million keys; S3 listing rate
+* P7 ``p7_rss.py``       worker RSS drift over 1,000 images
+* P6 (GPU) is ``bench/gpu.sh``, not part of this run.
+
+Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+#: (measure, script, full arguments, --quick arguments)
+BENCHES = [
+    ("P1", "p1_pipeline.py", ["--images", "16", "--repeats", "2"], ["--images", "4", "--repeats", "1"]),
+    ("P2", "p2_scaling.py", ["--images", "32"], ["--images", "8"]),
+    ("P3", "bench_consistency.py", [], []),
+    ("P5", "p5_producer.py", ["--keys", "1000000"], ["--keys", "50000"]),
+    ("P7", "p7_rss.py", ["--images", "1000"], ["--images", "200"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated measures, e.g. P1,P5")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    args = parser.parse_args()
+    only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
+    started = time.perf_counter()
+    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    missed, failed = [], []
+    for measure, script, full, quick in BENCHES:
+        if only and measure not in only:
+            continue
+        path = HERE / script
+        if not path.exists():
+            print(f"# {measure}: {script} not present, skipped", flush=True)
+            continue
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, str(path), *(quick if args.quick else full)], cwd=HERE.parent,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        out, err = proc.communicate()
+        lines = [line for line in out.splitlines() if line.startswith(("P", "#"))]
+        for line in lines:
+            print(line, flush=True)
+            if line.startswith("P") and "ok=no" in line:
+                missed.append(line.split(" ", 1)[0])
+        if proc.returncode not in (0, 1) or not any(line.startswith("P") for line in lines):
+            failed.append(measure)
+            print(f"# {measure}: {script} exited {proc.returncode}:\n" + _indent(err[-3000:]), flush=True)
+        print(f"#   ({measure} took {time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"# total {time.perf_counter() - started:.0f} s; goals missed: {', '.join(missed) or 'none'}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)  # fmt: skip
+    return 1 if failed or (args.strict and missed) else 0
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"#   {line}" for line in text.splitlines())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
