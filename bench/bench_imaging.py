@@ -1,7 +1,7 @@
 """Imaging benchmarks (issue 3), one core: the research's preprocessing chain on a 1024² radiograph, and
 RAPMED vectorised against a plain per-pixel Python loop.
 
-Prints ``P3.<n> <name> value=<number> unit=<unit> goal=<goal> ok=<yes|no>`` lines (plus ``#`` detail lines);
+Prints ``IMG<n> <name> value=<number> unit=<unit> goal=<goal> ok=<yes|no>`` lines (plus ``#`` detail lines);
 exit status 1 if a goal is missed. Run: ``python bench/bench_imaging.py [--repeat N]``.
 """
 
@@ -80,7 +80,7 @@ def main() -> int:
         ms = timed(lambda step=step, src=staged: step(src), args.repeat)
         print(f"#   {step.name:<12} {ms:7.2f} ms")
         staged = step(staged)
-    report("P3.1", "research_chain_1024_one_core_ms", chain_ms, "ms", f"<={CHAIN_GOAL_MS:g}", chain_ms <= CHAIN_GOAL_MS)
+    report("IMG1", "research_chain_1024_one_core_ms", chain_ms, "ms", f"<={CHAIN_GOAL_MS:g}", chain_ms <= CHAIN_GOAL_MS)
 
     crop = np.ascontiguousarray(image[384:640, 384:640])
     rapmed = parse_step("rapmed(k=3)")
@@ -97,7 +97,7 @@ def main() -> int:
     print(f"# rapmed vectorised: {crop_ms * 1000:.0f} us on 256x256, {full_ms:.3f} ms on 1024x1024")
     print(f"# same-crop ratio: {loop_ms / crop_ms:.0f}x")
     ok = scaled_ratio >= RAPMED_GOAL_RATIO
-    report("P3.2", "rapmed_vectorised_vs_loop_ratio", scaled_ratio, "x", f">={RAPMED_GOAL_RATIO:g}", ok)
+    report("IMG2", "rapmed_vectorised_vs_loop_ratio", scaled_ratio, "x", f">={RAPMED_GOAL_RATIO:g}", ok)
 
     from skimage.filters.rank import entropy as skimage_entropy
     from skimage.morphology import disk

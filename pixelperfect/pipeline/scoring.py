@@ -36,18 +36,18 @@ def boxes_from_mask(mask: np.ndarray, min_area: int = 250) -> list[list[int]]:
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice coefficient 2|A∩B| / (|A| + |B|); 1.0 when both are empty."""
-    total = int(pred.sum()) + int(truth.sum())
+    total = np.count_nonzero(pred) + np.count_nonzero(truth)
     if total == 0:
         return 1.0
-    return 2.0 * int(np.logical_and(pred, truth).sum()) / total
+    return 2.0 * np.count_nonzero(pred & truth) / total
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """Jaccard index |A∩B| / |A∪B|; 1.0 when both are empty."""
-    union = int(np.logical_or(pred, truth).sum())
+    union = np.count_nonzero(pred | truth)
     if union == 0:
         return 1.0
-    return int(np.logical_and(pred, truth).sum()) / union
+    return np.count_nonzero(pred & truth) / union
 
 
 def box_iou(a: Box, b: Box) -> float:
@@ -69,7 +69,7 @@ def mask_bbox(mask: np.ndarray) -> list[int] | None:
 
 def fraction_inside(mask: np.ndarray, box: Box) -> float | None:
     """The fraction of mask pixels that fall inside ``box``; ``None`` for an empty mask."""
-    total = int(mask.sum())
+    total = np.count_nonzero(mask)
     if total == 0:
         return None
     x1, y1, x2, y2 = (round(float(v)) for v in box)
@@ -97,15 +97,15 @@ def consistency(base: np.ndarray, perturbed: np.ndarray, perturbed_scores: np.nd
     scores = np.asarray(perturbed_scores, np.float64)
     std = float(np.std(scores)) if np.isfinite(scores).all() else None
     flat = perturbed.reshape(k, -1)
-    areas = flat.sum(1, dtype=np.int64)
+    areas = np.count_nonzero(flat, axis=1)
     pairs = [
-        iou_from_counts(int(np.logical_and(flat[i], flat[j]).sum()), int(areas[i]), int(areas[j]))
+        iou_from_counts(int(np.count_nonzero(flat[i] & flat[j])), int(areas[i]), int(areas[j]))
         for i, j in itertools.combinations(range(k), 2)
     ]
     base_flat = base.reshape(-1)
     base_area = int(base_flat.sum())
     to_base = [
-        iou_from_counts(int(np.logical_and(flat[i], base_flat).sum()), int(areas[i]), base_area) for i in range(k)
+        iou_from_counts(int(np.count_nonzero(flat[i] & base_flat)), int(areas[i]), base_area) for i in range(k)
     ]
     return {
         "consistency_std": std,

@@ -306,6 +306,8 @@ def _pipeline(
             result, puts = post.result()
             uploads.extend(puts)
             results[f.key] = result
+            if isinstance(result, str):  # scoring failed on this image: it alone fails
+                f.reason, f.error = "segmentation_error", result
         t0 = time.perf_counter()
         for put in uploads:
             put.result()  # a failed upload raises: the batch is retried, no row points at a missing object

@@ -185,3 +185,26 @@ def test_pipelined_rows_equal_the_sequential_pipeline_and_the_model_loads_once(
             n += 1
     assert n == len(rows) > 0
     assert rt.model_loads == 1
+
+
+class BrokenForOne(SlowModel):
+    """Returns a prediction that scoring cannot use (one mask short) for images of one size."""
+
+    def predict_boxes(self, shape: Any, boxes: np.ndarray) -> BoxPrediction:
+        pred = super().predict_boxes(shape, boxes)
+        if self.events.predicted == 3:
+            return BoxPrediction(pred.masks[:-1], pred.scores[:-1], pred.chosen[:-1], pred.stability[:-1])
+        return pred
+
+
+def test_an_image_that_fails_in_scoring_fails_alone(tmp_path: Path, phantom_dir: Path) -> None:
+    run_id, keys, cfg = _setup(tmp_path, phantom_dir, 6, encoder_batch=2, batch_size=6)
+    events = Events()
+    _install(run_id, BrokenForOne(events, 0.0), SpyStore(tmp_path / "store", events),
+             SpyStore(tmp_path / "images", events))  # fmt: skip
+    summary = run_batch(run_id, keys)
+    assert (summary.done, summary.failed) == (5, 1)
+    assert set(summary.failures.values()) == {"segmentation_error"}
+    with session_scope(cfg.database_url) as session:
+        failed = session.scalars(select(Image).where(Image.status == "failed")).one()
+        assert failed.error_reason == "segmentation_error" and failed.key in failed.error
