@@ -104,9 +104,7 @@ def consistency(base: np.ndarray, perturbed: np.ndarray, perturbed_scores: np.nd
     ]
     base_flat = base.reshape(-1)
     base_area = int(base_flat.sum())
-    to_base = [
-        iou_from_counts(int(np.count_nonzero(flat[i] & base_flat)), int(areas[i]), base_area) for i in range(k)
-    ]
+    to_base = [iou_from_counts(int(np.count_nonzero(flat[i] & base_flat)), int(areas[i]), base_area) for i in range(k)]
     return {
         "consistency_std": std,
         "consistency_iou": float(np.mean(pairs)) if pairs else None,
