@@ -74,6 +74,7 @@ def submit(
         None, help="boxes | points | auto (default: auto for a SAM run without annotations, else boxes)"
     ),
     points: str | None = typer.Option(None, help="--prompts points: CSV key,x,y[,label] (path or URL)"),
+    manifest: str | None = typer.Option(None, help="keys to process, one per line (path or URL), instead of listing"),
     nsd_tolerance: float = typer.Option(2.0, min=0, help="px tolerance of the normalised surface distance"),
     points_per_side: int = typer.Option(16, min=1, max=128, help="--prompts auto: grid points per side"),
     lung_only: bool = typer.Option(True, help="--prompts auto: keep only masks inside the lung field"),
@@ -100,6 +101,7 @@ def submit(
         batch_size=batch_size,
         prompts=prompts,
         points=points,
+        manifest=manifest,
         process=ProcessSettings(
             jitter=Jitter(k=consistency_k),
             min_area=settings.min_area,

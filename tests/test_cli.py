@@ -55,3 +55,16 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path: Path) -> None:
     assert vit.returncode == 2 and "needs a checkpoint" in vit.stderr
     worker = run("worker", env=env)
     assert worker.returncode == 2 and "PIXELPERFECT_BROKER_URL is not set" in worker.stderr
+
+
+@pytest.mark.integration
+def test_submit_from_a_manifest_fails_a_traversal_key_and_does_the_rest(tmp_path: Path, phantom_dir: Path) -> None:
+    manifest = tmp_path / "keys.txt"
+    manifest.write_text("# three keys\nphantom-00000.png\nphantom-00001.png\n../escape.png\n")
+    env = service_env(database_url=f"sqlite:///{tmp_path / 'm.db'}", store_url=f"file://{tmp_path / 'store'}")
+    out = run("submit", str(phantom_dir / "images"), "--run", "m", "--model", "grabcut", "--manifest",
+              str(manifest), env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr + out.stdout
+    status = json.loads(run("status", "m", "--json", env=env).stdout)
+    assert status["images"] == {"queued": 0, "done": 2, "failed": 1}
+    assert status["failures"] == {"invalid_key": 1}
