@@ -137,12 +137,15 @@ def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "
     from pixelperfect.config import get_settings
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
+    from pixelperfect.worker.metrics import observe_batch
 
     with session_scope(get_settings().database_url) as session:
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)
-        for row in rows.values():
+        unfinished = [row for row in rows.values() if row.status != "done"]
+        for row in unfinished:
             repo.mark_failed(session, image_id=row.id, reason=reason, error=f"{type(exc).__name__}: {exc}")
-    return {"run_id": run_id, "done": 0, "failed": len(keys), "gave_up": True}
+    observe_batch(done=0, failures={row.key: reason for row in unfinished}, segments=0, timings=[], seconds=0.0)
+    return {"run_id": run_id, "done": 0, "failed": len(unfinished), "gave_up": True}
 
 
 def _short(exc: BaseException | Any, limit: int = 300) -> str:
