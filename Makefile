@@ -29,6 +29,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy pixelperfect
 
 test: $(STAMP) lint typecheck
+	bash scripts/services.sh
 	bash scripts/system-deps.sh
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
