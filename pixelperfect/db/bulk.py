@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from pixelperfect.db.models import Image, ImageStatus, Segment, utcnow
-from pixelperfect.db.repo import _insert
+from pixelperfect.db.repo import dialect_insert
 
 #: Keys per call the callers should stay under: SQLite binds one parameter per key in ``queued_keys``.
 MAX_KEYS = 20_000
@@ -41,7 +41,8 @@ def register_images(
              "gt_mask_key": gt_masks.get(k), "created_at": now}
             for k in dict.fromkeys(keys)
         ]  # fmt: skip
-        stmt = _insert(session, Image).on_conflict_do_nothing(index_elements=["run_id", "key"]).returning(Image.key)
+        stmt = dialect_insert(session, Image).on_conflict_do_nothing(index_elements=["run_id", "key"])
+        stmt = stmt.returning(Image.key)
         new = set(session.scalars(stmt, rows))  # executemany: compiled once, sent as multi-row inserts
     queued = set(new)
     old = [k for k in dict.fromkeys(keys) if k not in new]
@@ -84,7 +85,7 @@ def mark_done_many(session: Session, *, images: Sequence[tuple[int, Sequence[dic
     """
     segments = [row for _, rows, _ in images for row in rows]
     for columns, rows in _by_columns(segments).items():
-        stmt = _insert(session, Segment)
+        stmt = dialect_insert(session, Segment)
         updatable = {c: stmt.excluded[c] for c in columns if c not in ("image_id", "variant", "prompt_index")}
         session.execute(
             stmt.on_conflict_do_update(index_elements=["image_id", "variant", "prompt_index"], set_=updatable), rows

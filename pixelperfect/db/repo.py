@@ -16,7 +16,8 @@ from pixelperfect.db.models import Annotation, Image, ImageStatus, Run, Segment,
 INSERT_CHUNK = 500
 
 
-def _insert(session: Session, table: Any) -> Any:
+def dialect_insert(session: Session, table: Any) -> Any:
+    """``INSERT`` of the session's dialect (PostgreSQL or SQLite), which has ``on_conflict_do_*`` for upserts."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -43,7 +44,7 @@ def get_run_by_id(session: Session, *, run_id: int) -> Run | None:
 
 def create_run(session: Session, *, name: str, fields: dict[str, Any]) -> Run:
     """Insert a run row, or return the existing one (a concurrent producer may have created it)."""
-    stmt = _insert(session, Run).values(name=name, created_at=utcnow(), **fields)
+    stmt = dialect_insert(session, Run).values(name=name, created_at=utcnow(), **fields)
     session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
     run = get_run(session, name=name)
     if run is None:  # pragma: no cover - only if deleted between the two statements
@@ -75,7 +76,8 @@ def add_images(session: Session, *, run_id: int, keys: Sequence[str], gt_masks: 
     ]
     inserted = 0
     for chunk in _chunks(rows):
-        stmt = _insert(session, Image).values(list(chunk)).on_conflict_do_nothing(index_elements=["run_id", "key"])
+        stmt = dialect_insert(session, Image).values(list(chunk))
+        stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "key"])
         inserted += len(session.execute(stmt.returning(Image.id)).all())  # rowcount is -1 here on psycopg
     return inserted
 
@@ -111,7 +113,7 @@ def mark_done(
 ) -> None:
     """Upsert the image's segments, then mark it done. Safe to repeat (a redelivered task changes nothing)."""
     for chunk in _chunks(list(segments)):
-        stmt = _insert(session, Segment).values(list(chunk))
+        stmt = dialect_insert(session, Segment).values(list(chunk))
         updatable = {c: stmt.excluded[c] for c in chunk[0] if c not in ("image_id", "variant", "prompt_index")}
         session.execute(
             stmt.on_conflict_do_update(index_elements=["image_id", "variant", "prompt_index"], set_=updatable)
@@ -158,27 +160,49 @@ def mark_failed(
 # --- annotations ----------------------------------------------------------------------------------------------
 
 
-def add_annotations(session: Session, *, run_id: int, boxes: dict[str, list[list[float]]]) -> int:
-    """Store ground-truth boxes (XYXY) per image key; re-importing the same boxes changes nothing."""
-    rows = [
-        {
-            "run_id": run_id,
-            "image_key": key,
-            "index": i,
-            "kind": "box",
-            "x1": b[0],
-            "y1": b[1],
-            "x2": b[2],
-            "y2": b[3],
-            "label": 1,
-        }
-        for key, key_boxes in boxes.items()
-        for i, b in enumerate(key_boxes)
-    ]
+#: Point annotations are numbered from here so they never collide with the box indices of the same image.
+POINT_INDEX_BASE = 1_000_000
+
+
+def _add_annotation_rows(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert annotation rows; rows already there (same run, key, index) are left as they are."""
     for chunk in _chunks(rows):
-        stmt = _insert(session, Annotation).values(list(chunk))
+        stmt = dialect_insert(session, Annotation).values(list(chunk))
         session.execute(stmt.on_conflict_do_nothing(index_elements=["run_id", "image_key", "index"]))
     return len(rows)
+
+
+def add_annotations(session: Session, *, run_id: int, boxes: dict[str, list[list[float]]]) -> int:
+    """Store ground-truth boxes (XYXY) per image key; re-importing the same boxes changes nothing."""
+    return _add_annotation_rows(session, [
+        {"run_id": run_id, "image_key": key, "index": i, "kind": "box",
+         "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "label": 1}
+        for key, key_boxes in boxes.items()
+        for i, b in enumerate(key_boxes)
+    ])  # fmt: skip
+
+
+def add_points(session: Session, *, run_id: int, points: dict[str, list[list[float]]]) -> int:
+    """Store point prompts ``{key: [[x, y, label], ...]}`` as ``kind='point'`` annotations (idempotent)."""
+    return _add_annotation_rows(session, [
+        {"run_id": run_id, "image_key": key, "index": POINT_INDEX_BASE + i, "kind": "point",
+         "x1": float(p[0]), "y1": float(p[1]), "x2": None, "y2": None, "label": int(p[2]) if len(p) > 2 else 1}
+        for key, key_points in points.items()
+        for i, p in enumerate(key_points)
+    ])  # fmt: skip
+
+
+def points_for(session: Session, *, run_id: int, keys: Sequence[str]) -> dict[str, list[list[float]]]:
+    """Point prompts ``{key: [[x, y, label], ...]}`` of the given images, in import order."""
+    rows = session.execute(
+        select(Annotation.image_key, Annotation.x1, Annotation.y1, Annotation.label)
+        .where(Annotation.run_id == run_id, Annotation.image_key.in_(list(keys)), Annotation.kind == "point")
+        .order_by(Annotation.image_key, Annotation.index)
+    )
+    out: dict[str, list[list[float]]] = {}
+    for key, x, y, label in rows:
+        out.setdefault(key, []).append([float(x), float(y), float(label)])
+    return out
 
 
 def boxes_for(session: Session, *, run_id: int, keys: Sequence[str]) -> dict[str, list[list[float]]]:

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from pixelperfect.pipeline.segment import BoxPrediction, Segmenter
 
 PROMPT_MODES = ("boxes", "points", "auto")
-#: Point annotations are numbered from here so they never collide with the box indices of the same image.
-POINT_INDEX_BASE = 1_000_000
 _LUNG_WORK_SIZE = 256  # the lung-field estimate runs at this long side: it is a coarse shape
 
 

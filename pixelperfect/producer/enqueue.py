@@ -20,7 +20,7 @@ from typing import Any
 
 from pixelperfect import __version__
 from pixelperfect.config import MODEL_NAMES, Settings
-from pixelperfect.db import bulk, queries, repo
+from pixelperfect.db import bulk, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.auto import PROMPT_MODES, parse_points_csv
@@ -212,7 +212,7 @@ def submit(
                     repo.add_annotations(session, run_id=run_id, boxes=matched)
                     annotated += len(matched)
                 if points is not None:
-                    queries.add_points(session, run_id=run_id, points=points.match(chunk))
+                    repo.add_points(session, run_id=run_id, points=points.match(chunk))
             images, new, pending = images + len(chunk), new + inserted, pending + len(queued)
             ready = batcher.add(queued)
             batches += len(ready)

@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pixelperfect.db import bulk, queries, repo
+from pixelperfect.db import bulk, repo
 from pixelperfect.db.models import ImageStatus
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
@@ -105,7 +105,7 @@ def run_batch(
     with session_scope(rt.settings.database_url) as session:
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)
         boxes = repo.boxes_for(session, run_id=run_id, keys=keys)
-        points = queries.points_for(session, run_id=run_id, keys=keys) if run.process.prompt_mode == "points" else {}
+        points = repo.points_for(session, run_id=run_id, keys=keys) if run.process.prompt_mode == "points" else {}
         todo = [
             (k, rows[k].id, rows[k].gt_mask_key) for k in keys if k in rows and rows[k].status != ImageStatus.done.value
         ]

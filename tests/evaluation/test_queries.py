@@ -173,8 +173,8 @@ def test_detection_inputs_and_points(db_url: str) -> None:
         assert all(sc == [1.0, 1.0] for *_, sc in b_inputs)  # GrabCut: no score, ranked as given
 
         points = {"a.png": [[5.0, 6.0, 1.0], [7.0, 8.0, 0.0]], "b.png": [[1.0, 2.0, 1.0]]}
-        assert queries.add_points(s, run_id=ids["A"], points=points) == 3
-        queries.add_points(s, run_id=ids["A"], points=points)  # idempotent
-        assert queries.points_for(s, run_id=ids["A"], keys=["a.png", "b.png", "c.png"]) == points
+        assert repo.add_points(s, run_id=ids["A"], points=points) == 3
+        repo.add_points(s, run_id=ids["A"], points=points)  # idempotent
+        assert repo.points_for(s, run_id=ids["A"], keys=["a.png", "b.png", "c.png"]) == points
         # the points do not turn into ground-truth boxes, and boxes are untouched by them
         assert repo.boxes_for(s, run_id=ids["A"], keys=["a.png"]) == {"a.png": [[0.0, 0.0, 20.0, 20.0]]}
