@@ -73,6 +73,32 @@ def wait_for_run(pg_url: str, run: str, timeout: float = 180) -> None:
     raise TimeoutError(f"run {run}: {queued} images still queued after {timeout}s")
 
 
+def listen_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive free ports for a server to listen on, chosen *below* the kernel's
+    ephemeral range: ports from ``free_port()`` lie inside it, where the run's own client sockets (S3, Redis,
+    PostgreSQL) can take ``port + 1`` before a worker's second pool process binds it."""
+    import random
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, low - count)
+        try:
+            socks = []
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
+
+
 def scrape(port: int) -> dict[str, float]:
     """``/metrics`` of a worker as ``{'name{labels}': value}`` (comments dropped)."""
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

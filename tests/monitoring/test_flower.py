@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from pixelperfect.worker.metrics import STAGES
-from tests.conftest import PIXELPERFECT, ROOT, S3Server, free_port
-from tests.monitoring.live import Flower, archive_env, host_node, positive_boxes, scrape, submit, wait_for_run
+from tests.conftest import PIXELPERFECT, ROOT, S3Server
+from tests.monitoring.live import (
+    Flower,
+    archive_env,
+    host_node,
+    listen_ports,
+    positive_boxes,
+    scrape,
+    submit,
+    wait_for_run,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,10 +31,10 @@ def test_flower_worker_metrics_and_watch_on_a_live_run(
     start_worker, tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:  # fmt: skip
     env = archive_env(s3_server, s3_bucket, redis_url, pg_url, phantom_dir, tiny_checkpoint)
-    metrics_port = free_port()
+    metrics_port = listen_ports(1)
     start_worker(env | {"PIXELPERFECT_METRICS_PORT": str(metrics_port)}, hostname="flw@%h")
     node = host_node("flw")
-    flower = Flower(env, free_port(), tmp_path, AUTH)
+    flower = Flower(env, listen_ports(1), tmp_path, AUTH)
     try:
         # the worker is listed (Flower asks it over the broker's control channel)
         workers = flower.wait_until(

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from pixelperfect.db.models import Image, Segment
-from tests.conftest import S3Server, free_port
-from tests.monitoring.live import archive_env, host_node, positive_boxes, scrape, submit, wait_for_run
+from tests.conftest import S3Server
+from tests.monitoring.live import archive_env, host_node, listen_ports, positive_boxes, scrape, submit, wait_for_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,9 +20,10 @@ def test_two_workers_share_a_run_and_finish_it_once(
     start_worker,  # type: ignore[no-untyped-def]
 ) -> None:  # fmt: skip
     env = archive_env(s3_server, s3_bucket, redis_url, pg_url, phantom_dir, tiny_checkpoint)
-    port_a, port_b = free_port(), free_port()
+    port_a = listen_ports(2)
+    port_b = listen_ports(1)
     while port_b in (port_a, port_a + 1):
-        port_b = free_port()
+        port_b = listen_ports(1)
     # A: a prefork pool of two children (metrics on port_a and port_a + 1); B: solo (metrics from its main process)
     a = start_worker(
         env | {"CUDA_VISIBLE_DEVICES": "0", "PIXELPERFECT_METRICS_PORT": str(port_a)},
