@@ -163,10 +163,12 @@ def main() -> None:
 
     if SMOKE:
         print("# smoke test on CPU with sam_tiny: the numbers mean nothing")
-        for m in encoder_speed("fp32", 2):
-            m.print()
+        for precision in ("fp32", "bf16"):
+            for m in encoder_speed(precision, 2):
+                m.print()
         with tempfile.TemporaryDirectory(prefix="pp-gpu-") as tmp:
             images, labels = stage(Path(tmp), 8)
+            e2e(images, labels, Path(tmp), "bf16", 2, 4, 1).print()
             e2e(images, labels, Path(tmp), "fp32", 2, 4, 2).print()
         return
     if not torch.cuda.is_available():

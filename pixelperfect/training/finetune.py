@@ -183,7 +183,7 @@ class _Trainer:
     # --- model ---------------------------------------------------------------------------------------------
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.seg.bf16 else contextlib.nullcontext()
+        return self.seg.autocast()
 
     def features(self, img: TrainImage) -> tuple[torch.Tensor, tuple[int, int]]:
         """``((1, C, h, w) float32 on the device, input size)``; with grad only when the encoder is trained."""

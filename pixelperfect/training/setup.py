@@ -95,7 +95,7 @@ class TrainSetup:
                 "weight_decay": cfg.weight_decay,
                 "loss": "min over 3 candidates of (Dice + BCE) + iou_loss_weight * MSE(IoU head, true IoU)",
                 "box_prompts": f"mask component or annotated boxes, each side enlarged by U{{0..{cfg.box_shift}}} px",
-                "precision": "bf16 autocast" if self.settings.precision != "fp32" and _cuda(self.settings) else "fp32",
+                "precision": "bf16 autocast" if _bf16(self.settings) else "fp32",
                 "device": self.settings.device,
             },
             "code_version": __version__,
@@ -173,8 +173,10 @@ def _base_checkpoint(config: TrainConfig, settings: Settings) -> tuple[str | Non
     return url, data, sha256_hex(data)
 
 
-def _cuda(settings: Settings) -> bool:
-    return settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
+def _bf16(settings: Settings) -> bool:
+    """As :class:`~pixelperfect.pipeline.segment.SamSegmenter` decides: asked for, or ``auto`` on CUDA."""
+    cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
+    return settings.precision == "bf16" or (settings.precision == "auto" and cuda)
 
 
 def _version(dist: str) -> str | None:
