@@ -44,7 +44,7 @@ def main() -> None:
     from pixelperfect.pipeline.preprocess import parse_variant
     from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
     from pixelperfect.pipeline.prompts import Jitter
-    from pixelperfect.pipeline.segment import SamSegmenter
+    from pixelperfect.pipeline.sam import SamSegmenter
 
     device = resolve_device(args.device)
     seg = SamSegmenter(load_sam("sam_vit_b", None), device, name="sam_vit_b", encoder_batch=1)

@@ -41,7 +41,7 @@ def encoder_speed(precision: str, chunk: int, compile_encoder: bool = False) -> 
     import torch
 
     from pixelperfect.pipeline.models import load_sam
-    from pixelperfect.pipeline.segment import SamSegmenter
+    from pixelperfect.pipeline.sam import SamSegmenter
 
     cuda = DEVICE == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

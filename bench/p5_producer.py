@@ -69,8 +69,8 @@ def run(n_keys: int = 1_000_000, n_s3: int = 2000) -> list[Measure]:
             "P5", f"producer keys/s listed+registered+enqueued ({n_keys:,} keys, manifest -> PostgreSQL + Redis)",
             rate, "keys/s", goal=KEYS_GOAL,
             details=[f"{stats['seconds']:.1f} s for {n_keys:,} keys ({queued:,} messages of {batch_size} keys); "
-                     f"producer RSS {stats['before_mib']:.0f} MiB after imports (torch comes with the pipeline "
-                     f"modules), peak {stats['peak_mib']:.0f} MiB; load average {load_average():.2f}"],
+                     f"producer RSS {stats['before_mib']:.0f} MiB after imports (the producer imports no "
+                     f"model code: no torch), peak {stats['peak_mib']:.0f} MiB; load average {load_average():.2f}"],
         ))  # fmt: skip
     measures.append(_s3_listing(n_s3))
     return measures

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ModelName = Literal["sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny"]
 MODEL_NAMES: tuple[str, ...] = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny")
+RANDOM_CHECKPOINT = "random"  # seeded random weights: benchmarks and tests of speed, never results
 
 
 class Settings(BaseSettings):

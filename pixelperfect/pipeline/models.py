@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 SAM_ARCH = {"sam_vit_b": "vit_b", "medsam": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h"}
-RANDOM_CHECKPOINT = "random"  # seeded random weights: benchmarks and tests of speed, never results
 INIT_SEED = 1234
 
 

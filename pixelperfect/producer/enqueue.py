@@ -19,12 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pixelperfect import __version__
-from pixelperfect.config import MODEL_NAMES, Settings
+from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
 from pixelperfect.db import bulk, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.auto import PROMPT_MODES, parse_points_csv
-from pixelperfect.pipeline.models import RANDOM_CHECKPOINT, sha256_hex
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
 from pixelperfect.pipeline.process import ProcessSettings
 from pixelperfect.producer.annotations import match_to_keys, parse_annotations, stem
@@ -110,7 +109,7 @@ def _checkpoint(model: str, checkpoint: str | None, settings: Settings) -> tuple
         data = read_url(url, endpoint_url=settings.s3_endpoint_url)
     except Exception as exc:
         raise SubmitError(f"cannot read checkpoint {checkpoint}: {exc}") from None
-    return url, sha256_hex(data)
+    return url, hashlib.sha256(data).hexdigest()  # as the worker's check (pipeline.models.sha256_hex)
 
 
 def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) -> dict[str, Any]:

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from pixelperfect.config import Settings
 from pixelperfect.pipeline.models import load_sam, resolve_device
+from pixelperfect.pipeline.sam import SamEmbedding, SamSegmenter
 from pixelperfect.pipeline.scoring import dice
-from pixelperfect.pipeline.segment import SamEmbedding, SamSegmenter
 from pixelperfect.training.cache import CachedEmbedding, CacheStats, EmbeddingCache
 from pixelperfect.training.checkpoints import BEST, CONFIG, LAST, METRICS, CheckpointStore, model_bytes, state_dict_of
 from pixelperfect.training.config import TrainConfig

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from pixelperfect import __version__
-from pixelperfect.config import Settings
-from pixelperfect.pipeline.models import RANDOM_CHECKPOINT, sha256_hex
+from pixelperfect.config import RANDOM_CHECKPOINT, Settings
+from pixelperfect.pipeline.models import sha256_hex
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
 from pixelperfect.producer.sources import absolute_url
 from pixelperfect.storage import ObjectStore, open_store, read_url
@@ -174,7 +174,7 @@ def _base_checkpoint(config: TrainConfig, settings: Settings) -> tuple[str | Non
 
 
 def _bf16(settings: Settings) -> bool:
-    """As :class:`~pixelperfect.pipeline.segment.SamSegmenter` decides: asked for, or ``auto`` on CUDA."""
+    """As :class:`~pixelperfect.pipeline.sam.SamSegmenter` decides: asked for, or ``auto`` on CUDA."""
     cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
     return settings.precision == "bf16" or (settings.precision == "auto" and cuda)
 

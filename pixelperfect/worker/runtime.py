@@ -11,9 +11,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelperfect.config import Settings, get_settings
+from pixelperfect.config import RANDOM_CHECKPOINT, Settings, get_settings
 from pixelperfect.pipeline.auto import AutoSettings
-from pixelperfect.pipeline.models import RANDOM_CHECKPOINT, sha256_hex
+from pixelperfect.pipeline.models import sha256_hex
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
 from pixelperfect.pipeline.process import ProcessSettings
 from pixelperfect.pipeline.prompts import Jitter

@@ -124,7 +124,7 @@ def test_stability_and_consistency_repeat_on_a_fixed_seed_tiny_sam() -> None:
     from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam
     from pixelperfect.pipeline.preprocess import parse_variant
     from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
-    from pixelperfect.pipeline.segment import SamSegmenter
+    from pixelperfect.pipeline.sam import SamSegmenter
 
     rng = np.random.default_rng(0)
     pixels = (rng.random((128, 128)) * 80).astype(np.uint8)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pixelperfect.pipeline.models import CheckpointError, TinyConfig, build_tiny_sam, load_sam, sha256_hex
-from pixelperfect.pipeline.segment import GrabCutSegmenter, SamSegmenter, build_segmenter
+from pixelperfect.pipeline.sam import SamSegmenter
+from pixelperfect.pipeline.segment import GrabCutSegmenter, build_segmenter
 from pixelperfect.storage import read_url
 from pixelperfect.worker.runtime import CheckpointMismatchError, RunSpec, Runtime
 from tests.conftest import S3Server, embedded_settings

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam, load_sam
-from pixelperfect.pipeline.segment import STABILITY_OFFSET, SamInput, SamSegmenter
+from pixelperfect.pipeline.sam import SamInput, SamSegmenter
+from pixelperfect.pipeline.segment import STABILITY_OFFSET
 
 BOXES = np.array([[10.0, 20, 120, 150], [60, 40, 200, 170], [0, 0, 255, 255]])
 

@@ -19,8 +19,8 @@ from pixelperfect.db.models import Image, Run, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.decode import decode_image
 from pixelperfect.pipeline.models import load_sam
+from pixelperfect.pipeline.sam import SamSegmenter
 from pixelperfect.pipeline.scoring import dice
-from pixelperfect.pipeline.segment import SamSegmenter
 from pixelperfect.training.config import TrainConfig
 from pixelperfect.training.data import component_prompts
 from pixelperfect.training.finetune import TrainResult, train
