@@ -68,6 +68,7 @@ def run_demo(
         "mean stability",
         "consistency std",
         "mean Dice",
+        "box fallbacks",
     ):
         table.add_column(col, justify="left" if col in ("run", "variant") else "right")
     for row in rows:
@@ -80,8 +81,14 @@ def run_demo(
             _fmt(row["stability_mean"]),
             _fmt(row["consistency_std_mean"]),
             _fmt(row["dice_mean"]),
+            "–" if row["box_fallbacks"] is None else str(row["box_fallbacks"]),
         )
     console.print(table)
+    if any(row["box_fallbacks"] for row in rows):
+        console.print(
+            "box fallbacks: GrabCut segments whose cut collapsed, so the prompt box itself is the mask "
+            "(its Dice is the box's)"
+        )
     if any(failed.values()):
         console.print(f"failed images: {failed}")
     report = _report(workdir, settings, [r[0] for r in runs], console)

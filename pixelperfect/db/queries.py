@@ -13,10 +13,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from pixelperfect.db.models import Annotation, Image, ImageStatus, Run, Segment
+
+#: GrabCut's second candidate: the box itself, returned when the cut collapsed (``GrabCutSegmenter.BOX``).
+GRABCUT_BOX = 1
+
+
+def _box_fallbacks() -> Any:
+    """Per group: GrabCut segments that are their box (a collapsed cut); 0 for other models' groups."""
+    return func.count(case((and_(Run.model == "grabcut", Segment.chosen == GRABCUT_BOX), 1)))
+
 
 #: The headline measures of the summary tables (segments columns).
 METRICS: tuple[str, ...] = ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou")
@@ -38,7 +47,8 @@ def _done_segments(run_ids: Sequence[int]) -> Any:
 
 
 def variant_summary(session: Session, *, run_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Per run × variant: images done, segments and the means of score, stability, consistency and Dice."""
+    """Per run × variant: images done, segments, the means of score, stability, consistency and Dice, and
+    ``box_fallbacks`` (GrabCut segments that are their box; ``None`` for other models)."""
     stmt = (
         select(
             Run.name,
@@ -52,6 +62,7 @@ def variant_summary(session: Session, *, run_ids: Sequence[int]) -> list[dict[st
             func.avg(Segment.consistency_iou).label("consistency_iou_mean"),
             func.avg(Segment.dice).label("dice_mean"),
             func.avg(Segment.iou).label("iou_mean"),
+            _box_fallbacks().label("box_fallbacks"),
         )
         .join(Run, Run.id == Segment.run_id)
         .join(Image, Image.id == Segment.image_id)
@@ -59,7 +70,10 @@ def variant_summary(session: Session, *, run_ids: Sequence[int]) -> list[dict[st
         .group_by(Run.name, Run.model, Segment.variant)
         .order_by(Run.name, Segment.variant)
     )
-    return [dict(row._mapping) for row in session.execute(stmt)]
+    rows = [dict(row._mapping) for row in session.execute(stmt)]
+    for row in rows:
+        row["box_fallbacks"] = row["box_fallbacks"] if row["model"] == "grabcut" else None
+    return rows
 
 
 def run_ids_by_name(session: Session, *, names: Sequence[str]) -> dict[str, int]:
@@ -76,13 +90,20 @@ def metric_summary(
 ) -> list[dict[str, Any]]:
     """Per run × model × variant: ``n`` segments and, per metric ``m``: ``m_n`` (non-null values), ``m_mean``,
     ``m_median``, ``m_p10``, ``m_p90`` (``None`` where the metric never applies, e.g. Dice without ground truth
-    or GrabCut's score). Ordered by run id, then variant.
+    or GrabCut's score), and ``box_fallbacks`` (GrabCut segments that are their box because the cut collapsed;
+    ``None`` for other models). Ordered by run id, then variant.
     """
     cols = [_column(m) for m in metrics]
     where = _done_segments(run_ids)
     group = (Segment.run_id, Run.name, Run.model, Segment.variant)
     stmt = (
-        select(*group, func.count(Segment.id), *(func.count(c) for c in cols), *(func.avg(c) for c in cols))
+        select(
+            *group,
+            func.count(Segment.id),
+            *(func.count(c) for c in cols),
+            *(func.avg(c) for c in cols),
+            _box_fallbacks(),
+        )
         .join(Run, Run.id == Segment.run_id)
         .join(Image, Image.id == Segment.image_id)
         .where(*where)
@@ -94,6 +115,7 @@ def metric_summary(
     for row in session.execute(stmt):
         run_id, name, model, variant, n = row[:5]
         entry: dict[str, Any] = {"run": name, "model": model, "variant": variant, "n": int(n)}
+        entry["box_fallbacks"] = int(row[-1]) if model == "grabcut" else None
         for i, m in enumerate(metrics):
             entry[f"{m}_n"] = int(row[5 + i])
             mean = row[5 + k + i]

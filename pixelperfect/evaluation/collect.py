@@ -51,7 +51,8 @@ class ReportData:
     worst: list[dict[str, Any]] = field(default_factory=list)
 
     def runs_json(self) -> list[dict[str, Any]]:
-        """``[{"run", "model", "variants": [{"variant", "n_segments", "<m>_mean", ...}]}]`` (the JSON contract)."""
+        """``[{"run", "model", "variants": [{"variant", "n_segments", "<m>_mean", ..., "box_fallbacks"}]}]`` (the
+        JSON contract; ``box_fallbacks``: GrabCut segments that are their box, ``None`` for other models)."""
         by_key = {(s["run"], s["variant"]): s for s in self.summary}
         out = []
         for run in self.runs:
@@ -60,6 +61,7 @@ class ReportData:
                 s = by_key.get((run.name, v), {})
                 entry: dict[str, Any] = {"variant": v, "n_segments": int(s.get("n", 0))}
                 entry.update({f"{m}_mean": s.get(f"{m}_mean") for m in JSON_MEANS})
+                entry["box_fallbacks"] = s.get("box_fallbacks")
                 variants.append(entry)
             out.append({"run": run.name, "model": run.model, "variants": variants})
         return out

@@ -137,7 +137,14 @@ def render_html(data: ReportData, settings: Settings) -> str:
     cols += [
         (f"{m}_mean", f"mean {m}") for m in ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou")
     ]
+    if any(r.model == "grabcut" for r in data.runs):
+        cols.append(("box_fallbacks", "GrabCut box fallbacks"))
     body.append(_table(summary, cols, left=3))
+    if any(r.model == "grabcut" for r in data.runs):
+        body.append(
+            '<p class="note">GrabCut box fallbacks: segments where the cut collapsed (kept under 10 % of its box on '
+            "grey levels and on texture) and the box itself stands as the mask. Their Dice is the box's.</p>"
+        )
     stat_cols = [("run", "run"), ("variant", "variant")]
     for m in SUMMARY_METRICS:
         stat_cols += [(f"{m}_median", f"{m} median"), (f"{m}_p10", "p10"), (f"{m}_p90", "p90")]

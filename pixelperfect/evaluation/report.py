@@ -1,9 +1,9 @@
 """``pixelperfect report``: one or more runs -> a self-contained HTML report, its JSON, or CSV tables.
 
 ``report.json`` is ``{"runs": [{"run", "model", "variants": [{"variant", "n_segments", "score_mean",
-"stability_mean", "consistency_std_mean", "consistency_iou_mean", "dice_mean", "iou_mean"}]}], "comparisons":
-[...]}`` with ``null`` where a measure does not apply. ``report.html`` embeds every figure and gallery image as a
-base64 PNG, so the file can be mailed or archived on its own.
+"stability_mean", "consistency_std_mean", "consistency_iou_mean", "dice_mean", "iou_mean", "box_fallbacks"}]}],
+"comparisons": [...]}`` with ``null`` where a measure does not apply. ``report.html`` embeds every figure and
+gallery image as a base64 PNG, so the file can be mailed or archived on its own.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ def _segment(run_id: int, image_id: int, variant: str, p: int, i: int, *, model_
         "prompt": [10.0 * p, 0.0, 10.0 * p + 20, 20.0],
         "score": SCORE[variant][i] if model_scores else None,
         "stability": 0.5 if model_scores else None,
+        "chosen": 0 if model_scores else int(i % 3 == 0),  # GrabCut: segments 0, 3 and 6 are box fallbacks
         "consistency_std": STD[variant][i] if model_scores else None,
         "consistency_iou": 0.9,
         "dice": DICE[variant][i],
@@ -113,9 +114,13 @@ def test_summaries_failures_pairs_and_ranks(db_url: str) -> None:
         assert a_raw["iou_mean"] is None and a_raw["iou_median"] is None
         b_raw = summary[2]
         assert b_raw["score_mean"] is None and b_raw["score_n"] == 0 and b_raw["dice_mean"] == a_raw["dice_mean"]
+        assert a_raw["box_fallbacks"] is None and b_raw["box_fallbacks"] == 3
 
-        legacy = queries.variant_summary(s, run_ids=[ids["A"]])
-        assert {r["variant"]: r["images"] for r in legacy} == {"raw": 4, "clahe": 4}
+        legacy = queries.variant_summary(s, run_ids=[ids["A"], ids["B"]])
+        assert {(r["name"], r["variant"]): r["images"] for r in legacy} == {("A", "raw"): 4, ("A", "clahe"): 4,
+                                                                          ("B", "raw"): 4}  # fmt: skip
+        assert {(r["name"], r["variant"]): r["box_fallbacks"] for r in legacy} == {
+            ("A", "raw"): None, ("A", "clahe"): None, ("B", "raw"): 3}  # fmt: skip
 
         failures = queries.failure_summary(s, run_ids=[ids["A"], ids["B"]])
         assert failures == [

@@ -32,6 +32,7 @@ VARIANT_KEYS = {
     "consistency_iou_mean",
     "dice_mean",
     "iou_mean",
+    "box_fallbacks",
 }
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Written into the page by the test only: after load, count the images that did not decode.
@@ -104,6 +105,7 @@ def test_json_and_csv_report(workdir: Path) -> None:
     sam_raw, grab_raw = report["runs"][0]["variants"][0], report["runs"][1]["variants"][0]
     assert sam_raw["score_mean"] is not None and sam_raw["consistency_std_mean"] is not None
     assert grab_raw["score_mean"] is None and grab_raw["stability_mean"] is None  # GrabCut has no confidence
+    assert sam_raw["box_fallbacks"] is None and 0 <= grab_raw["box_fallbacks"] <= grab_raw["n_segments"]
     kinds = {(c["kind"], c["metric"], c["a"]["run"], c["b"]["run"]) for c in report["comparisons"]}
     assert ("variant", "consistency_std", "r-sam_tiny", "r-sam_tiny") in kinds
     assert ("run", "dice", "r-sam_tiny", "r-grabcut") in kinds
@@ -144,6 +146,7 @@ def test_html_report_opens_in_chromium_with_every_image(workdir: Path, tmp_path:
         "RSNA challenge metric",
         "Random-forest consistency regressor",
         "Gallery",
+        "GrabCut box fallbacks",
     ):
         assert title in text
 
