@@ -114,7 +114,19 @@ def e2e_child(images: str, labels: str, workdir: str, precision: str, chunk: int
     t0 = time.perf_counter()
     result = submit(SubmitRequest(**{**req.__dict__, "run": run}), settings)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"images": result.images, "seconds": seconds}))
+    print(json.dumps({"images": result.images, "seconds": seconds, "stages": stage_ms(settings.database_url, run)}))
+
+
+def stage_ms(database_url: str, run: str) -> dict[str, float]:
+    """Mean milliseconds per image of each pipeline stage (the workers' own timings): where the time went when
+    the end-to-end rate falls short of the encoder's (stages overlap, so they do not add up to the wall time)."""
+    from pixelperfect.db import repo
+    from pixelperfect.db.session import session_scope
+
+    with session_scope(database_url) as session:
+        row = repo.get_run(session, name=run)
+        totals, n = repo.stage_timings(session, run_id=row.id) if row else ({}, 0)
+    return {stage: round(1000 * value / n, 2) for stage, value in totals.items()} if n else {}
 
 
 def e2e(images: Path, labels: Path, root: Path, precision: str, chunk: int, batch: int, procs: int) -> Measure:
@@ -141,11 +153,13 @@ def e2e(images: Path, labels: Path, root: Path, precision: str, chunk: int, batc
     # the children warm up first, each on its own clock: the rate is the sum of their own rates
     rate = sum(r["images"] / r["seconds"] for r in results)
     wall = time.perf_counter() - t0
+    stages = results[0]["stages"]
     return Measure(
         "P6", f"end-to-end images/s ViT-B {precision} chunk {chunk} batch {batch}, {procs} process(es)", rate,
         "images/s", goal=E2E_GOAL if precision == "bf16" else "",
         details=[f"{sum(r['images'] for r in results)} images from local disk, masks to a file:// store, SQLite; "
-                 f"{wall:.1f} s wall including the warm-up"],
+                 f"{wall:.1f} s wall including the warm-up",
+                 "stage ms/image (process 1): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())],
     )  # fmt: skip
 
 

@@ -31,3 +31,5 @@ def test_gpu_benchmark_plumbing_runs_on_cpu() -> None:
     assert len(e2e) == 2 and any("2 process(es)" in k for k in e2e), done.stdout
     assert all(values[k] > 0 for k in encoder + e2e), done.stdout
     assert "8 images from local disk" in done.stdout
+    stages = re.findall(r"stage ms/image \(process 1\): (.+)", done.stdout)
+    assert len(stages) == 2 and all("encode" in line and "decode" in line for line in stages), done.stdout
