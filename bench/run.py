@@ -9,6 +9,7 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P3 ``bench_consistency.py`` consistency K = 4 ÷ K = 0 (issue 4's benchmark, when present)
 * P5 ``p5_producer.py``  producer keys/s for a million keys; S3 listing rate
 * P7 ``p7_rss.py``       worker RSS drift over 1,000 images
+* P8 ``p8_cpu_bf16.py``  ViT-B encoder on the CPU, bf16 ÷ fp32 time per image, and bf16-vs-fp32 mask IoU
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
@@ -33,6 +34,7 @@ BENCHES = [
     ("P3", "bench_consistency.py", [], []),
     ("P5", "p5_producer.py", ["--keys", "1000000"], ["--keys", "50000"]),
     ("P7", "p7_rss.py", ["--images", "1000"], ["--images", "200"]),
+    ("P8", "p8_cpu_bf16.py", [], ["--images", "1", "--repeats", "1"]),
 ]
 
 
