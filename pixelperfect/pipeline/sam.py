@@ -72,6 +72,9 @@ class SamSegmenter:
         self.img_size = int(sam.image_encoder.img_size)  # type: ignore[union-attr,arg-type]
         self.transform = ResizeLongestSide(self.img_size)
         self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        #: thresholds and stability counts in numpy on the host (CPU: ~10x faster than torch's on CPU tensors), or
+        #: in torch where the logits are (CUDA: one small copy back). Tests flip it to run the device path on a CPU.
+        self.host_post = device.type == "cpu"
         self.compiled = compile_encoder
         encoder: Any = self.sam.image_encoder
         self._encoder: Any = torch.compile(encoder, dynamic=False) if compile_encoder else None
@@ -161,7 +164,7 @@ class SamSegmenter:
         best = low_res.float()[torch.arange(len(chosen), device=self.device), chosen]
         logits = self._upscale(best[:, None], emb.input_size, emb.original_size)[:, 0]
         threshold = float(self.sam.mask_threshold)
-        if self.device.type == "cpu":  # numpy thresholds and counts ~10x faster than torch's on CPU tensors
+        if self.host_post:
             values = logits.numpy()
             masks = values > threshold
             inter = np.count_nonzero(values > threshold + STABILITY_OFFSET, axis=(1, 2)).astype(np.float32)

@@ -35,9 +35,13 @@ def test_prepared_inputs_encode_like_arrays(shape: tuple[int, int]) -> None:
         assert torch.equal(a.features, b.features) and a.input_size == b.input_size
 
 
+@pytest.mark.parametrize("host_post", [True, False], ids=["numpy-post", "device-post"])
 @pytest.mark.parametrize("shape", [(256, 256), (300, 200)])
-def test_cpu_decode_path_matches_segment_anythings_postprocessing(shape: tuple[int, int]) -> None:
+def test_decode_paths_match_segment_anythings_postprocessing(shape: tuple[int, int], host_post: bool) -> None:
+    """Both post-processing paths — numpy on the host (CPU) and torch on the logits' device (CUDA, run here on CPU
+    tensors) — give segment-anything's own masks, candidate choice, scores and stability."""
     seg = _tiny()
+    seg.host_post = host_post
     (emb,) = seg.encode(_images(1, shape))
     pred = seg.predict_boxes(emb, BOXES)
     with torch.inference_mode():  # the reference: Sam.postprocess_masks and torch thresholds
