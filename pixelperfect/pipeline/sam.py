@@ -39,10 +39,11 @@ class SamSegmenter:
 
     ``precision``: ``auto`` runs the image encoder under bf16 autocast on CUDA and in fp32 on a CPU; ``bf16`` asks
     for bf16 on either (on a CPU only worth it with AVX512-BF16/AMX: ViT-B at 1024² took 3.8 s instead of 9.6 s
-    per image on this project's 2-core AVX512-BF16 VM, ``bench/p8_cpu_bf16.py``); ``fp32`` never casts. The prompt encoder and mask decoder
-    always run in fp32 (TF32 matmuls on CUDA): they cost a few per cent of the encoder, and the mask boundaries
-    come from them. With ViT-B (random weights) on 1024² phantoms, bf16 everywhere agreed with fp32 at mean mask
-    IoU 0.983 (minimum 0.976), a bf16 encoder with an fp32 decoder at 0.992 (minimum 0.991), CPU autocast.
+    per image on this project's 2-core AVX512-BF16 VM, ``bench/p8_cpu_bf16.py``); ``fp32`` never casts. The prompt
+    encoder and mask decoder always run in fp32 (TF32 matmuls on CUDA): they cost a few per cent of the encoder,
+    and the mask boundaries come from them. With ViT-B (random weights) on 1024² phantoms, bf16 everywhere agreed
+    with fp32 at mean mask IoU 0.983 (minimum 0.976), a bf16 encoder with an fp32 decoder at 0.992 (minimum 0.991),
+    CPU autocast.
 
     ``compile_encoder`` wraps the image encoder in ``torch.compile`` (static shapes: every chunk is padded to
     ``encoder_batch``, so it compiles once). Its cold start is paid on the first batch of each worker process:

@@ -20,16 +20,25 @@ def boxes_from_mask(mask: np.ndarray, min_area: int = 250) -> list[list[int]]:
     """Bounding boxes (XYXY) of the 8-connected components of ``mask`` whose area exceeds ``min_area`` px.
 
     The research kept external contours with area > 250 px; components give the same boxes for filled masks
-    and are faster. Sorted by area, largest first.
+    and are faster. Sorted by area, largest first. Labelled inside the mask's bounding box only: a lung opacity
+    covers a few per cent of a radiograph, and the labelling costs per pixel scanned (1024², one opacity of 2 %
+    of the image: 1.0 instead of 4.2 ms).
     """
-    if not mask.any():
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
         return []
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    y0 = int(rows[0])
+    band = mask[y0 : int(rows[-1]) + 1]
+    cols = np.flatnonzero(band.any(axis=0))
+    x0 = int(cols[0])
+    crop = np.ascontiguousarray(band[:, x0 : int(cols[-1]) + 1])
+    crop = crop.view(np.uint8) if crop.dtype == np.bool_ else (crop != 0).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
     found = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
         if area > min_area:
-            found.append((area, [x, y, x + w, y + h]))
+            found.append((area, [x + x0, y + y0, x + x0 + w, y + y0 + h]))
     found.sort(key=lambda t: -t[0])
     return [box for _, box in found]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from pixelperfect.pipeline.prompts import Jitter, perturb_box, prompt_rng, xywh_to_xyxy
@@ -23,6 +24,26 @@ def test_boxes_from_mask_keeps_components_above_min_area() -> None:
     assert boxes_from_mask(mask, min_area=250) == [[10, 10, 40, 30], [70, 60, 80, 90]]
     assert boxes_from_mask(mask, min_area=0)[-1] == [50, 50, 55, 55]
     assert boxes_from_mask(np.zeros((5, 5), bool)) == []
+
+
+def test_boxes_from_mask_in_the_bounding_box_equal_the_whole_image_labelling() -> None:
+    """The crop to the mask's bounding box changes nothing: random blobs, touching every edge or none, bool or
+    0/255 uint8 masks, against components labelled on the whole image."""
+    rng = np.random.default_rng(7)
+
+    def whole_image(mask: np.ndarray, min_area: int) -> list[list[int]]:
+        n, _, stats, _ = cv2.connectedComponentsWithStats((mask != 0).astype(np.uint8), connectivity=8)
+        found = [(int(st[4]), [int(st[0]), int(st[1]), int(st[0] + st[2]), int(st[1] + st[3])]) for st in stats[1:n]]
+        return [box for area, box in sorted(found, key=lambda t: -t[0]) if area > min_area]
+
+    for trial in range(40):
+        mask = np.zeros((int(rng.integers(20, 200)), int(rng.integers(20, 200))), bool)
+        for _ in range(int(rng.integers(1, 6))):
+            y, x = int(rng.integers(0, mask.shape[0])), int(rng.integers(0, mask.shape[1]))
+            mask[y : y + int(rng.integers(1, 60)), x : x + int(rng.integers(1, 60))] = True
+        as_input = mask.astype(np.uint8) * 255 if trial % 2 else mask
+        for min_area in (0, 30):
+            assert boxes_from_mask(as_input, min_area) == whole_image(mask, min_area)
 
 
 def test_overlap_metrics_known_answers() -> None:
