@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RECEIVED = r"segment_batch\[[0-9a-f-]+\] received"
 LOST = r"WorkerLostError"
+SUCCEEDED = r"segment_batch\[[0-9a-f-]+\] succeeded"
 
 
 def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
@@ -49,13 +50,17 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
     submit_run(stack, archive, "kill", batch_size=2, variants=("raw", "clahe"))
 
     # three pool processes killed while they hold a batch; the worker's main process forks a replacement
-    child_kills, seen = 0, 0
+    child_kills, seen, done_at_kill = 0, 0, 0
     while child_kills < 3:
         wait_for_log(worker.log, RECEIVED, count=seen + 1, timeout=60)
         seen = log_count(worker.log, RECEIVED)
-        # a fresh pool process first loads the model (~2 s here), then segments, uploads and commits (~0.3 s)
-        time.sleep(rng.uniform(0.0, 2.5))
+        # A fresh pool process first loads the model (~1.5-2 s here), then segments, uploads and commits; once
+        # warm, a batch takes ~0.1 s. Kill anywhere in the batch, in either case: a delay drawn over a warm
+        # process's whole batch would mostly fall between batches and drain the queue before three kills.
+        warm = log_count(worker.log, SUCCEEDED) > done_at_kill
+        time.sleep(rng.uniform(0.0, 0.08 if warm else 2.0))
         lost_before = log_count(worker.log, LOST)
+        done_at_kill = log_count(worker.log, SUCCEEDED)
         for pid in pool_children(worker.proc.pid):
             os.kill(pid, signal.SIGKILL)
         try:
