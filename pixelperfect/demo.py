@@ -68,6 +68,7 @@ def run_demo(
         "mean stability",
         "consistency std",
         "mean Dice",
+        "box Dice",
         "box fallbacks",
     ):
         table.add_column(col, justify="left" if col in ("run", "variant") else "right")
@@ -81,9 +82,11 @@ def run_demo(
             _fmt(row["stability_mean"]),
             _fmt(row["consistency_std_mean"]),
             _fmt(row["dice_mean"]),
+            _fmt(row["box_dice_mean"]),
             "–" if row["box_fallbacks"] is None else str(row["box_fallbacks"]),
         )
     console.print(table)
+    console.print("box Dice: the prompt box itself, filled, scored against the same ground truth")
     if any(row["box_fallbacks"] for row in rows):
         console.print(
             "box fallbacks: GrabCut segments whose cut collapsed, so the prompt box itself is the mask "

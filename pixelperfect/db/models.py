@@ -125,6 +125,8 @@ class Segment(Base):
     hd95: Mapped[float | None] = mapped_column(Float)
     box_iou: Mapped[float | None] = mapped_column(Float)
     inside_box: Mapped[float | None] = mapped_column(Float)
+    # Dice of the filled prompt box against the same ground truth: what a mask must beat to add to its prompt
+    box_dice: Mapped[float | None] = mapped_column(Float)
 
     image: Mapped[Image] = relationship(back_populates="segments")
 

@@ -30,7 +30,7 @@ def _box_fallbacks() -> Any:
 #: The headline measures of the summary tables (segments columns).
 METRICS: tuple[str, ...] = ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou")
 #: Further per-segment measures that may be compared or ranked.
-EXTRA_METRICS: tuple[str, ...] = ("consistency_iou_base", "nsd", "hd95", "box_iou", "inside_box")
+EXTRA_METRICS: tuple[str, ...] = ("consistency_iou_base", "nsd", "hd95", "box_iou", "inside_box", "box_dice")
 #: Measures where a smaller value is the better one.
 LOWER_IS_BETTER = frozenset({"consistency_std", "hd95"})
 PERCENTILES = {"median": 50, "p10": 10, "p90": 90}
@@ -47,8 +47,9 @@ def _done_segments(run_ids: Sequence[int]) -> Any:
 
 
 def variant_summary(session: Session, *, run_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Per run × variant: images done, segments, the means of score, stability, consistency and Dice, and
-    ``box_fallbacks`` (GrabCut segments that are their box; ``None`` for other models)."""
+    """Per run × variant: images done, segments, the means of score, stability, consistency, Dice and the prompt
+    box's own Dice (``box_dice_mean``), and ``box_fallbacks`` (GrabCut segments that are their box; ``None`` for
+    other models)."""
     stmt = (
         select(
             Run.name,
@@ -62,6 +63,7 @@ def variant_summary(session: Session, *, run_ids: Sequence[int]) -> list[dict[st
             func.avg(Segment.consistency_iou).label("consistency_iou_mean"),
             func.avg(Segment.dice).label("dice_mean"),
             func.avg(Segment.iou).label("iou_mean"),
+            func.avg(Segment.box_dice).label("box_dice_mean"),
             _box_fallbacks().label("box_fallbacks"),
         )
         .join(Run, Run.id == Segment.run_id)

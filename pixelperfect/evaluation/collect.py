@@ -19,8 +19,8 @@ from pixelperfect.pipeline.metrics import rsna_map
 #: Measures compared pairwise (before/after preprocessing, run against run), in this order.
 COMPARE_METRICS: tuple[str, ...] = ("consistency_std", "consistency_iou", "score", "dice")
 #: Measures of the summary statistics table.
-SUMMARY_METRICS: tuple[str, ...] = (*queries.METRICS, "nsd", "hd95", "box_iou")
-JSON_MEANS = ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou")
+SUMMARY_METRICS: tuple[str, ...] = (*queries.METRICS, "nsd", "hd95", "box_iou", "box_dice")
+JSON_MEANS = ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou", "box_dice")
 GALLERY_N = 3  # best and worst cases of each run
 
 
@@ -94,7 +94,10 @@ def collect(session: Session, run_names: list[str]) -> ReportData:
         failures=queries.failure_summary(session, run_ids=run_ids),
     )
     _comparisons(session, data)
-    data.segments = queries.segment_rows(session, run_ids=run_ids, columns=[*queries.METRICS, "perturbations"])
+    data.segments = queries.segment_rows(
+        session, run_ids=run_ids, columns=[*queries.METRICS, "box_dice", "perturbations"]
+    )
+    _prompt_comparisons(data)
     _calibration(data)
     _detection(session, data)
     _forest(data)
@@ -139,6 +142,30 @@ def _comparisons(session: Session, data: ReportData) -> None:
         for v in first.variants:
             if v in other.variants:
                 _compare(session, data, "run", (first, v), (other, v))
+
+
+def _prompt_comparisons(data: ReportData) -> None:
+    """Per run × variant with ground truth: the model's Dice against its own prompt box's Dice on the same
+    segments (kind ``prompt``) — does the mask add anything to the box it was given?"""
+    groups = _groups(data)
+    for run in data.runs:
+        for v in run.variants:
+            rows = [
+                r for r in groups.get((run.name, v), []) if r.get("dice") is not None and r.get("box_dice") is not None
+            ]
+            if not rows:
+                continue
+            va = np.array([r["box_dice"] for r in rows], np.float64)
+            vb = np.array([r["dice"] for r in rows], np.float64)
+            entry = {
+                "kind": "prompt",
+                "metric": "dice",
+                "a": {"run": run.name, "variant": v, "mask": "prompt box"},
+                "b": {"run": run.name, "variant": v, "mask": run.model},
+                **paired_comparison(va, vb),
+            }
+            data.comparisons.append(entry)
+            data.pairs.append((entry, va, vb))
 
 
 def _groups(data: ReportData) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -51,6 +51,12 @@ def _img(uri: str, alt: str) -> str:
     return f'<img class="fig" alt="{html.escape(alt)}" src="{uri}">'
 
 
+def _side(side: dict[str, Any]) -> str:
+    """A comparison's side as a label: ``run / variant``, and which mask when both sides are one run's."""
+    label = f"{side['run']} / {side['variant']}"
+    return f"{label} ({side['mask']})" if "mask" in side else label
+
+
 def _comparison_section(data: ReportData, kind: str) -> str:
     cols = [
         ("metric", "metric"),
@@ -65,23 +71,16 @@ def _comparison_section(data: ReportData, kind: str) -> str:
         ("ci_low", "95% CI low"),
         ("ci_high", "CI high"),
     ]
-    rows = [
-        {**c, "a": f"{c['a']['run']} / {c['a']['variant']}", "b": f"{c['b']['run']} / {c['b']['variant']}"}
-        for c in data.comparisons
-        if c["kind"] == kind
-    ]
+    rows = [{**c, "a": _side(c["a"]), "b": _side(c["b"])} for c in data.comparisons if c["kind"] == kind]
     parts = [_table(rows, cols, left=3)]
+    titles = {
+        "variant": lambda c: f"{c['a']['run']}: {c['a']['variant']} → {c['b']['variant']}",
+        "run": lambda c: f"{c['a']['variant']}: {c['a']['run']} → {c['b']['run']}",
+        "prompt": lambda c: f"{c['a']['run']} / {c['a']['variant']}: box → {c['b']['mask']}",
+    }
     for metric in ("consistency_std", "dice"):
         pairs = [
-            (
-                f"{c['a']['run']}: {c['a']['variant']} → {c['b']['variant']}"
-                if kind == "variant"
-                else f"{c['a']['variant']}: {c['a']['run']} → {c['b']['run']}",
-                f"{c['a']['run']} / {c['a']['variant']}",
-                f"{c['b']['run']} / {c['b']['variant']}",
-                a,
-                b,
-            )
+            (titles[kind](c), _side(c["a"]), _side(c["b"]), a, b)
             for c, a, b in data.pairs
             if c["kind"] == kind and c["metric"] == metric
         ]
@@ -166,6 +165,16 @@ def render_html(data: ReportData, settings: Settings) -> str:
         )
     else:
         body.append('<p class="note">Give a second run (e.g. a fine-tuned model on the same images) to compare.</p>')
+
+    body.append("<h2>Model against its prompt box</h2>")
+    if any(c["kind"] == "prompt" for c in data.comparisons):
+        body.append(
+            '<p class="note">Dice of each mask against the Dice of its own prompt box, filled, on the same ground'
+            " truth: a model that returned its box unchanged would score the box's Dice. b better = the mask beats"
+            " its box.</p>" + _comparison_section(data, "prompt")
+        )
+    else:
+        body.append('<p class="note">No segment has both a box prompt and a ground-truth mask.</p>')
 
     body.append("<h2>Distributions per variant and model</h2>")
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

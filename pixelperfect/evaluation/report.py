@@ -1,9 +1,10 @@
 """``pixelperfect report``: one or more runs -> a self-contained HTML report, its JSON, or CSV tables.
 
 ``report.json`` is ``{"runs": [{"run", "model", "variants": [{"variant", "n_segments", "score_mean",
-"stability_mean", "consistency_std_mean", "consistency_iou_mean", "dice_mean", "iou_mean", "box_fallbacks"}]}],
-"comparisons": [...]}`` with ``null`` where a measure does not apply. ``report.html`` embeds every figure and
-gallery image as a base64 PNG, so the file can be mailed or archived on its own.
+"stability_mean", "consistency_std_mean", "consistency_iou_mean", "dice_mean", "iou_mean", "box_dice_mean",
+"box_fallbacks"}]}], "comparisons": [...]}`` with ``null`` where a measure does not apply; a comparison of kind
+``prompt`` pairs a run's Dice with its prompt boxes' own Dice (sides carry ``mask``). ``report.html`` embeds every
+figure and gallery image as a base64 PNG, so the file can be mailed or archived on its own.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def _flat_comparisons(data: ReportData) -> list[dict[str, Any]]:
             "variant_a": c["a"]["variant"],
             "run_b": c["b"]["run"],
             "variant_b": c["b"]["variant"],
+            "mask_a": c["a"].get("mask"),  # kind "prompt": the prompt box against the model's mask
+            "mask_b": c["b"].get("mask"),
         }
         for c in data.comparisons
     ]

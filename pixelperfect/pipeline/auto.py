@@ -295,7 +295,7 @@ def full_image_accuracy(
 ) -> dict[str, float | None]:
     """Accuracy of a segment that was not prompted by a ground-truth box: overlap with the whole ground-truth
     mask, and ``box_iou`` = the best IoU of the mask's tight box with any ground-truth box (``None`` without
-    boxes; 0.0 for an empty mask). ``inside_box`` does not apply (``None``).
+    boxes; 0.0 for an empty mask). ``inside_box`` and ``box_dice`` do not apply (``None``).
     """
     bbox = mask_bbox(mask)
     out: dict[str, float | None] = {
@@ -305,6 +305,7 @@ def full_image_accuracy(
         "iou": None,
         "nsd": None,
         "hd95": None,
+        "box_dice": None,  # no prompt box to compare with
     }
     if gt_mask is not None:
         out.update(

@@ -22,6 +22,7 @@ from pixelperfect.pipeline.metrics import hd95, nsd
 from pixelperfect.pipeline.preprocess import Variant
 from pixelperfect.pipeline.prompts import Jitter, clip_boxes, perturb_box, prompt_rng
 from pixelperfect.pipeline.scoring import (
+    box_dice,
     box_iou,
     boxes_from_mask,
     consistency,
@@ -238,10 +239,12 @@ def _accuracy(
         "iou": None,
         "nsd": None,
         "hd95": None,
+        "box_dice": None,
     }
     if gt_mask is not None:
         truth = restrict_to_box(gt_mask, box)
         scores["dice"], scores["iou"] = dice(mask, truth), iou(mask, truth)
+        scores["box_dice"] = box_dice(box, truth)
         scores["nsd"], scores["hd95"] = nsd(mask, truth, nsd_tolerance), hd95(mask, truth)
     return scores
 

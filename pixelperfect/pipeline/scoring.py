@@ -93,6 +93,19 @@ def restrict_to_box(mask: np.ndarray, box: Box) -> np.ndarray:
     return out
 
 
+def box_dice(box: Box, truth: np.ndarray) -> float:
+    """Dice of the filled ``box`` (rounded as :func:`restrict_to_box` rounds it, clipped to the image) against
+    ``truth`` ``(H, W)`` bool — the score of a segmenter that returns its prompt unchanged. Same as
+    :func:`dice` of the box's mask, from counts (no mask is drawn)."""
+    height, width = truth.shape[:2]
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    x1, y1, x2, y2 = min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height)
+    area = max(x2 - x1, 0) * max(y2 - y1, 0)
+    inside = np.count_nonzero(truth[y1:y2, x1:x2]) if area else 0
+    total = area + np.count_nonzero(truth)
+    return 1.0 if total == 0 else 2.0 * inside / total
+
+
 def consistency(base: np.ndarray, perturbed: np.ndarray, perturbed_scores: np.ndarray) -> dict[str, float | None]:
     """Consistency of one prompt under box jitter.
 

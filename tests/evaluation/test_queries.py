@@ -62,6 +62,7 @@ def _segment(run_id: int, image_id: int, variant: str, p: int, i: int, *, model_
         "consistency_std": STD[variant][i] if model_scores else None,
         "consistency_iou": 0.9,
         "dice": DICE[variant][i],
+        "box_dice": None if DICE[variant][i] is None else 0.6,
         "iou": None,
         "mask_boxes": [[10 * p, 0, 10 * p + 20, 20]],
         "mask_key": f"file:///out/{variant}/{i}.png",
@@ -119,6 +120,7 @@ def test_summaries_failures_pairs_and_ranks(db_url: str) -> None:
         legacy = queries.variant_summary(s, run_ids=[ids["A"], ids["B"]])
         assert {(r["name"], r["variant"]): r["images"] for r in legacy} == {("A", "raw"): 4, ("A", "clahe"): 4,
                                                                           ("B", "raw"): 4}  # fmt: skip
+        assert all(r["box_dice_mean"] == pytest.approx(0.6) for r in legacy)
         assert {(r["name"], r["variant"]): r["box_fallbacks"] for r in legacy} == {
             ("A", "raw"): None, ("A", "clahe"): None, ("B", "raw"): 3}  # fmt: skip
 

@@ -32,6 +32,7 @@ VARIANT_KEYS = {
     "consistency_iou_mean",
     "dice_mean",
     "iou_mean",
+    "box_dice_mean",
     "box_fallbacks",
 }
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -106,6 +107,16 @@ def test_json_and_csv_report(workdir: Path) -> None:
     assert sam_raw["score_mean"] is not None and sam_raw["consistency_std_mean"] is not None
     assert grab_raw["score_mean"] is None and grab_raw["stability_mean"] is None  # GrabCut has no confidence
     assert sam_raw["box_fallbacks"] is None and 0 <= grab_raw["box_fallbacks"] <= grab_raw["n_segments"]
+    assert 0 < sam_raw["box_dice_mean"] <= 1 and sam_raw["box_dice_mean"] == grab_raw["box_dice_mean"]  # same boxes
+    prompt = [c for c in report["comparisons"] if c["kind"] == "prompt"]
+    assert {(c["a"]["run"], c["a"]["variant"], c["a"]["mask"], c["b"]["mask"]) for c in prompt} == {
+        (run, v, "prompt box", model) for run, model in (("r-sam_tiny", "sam_tiny"), ("r-grabcut", "grabcut"))
+        for v in ("raw", "clahe")
+    }  # fmt: skip
+    sam_prompt = next(c for c in prompt if c["b"]["run"] == "r-sam_tiny" and c["b"]["variant"] == "raw")
+    assert sam_prompt["n"] == sam_raw["n_segments"] and sam_prompt["metric"] == "dice"
+    assert sam_prompt["mean_a"] == pytest.approx(sam_raw["box_dice_mean"])
+    assert sam_prompt["mean_b"] == pytest.approx(sam_raw["dice_mean"])
     kinds = {(c["kind"], c["metric"], c["a"]["run"], c["b"]["run"]) for c in report["comparisons"]}
     assert ("variant", "consistency_std", "r-sam_tiny", "r-sam_tiny") in kinds
     assert ("run", "dice", "r-sam_tiny", "r-grabcut") in kinds
@@ -147,6 +158,7 @@ def test_html_report_opens_in_chromium_with_every_image(workdir: Path, tmp_path:
         "Random-forest consistency regressor",
         "Gallery",
         "GrabCut box fallbacks",
+        "Model against its prompt box",
     ):
         assert title in text
 

@@ -132,7 +132,8 @@ def test_stability_and_consistency_repeat_on_a_fixed_seed_tiny_sam() -> None:
     gt = np.zeros((128, 128), bool)
     gt[40:90, 30:100] = True
     image = ImageInput("img.png", pixels, [[30.0, 40.0, 100.0, 90.0], [5.0, 5.0, 40.0, 30.0]], gt_mask=gt)
-    columns = ("score", "stability", "consistency_std", "consistency_iou", "consistency_iou_base", "nsd", "hd95")
+    columns = ("score", "stability", "consistency_std", "consistency_iou", "consistency_iou_base", "nsd", "hd95",
+               "box_dice")  # fmt: skip
 
     def once() -> list[tuple[float | None, ...]]:
         torch.manual_seed(11)
@@ -142,4 +143,5 @@ def test_stability_and_consistency_repeat_on_a_fixed_seed_tiny_sam() -> None:
 
     first, second = once(), once()
     assert first == second and len(first) == 2
+    assert [row[-1] for row in first] == [1.0, 0.0]  # the first box is the target exactly; the second misses it
     assert all(v is not None for row in first for v in row[:3])

@@ -5,6 +5,7 @@ import numpy as np
 
 from pixelperfect.pipeline.prompts import Jitter, perturb_box, prompt_rng, xywh_to_xyxy
 from pixelperfect.pipeline.scoring import (
+    box_dice,
     box_iou,
     boxes_from_mask,
     consistency,
@@ -88,3 +89,21 @@ def test_perturbations_are_seeded_and_bounded() -> None:
 
 def test_xywh_to_xyxy() -> None:
     assert xywh_to_xyxy(264, 152, 213, 379) == [264, 152, 477, 531]
+
+
+def test_box_dice_is_the_dice_of_the_drawn_box() -> None:
+    """From counts, as if the box (rounded, clipped to the image) were drawn as a mask: fractional boxes, boxes
+    across the border, empty boxes and empty truths."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        truth = np.zeros((60, 80), bool)
+        if rng.random() < 0.9:
+            y, x = int(rng.integers(0, 60)), int(rng.integers(0, 80))
+            truth[y : y + int(rng.integers(1, 40)), x : x + int(rng.integers(1, 40))] = True
+        x1, y1 = rng.uniform(-20, 90), rng.uniform(-20, 70)
+        box = [x1, y1, x1 + rng.uniform(0, 50), y1 + rng.uniform(0, 50)]
+        inside = restrict_to_box(truth, box)
+        drawn = restrict_to_box(np.ones_like(truth), box)
+        assert box_dice(box, inside) == dice(drawn, inside), box
+    assert box_dice([0, 0, 10, 10], np.zeros((20, 20), bool)) == 0.0
+    assert box_dice([5, 5, 5, 9], np.zeros((20, 20), bool)) == 1.0  # empty box, empty truth: as dice()
