@@ -176,6 +176,18 @@ def env_for(**values: str) -> dict[str, str]:
     return env
 
 
+def stage_ms(database_url: str, run: str) -> dict[str, float]:
+    """Mean milliseconds per image of each pipeline stage of ``run`` (the workers' own timings, stage order by
+    name). Stages overlap on the worker's threads, so they do not add up to the wall time per image."""
+    from pixelperfect.db import repo
+    from pixelperfect.db.session import session_scope
+
+    with session_scope(database_url) as session:
+        row = repo.get_run(session, name=run)
+        totals, n = repo.stage_timings(session, run_id=row.id) if row else ({}, 0)
+    return {stage: 1000 * totals[stage] / n for stage in sorted(totals)} if n else {}
+
+
 class Stopwatch:
     """``with Stopwatch() as sw: ...`` then ``sw.wall`` and ``sw.cpu`` (process CPU seconds, all threads)."""
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Measure, two_boxes
+from common import Measure, stage_ms, two_boxes
 
 STARTED = time.perf_counter()
 E2E_GOAL = ">=250"
@@ -115,18 +115,6 @@ def e2e_child(images: str, labels: str, workdir: str, precision: str, chunk: int
     result = submit(SubmitRequest(**{**req.__dict__, "run": run}), settings)
     seconds = time.perf_counter() - t0
     print(json.dumps({"images": result.images, "seconds": seconds, "stages": stage_ms(settings.database_url, run)}))
-
-
-def stage_ms(database_url: str, run: str) -> dict[str, float]:
-    """Mean milliseconds per image of each pipeline stage (the workers' own timings): where the time went when
-    the end-to-end rate falls short of the encoder's (stages overlap, so they do not add up to the wall time)."""
-    from pixelperfect.db import repo
-    from pixelperfect.db.session import session_scope
-
-    with session_scope(database_url) as session:
-        row = repo.get_run(session, name=run)
-        totals, n = repo.stage_timings(session, run_id=row.id) if row else ({}, 0)
-    return {stage: round(1000 * value / n, 2) for stage, value in totals.items()} if n else {}
 
 
 def e2e(images: Path, labels: Path, root: Path, precision: str, chunk: int, batch: int, procs: int) -> Measure:

@@ -31,7 +31,7 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
-from common import Measure, Stopwatch, load_average, write_archive, write_tiny_checkpoint
+from common import Measure, Stopwatch, load_average, stage_ms, write_archive, write_tiny_checkpoint
 
 RATIO_GOAL = "<=1.05"
 CPU_GOAL = "<=40"
@@ -149,7 +149,7 @@ def run(n_images: int = 16, repeats: int = 2) -> list[Measure]:
             capacity.append(len(keys) / sw.wall)
             cores.append(sw.cpu / sw.wall)
         rt._segmenters[key_model] = real
-        stages = _stage_means(settings.database_url, "replay-0")
+        stages = stage_ms(settings.database_url, "replay-0")
         use_settings(None)
 
     model, e2e = statistics.median(model_s), statistics.median(e2e_s)
@@ -180,19 +180,6 @@ def two_boxes_for(index: int) -> list[tuple[float, float, float, float]]:
     from common import two_boxes
 
     return two_boxes(index, 1024)
-
-
-def _stage_means(database_url: str, run_name: str) -> dict[str, float]:
-    from sqlalchemy import select
-
-    from pixelperfect.db.models import Image, Run
-    from pixelperfect.db.session import session_scope
-
-    with session_scope(database_url) as session:
-        run_id = session.scalar(select(Run.id).where(Run.name == run_name))
-        timings = [t for t in session.scalars(select(Image.timings).where(Image.run_id == run_id)) if t]
-    names = sorted({k for t in timings for k in t})
-    return {k: 1000 * float(np.mean([t.get(k, 0.0) for t in timings])) for k in names}
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ detection, the forest and the gallery cases. No rendering here (see :mod:`pixelp
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,17 +117,30 @@ def _compare(session: Session, data: ReportData, kind: str, a: tuple[RunInfo, st
         pairs = queries.paired_values(session, a=(a[0].id, a[1]), b=(b[0].id, b[1]), metric=metric)
         if not pairs:
             continue
-        va = np.array([p[2] for p in pairs])
-        vb = np.array([p[3] for p in pairs])
-        entry = {
-            "kind": kind,
-            "metric": metric,
-            "a": {"run": a[0].name, "variant": a[1]},
-            "b": {"run": b[0].name, "variant": b[1]},
-            **paired_comparison(va, vb, lower_is_better=metric in queries.LOWER_IS_BETTER),
-        }
-        data.comparisons.append(entry)
-        data.pairs.append((entry, va, vb))
+        side_a, side_b = {"run": a[0].name, "variant": a[1]}, {"run": b[0].name, "variant": b[1]}
+        _add_comparison(data, kind, metric, side_a, side_b, [p[2] for p in pairs], [p[3] for p in pairs])
+
+
+def _add_comparison(
+    data: ReportData,
+    kind: str,
+    metric: str,
+    side_a: dict[str, str],
+    side_b: dict[str, str],
+    values_a: Sequence[float],
+    values_b: Sequence[float],
+) -> None:
+    """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' pairs."""
+    va, vb = np.asarray(values_a, np.float64), np.asarray(values_b, np.float64)
+    entry = {
+        "kind": kind,
+        "metric": metric,
+        "a": side_a,
+        "b": side_b,
+        **paired_comparison(va, vb, lower_is_better=metric in queries.LOWER_IS_BETTER),
+    }
+    data.comparisons.append(entry)
+    data.pairs.append((entry, va, vb))
 
 
 def _comparisons(session: Session, data: ReportData) -> None:
@@ -155,17 +169,10 @@ def _prompt_comparisons(data: ReportData) -> None:
             ]
             if not rows:
                 continue
-            va = np.array([r["box_dice"] for r in rows], np.float64)
-            vb = np.array([r["dice"] for r in rows], np.float64)
-            entry = {
-                "kind": "prompt",
-                "metric": "dice",
-                "a": {"run": run.name, "variant": v, "mask": "prompt box"},
-                "b": {"run": run.name, "variant": v, "mask": run.model},
-                **paired_comparison(va, vb),
-            }
-            data.comparisons.append(entry)
-            data.pairs.append((entry, va, vb))
+            side_a = {"run": run.name, "variant": v, "mask": "prompt box"}
+            side_b = {"run": run.name, "variant": v, "mask": run.model}
+            _add_comparison(data, "prompt", "dice", side_a, side_b, [r["box_dice"] for r in rows],
+                            [r["dice"] for r in rows])  # fmt: skip
 
 
 def _groups(data: ReportData) -> dict[tuple[str, str], list[dict[str, Any]]]:
