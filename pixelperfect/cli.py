@@ -81,8 +81,7 @@ def submit(
     wait: bool = typer.Option(False, help="distributed: wait until every image is done or failed"),
 ) -> None:
     """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset)."""
-    from pixelperfect.pipeline.auto import AutoSettings
-    from pixelperfect.pipeline.process import ProcessSettings
+    from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
     from pixelperfect.pipeline.prompts import Jitter
     from pixelperfect.producer.annotations import AnnotationError
     from pixelperfect.producer.enqueue import SubmitError, SubmitRequest

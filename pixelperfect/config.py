@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ModelName = Literal["sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny"]
 MODEL_NAMES: tuple[str, ...] = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny")
 RANDOM_CHECKPOINT = "random"  # seeded random weights: benchmarks and tests of speed, never results
+#: Mask components of at most this many pixels give no box (the research kept contours with area > 250 px).
+MIN_AREA = 250
 
 
 class Settings(BaseSettings):
@@ -40,7 +42,7 @@ class Settings(BaseSettings):
     # The producer pauses while the broker's gpu queue holds more than this many batch messages and resumes when
     # it has drained to half: Redis holds ~1.3 KiB per message of 8 keys, so the default costs a few MiB at most.
     max_queued_batches: int = Field(default=2000, ge=1)
-    min_area: int = Field(default=250, ge=0, description="connected components smaller than this are dropped")
+    min_area: int = Field(default=MIN_AREA, ge=0, description="connected components smaller than this are dropped")
     max_pixels: int = Field(default=50_000_000, ge=1, description="refuse images larger than this (header check)")
     # Visibility timeout (Redis broker). A message is acknowledged only after its batch finished (late acks); until
     # then Redis keeps it in an "unacked" set, and any worker hands it back to the queue once it is older than this

@@ -9,6 +9,7 @@ Both are upserts on the identity ``(run, key)``: registering a key twice changes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from pixelperfect.db.models import Image, ImageStatus, Segment, utcnow
 from pixelperfect.db.repo import dialect_insert
+from pixelperfect.pipeline.records import SegmentRecord
 
 #: Keys per call the callers should stay under: SQLite binds one parameter per key in ``queued_keys``.
 MAX_KEYS = 20_000
@@ -76,14 +78,24 @@ def _insert_postgres(session: Session, run_id: int, keys: Sequence[str], gt_mask
         return {row[0] for row in cur.fetchall()}
 
 
-def mark_done_many(session: Session, *, images: Sequence[tuple[int, Sequence[dict[str, Any]], dict[str, Any]]]) -> None:
-    """:func:`~pixelperfect.db.repo.mark_done` for a whole batch in a few executemany statements.
+@dataclass(frozen=True)
+class DoneImage:
+    """A finished image for :func:`mark_done_many`: its id, its segments (each with its stored ``mask_key``) and
+    the image columns to set (``width``, ``height``, ``meta``, ``content_sha256``, ``worker_host``, ...)."""
 
-    ``images``: ``(image_id, segment rows, image fields)`` per finished image. The segments are upserted on
-    ``(image, variant, prompt)`` and the images marked done exactly as ``mark_done`` does (safe to repeat: a
-    redelivered batch changes nothing) — one statement per distinct set of columns instead of two per image.
+    image_id: int
+    segments: Sequence[SegmentRecord]
+    fields: dict[str, Any]
+
+
+def mark_done_many(session: Session, *, run_id: int, images: Sequence[DoneImage]) -> None:
+    """:func:`~pixelperfect.db.repo.mark_done` for a whole batch of run ``run_id`` in a few executemany statements.
+
+    The segments are upserted on ``(image, variant, prompt)`` and the images marked done exactly as ``mark_done``
+    does (safe to repeat: a redelivered batch changes nothing) — one statement per distinct set of columns instead
+    of two per image.
     """
-    segments = [row for _, rows, _ in images for row in rows]
+    segments = [seg.row(run_id=run_id, image_id=done.image_id) for done in images for seg in done.segments]
     for columns, rows in _by_columns(segments).items():
         stmt = dialect_insert(session, Segment)
         updatable = {c: stmt.excluded[c] for c in columns if c not in ("image_id", "variant", "prompt_index")}
@@ -91,7 +103,7 @@ def mark_done_many(session: Session, *, images: Sequence[tuple[int, Sequence[dic
             stmt.on_conflict_do_update(index_elements=["image_id", "variant", "prompt_index"], set_=updatable), rows
         )
     now = utcnow()
-    updates = [{"_id": image_id, "_n": len(rows), **fields} for image_id, rows, fields in images]
+    updates = [{"_id": done.image_id, "_n": len(done.segments), **done.fields} for done in images]
     for columns, params in _by_columns(updates).items():
         fields = {c: bindparam(c, type_=Image.__table__.c[c].type) for c in columns if not c.startswith("_")}
         stmt = (

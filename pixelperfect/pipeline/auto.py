@@ -1,12 +1,14 @@
 """Prompts other than ground-truth boxes: user point prompts and the automatic mode (a grid of points).
 
 Automatic mode follows segment-anything's ``SamAutomaticMaskGenerator`` recipe, on an embedding we already have:
-a regular grid of single-point prompts decoded in batches, candidates kept when their predicted IoU and
-stability clear thresholds, duplicates removed by box NMS (``torchvision.ops.nms``, as the generator does),
-optionally only masks inside a lung-field estimate. Every kept mask is then re-decoded from K jittered copies of
-its point, so automatic and point segments carry the same consistency scores as box segments.
+a regular grid of single-point prompts (``amg.build_point_grid``) decoded in batches, candidates kept when their
+predicted IoU and stability clear thresholds, duplicates removed by box NMS (``torchvision.ops.nms``, as the
+generator does), optionally only masks inside a lung-field estimate. Every kept mask is then re-decoded from K
+jittered copies of its point, so automatic and point segments carry the same consistency scores as box segments.
 
-Pure: arrays in, rows and mask PNG bytes out (see :mod:`pixelperfect.pipeline.process`).
+Model stage only: :func:`predict_prompts` returns the same :class:`~pixelperfect.pipeline.prediction.Prediction`
+as box prompts give; scoring and PNG encoding happen after, on the post threads
+(:mod:`pixelperfect.pipeline.score`). Imports torch only when the automatic mode runs.
 """
 
 from __future__ import annotations
@@ -15,74 +17,31 @@ import csv
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-from pixelperfect.pipeline.metrics import hd95, nsd
+from pixelperfect.pipeline.options import ProcessSettings
+from pixelperfect.pipeline.prediction import Prediction, Segmenter, empty_prediction
 from pixelperfect.pipeline.prompts import Jitter, prompt_rng
-from pixelperfect.pipeline.scoring import box_iou, boxes_from_mask, consistency, dice, iou, mask_bbox
+from pixelperfect.pipeline.records import ImageInput
 from pixelperfect.pipeline.steps import to_uint8
 
-if TYPE_CHECKING:
-    from pixelperfect.pipeline.process import ImageInput, ProcessSettings, SegmentResult
-    from pixelperfect.pipeline.segment import BoxPrediction, Segmenter
-
-PROMPT_MODES = ("boxes", "points", "auto")
 _LUNG_WORK_SIZE = 256  # the lung-field estimate runs at this long side: it is a coarse shape
-
-
-@dataclass(frozen=True)
-class AutoSettings:
-    """Automatic-mode parameters (stored with the run).
-
-    Thresholds are segment-anything's generator defaults (``pred_iou_thresh=0.88``,
-    ``stability_score_thresh=0.95``, ``box_nms_thresh=0.7``); the grid is 16 per side instead of 32 because
-    lesions in a chest film are large and each point costs a decoder pass.
-    """
-
-    points_per_side: int = 16
-    points_batch: int = 64  # prompts per decoder call: 64 x H x W float32 logits (256 MiB at 1024^2)
-    min_score: float = 0.88
-    min_stability: float = 0.95
-    nms_iou: float = 0.7
-    lung_only: bool = True
-    lung_fraction: float = 0.5  # a kept mask has at least this fraction of its area in the lung field
-    max_masks: int = 32
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.points_per_side <= 128:
-            raise ValueError(f"points_per_side must be in 1..128, got {self.points_per_side}")
-        if not 1 <= self.points_batch <= 4096:
-            raise ValueError(f"points_batch must be in 1..4096, got {self.points_batch}")
-        for name in ("min_score", "min_stability", "nms_iou", "lung_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"auto {name} must be in [0, 1], got {value}")
-        if self.max_masks < 1:
-            raise ValueError(f"auto max_masks must be >= 1, got {self.max_masks}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> AutoSettings:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in (values or {}).items() if k in known})
 
 
 # --- prompts ---------------------------------------------------------------------------------------------------
 
 
 def grid_points(height: int, width: int, per_side: int) -> np.ndarray:
-    """``(per_side**2, 2)`` float64 XY pixel coordinates at the centres of a ``per_side`` x ``per_side`` grid."""
+    """``(per_side**2, 2)`` float64 XY pixel coordinates at the centres of a ``per_side`` x ``per_side`` grid, x
+    varying fastest (segment-anything's ``build_point_grid``, scaled from ``[0, 1]`` to the image)."""
+    from segment_anything.utils.amg import build_point_grid
+
     if per_side < 1:
         raise ValueError(f"per_side must be >= 1, got {per_side}")
-    offsets = (np.arange(per_side) + 0.5) / per_side
-    xs, ys = np.meshgrid(offsets * width, offsets * height)
-    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+    return np.asarray(build_point_grid(per_side), np.float64) * np.array([width, height], np.float64)
 
 
 def perturb_point(
@@ -162,34 +121,26 @@ def lung_field(pixels: np.ndarray) -> np.ndarray:
     return cv2.resize(field, (width, height), interpolation=cv2.INTER_NEAREST) > 0
 
 
-# --- segmenting ------------------------------------------------------------------------------------------------
+# --- the model stage ------------------------------------------------------------------------------------------
 
 
-def segment_prompts(
-    image: ImageInput, variant: str, embedding: Any, segmenter: Segmenter, settings: ProcessSettings
-) -> list[SegmentResult]:
-    """The segments of one image under one variant for ``settings.prompt_mode`` ``points`` or ``auto``."""
+def predict_prompts(image: ImageInput, embedding: Any, segmenter: Segmenter, settings: ProcessSettings) -> Prediction:
+    """The prediction of one image's embedding for ``settings.prompt_mode`` ``points`` or ``auto``: the prompts
+    (``(n, 2)`` XY) and their K jittered copies, decoded in one call (the automatic mode first decodes its grid
+    to choose the prompts)."""
     if settings.prompt_mode == "points":
-        return _segment_points(image, variant, embedding, segmenter, settings)
+        pts = np.asarray(image.points, np.float64).reshape(-1, 3)
+        positive, negative = pts[pts[:, 2] == 1, :2], pts[pts[:, 2] == 0, :2]
+        return _decode_with_jitter("point", image, embedding, segmenter, settings, positive, negative)
     if settings.prompt_mode == "auto":
-        return _segment_auto(image, variant, embedding, segmenter, settings)
-    raise ValueError(f"segment_prompts handles prompt modes points and auto, not {settings.prompt_mode!r}")
+        seeds = auto_seeds(image, embedding, segmenter, settings)
+        return _decode_with_jitter("auto", image, embedding, segmenter, settings, seeds, np.zeros((0, 2)))
+    raise ValueError(f"predict_prompts handles prompt modes points and auto, not {settings.prompt_mode!r}")
 
 
-def _segment_points(
-    image: ImageInput, variant: str, embedding: Any, segmenter: Segmenter, settings: ProcessSettings
-) -> list[SegmentResult]:
-    pts = np.asarray(image.points, np.float64).reshape(-1, 3)
-    positive, negative = pts[pts[:, 2] == 1, :2], pts[pts[:, 2] == 0, :2]
-    if len(positive) == 0:
-        return []
-    pred, jittered = _decode_with_jitter(image, embedding, segmenter, settings, positive, negative)
-    return [_result(image, variant, p, "point", positive[p], pred, jittered, settings) for p in range(len(positive))]
-
-
-def _segment_auto(
-    image: ImageInput, variant: str, embedding: Any, segmenter: Segmenter, settings: ProcessSettings
-) -> list[SegmentResult]:
+def auto_seeds(image: ImageInput, embedding: Any, segmenter: Segmenter, settings: ProcessSettings) -> np.ndarray:
+    """The automatic mode's prompts, ``(n, 2)`` float64 XY, best first: the grid points whose masks clear the
+    score, stability, area and lung-field thresholds and survive box NMS (at most ``max_masks``)."""
     cfg = settings.auto
     height, width = image.pixels.shape[:2]
     points = grid_points(height, width, cfg.points_per_side)
@@ -203,7 +154,7 @@ def _segment_auto(
         best, stability = pred.best_scores, pred.stability
         for i in np.nonzero((best >= cfg.min_score) & (stability >= cfg.min_stability))[0]:
             mask = pred.masks[i]
-            area = int(mask.sum())
+            area = int(np.count_nonzero(mask))
             if area <= settings.min_area:
                 continue
             if lung is not None and np.count_nonzero(mask & lung) < cfg.lung_fraction * area:
@@ -212,36 +163,36 @@ def _segment_auto(
             kept_scores.append(float(best[i]))
             kept_points.append(chunk[i])
     if not kept_masks:
-        return []
+        return np.zeros((0, 2))
     keep = _nms(kept_masks, kept_scores, cfg.nms_iou)[: cfg.max_masks]
-    seeds = np.asarray([kept_points[i] for i in keep])
-    pred, jittered = _decode_with_jitter(image, embedding, segmenter, settings, seeds, np.zeros((0, 2)))
-    return [_result(image, variant, n, "auto", seeds[n], pred, jittered, settings) for n in range(len(seeds))]
+    return np.asarray([kept_points[i] for i in keep], np.float64).reshape(-1, 2)
 
 
 def _nms(masks: list[np.ndarray], scores: list[float], threshold: float) -> list[int]:
-    """Indices kept by box NMS on the masks' tight boxes, best score first."""
+    """Indices kept by box NMS on the masks' tight boxes, best score first. The boxes are segment-anything's
+    ``batched_mask_to_box`` with exclusive ``x2, y2`` (ours everywhere: ``scoring.mask_bbox``)."""
     import torch
+    from segment_anything.utils.amg import batched_mask_to_box
     from torchvision.ops import nms
 
-    boxes = torch.tensor([mask_bbox(m) for m in masks], dtype=torch.float32)
+    boxes = batched_mask_to_box(torch.from_numpy(np.stack(masks))).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
     return [int(i) for i in nms(boxes, torch.tensor(scores, dtype=torch.float32), threshold)]
 
 
 def _decode_with_jitter(
+    kind: str,
     image: ImageInput,
     embedding: Any,
     segmenter: Segmenter,
     settings: ProcessSettings,
     positive: np.ndarray,
     negative: np.ndarray,
-) -> tuple[BoxPrediction, np.ndarray]:
-    """Decode each foreground point (plus all background points) and its K jittered copies in one call.
-
-    Returns the prediction (``M`` base prompts first, then ``K`` per prompt, prompt-major) and the ``(M * K, 2)``
-    jittered points.
-    """
+) -> Prediction:
+    """Decode each foreground point (plus all background points) and its K jittered copies in one call: the
+    masks of the ``M`` base prompts first, then ``K`` per prompt, prompt-major."""
     height, width = image.pixels.shape[:2]
+    if len(positive) == 0:
+        return Prediction(kind, np.zeros((0, 2)), np.zeros((0, 2)), empty_prediction(height, width))
     k = settings.jitter.k
     jit = [
         perturb_point(p, settings.jitter, prompt_rng(settings.seed, image.key, i), height, width)
@@ -250,73 +201,5 @@ def _decode_with_jitter(
     fg = np.concatenate([positive, *jit]) if k else positive
     coords = np.concatenate([fg[:, None, :], np.broadcast_to(negative, (len(fg), *negative.shape))], axis=1)
     labels = np.concatenate([np.ones((len(fg), 1), np.int64), np.zeros((len(fg), len(negative)), np.int64)], axis=1)
-    return segmenter.predict_points(embedding, coords, labels), fg[len(positive) :]
-
-
-def _result(
-    image: ImageInput,
-    variant: str,
-    index: int,
-    kind: str,
-    point: np.ndarray,
-    pred: BoxPrediction,
-    jittered: np.ndarray,
-    settings: ProcessSettings,
-) -> SegmentResult:
-    from pixelperfect.pipeline.process import SegmentResult, encode_mask_png
-
-    p, k = index, settings.jitter.k
-    m = len(pred.chosen) // (k + 1)
-    mask = pred.masks[p]
-    jit = slice(m + p * k, m + (p + 1) * k)
-    best = pred.best_scores
-    row: dict[str, Any] = {
-        "variant": variant,
-        "prompt_index": index,
-        "prompt_kind": kind,
-        "prompt": [float(point[0]), float(point[1])],
-        "score": _finite(best[p]),
-        "scores": [_finite(v) for v in pred.scores[p]],
-        "chosen": int(pred.chosen[p]),
-        "stability": _finite(pred.stability[p]),
-        "area": int(mask.sum()),
-        "mask_boxes": boxes_from_mask(mask, settings.min_area),
-        "perturbations": [
-            [float(x), float(y), _finite(s)] for (x, y), s in zip(jittered[p * k : (p + 1) * k], best[jit], strict=True)
-        ],
-    }
-    row.update(consistency(mask, pred.masks[jit], best[jit]))
-    row.update(full_image_accuracy(mask, image.boxes, image.gt_mask, settings.nsd_tolerance))
-    return SegmentResult(row, encode_mask_png(mask, settings.png_compression))
-
-
-def full_image_accuracy(
-    mask: np.ndarray, truth_boxes: Sequence[Sequence[float]], gt_mask: np.ndarray | None, tolerance: float
-) -> dict[str, float | None]:
-    """Accuracy of a segment that was not prompted by a ground-truth box: overlap with the whole ground-truth
-    mask, and ``box_iou`` = the best IoU of the mask's tight box with any ground-truth box (``None`` without
-    boxes; 0.0 for an empty mask). ``inside_box`` and ``box_dice`` do not apply (``None``).
-    """
-    bbox = mask_bbox(mask)
-    out: dict[str, float | None] = {
-        "box_iou": (max(box_iou(bbox, b) for b in truth_boxes) if bbox else 0.0) if len(truth_boxes) else None,
-        "inside_box": None,
-        "dice": None,
-        "iou": None,
-        "nsd": None,
-        "hd95": None,
-        "box_dice": None,  # no prompt box to compare with
-    }
-    if gt_mask is not None:
-        out.update(
-            dice=dice(mask, gt_mask),
-            iou=iou(mask, gt_mask),
-            nsd=nsd(mask, gt_mask, tolerance),
-            hd95=hd95(mask, gt_mask),
-        )
-    return out
-
-
-def _finite(value: Any) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
+    output = segmenter.predict_points(embedding, coords, labels)
+    return Prediction(kind, positive, fg[len(positive) :], output)

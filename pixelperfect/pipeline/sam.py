@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from segment_anything.utils.amg import calculate_stability_score
 
-from pixelperfect.pipeline.segment import STABILITY_OFFSET, BoxPrediction, empty_prediction
+from pixelperfect.pipeline.prediction import STABILITY_OFFSET, MaskPrediction, empty_prediction
 
 
 @dataclass
@@ -48,6 +49,10 @@ class SamSegmenter:
     ``compile_encoder`` wraps the image encoder in ``torch.compile`` (static shapes: every chunk is padded to
     ``encoder_batch``, so it compiles once). Its cold start is paid on the first batch of each worker process:
     tens of seconds for ViT-B on a GPU (bench/gpu.sh measures it), nothing afterwards.
+
+    ``host_post``: threshold the logits and count stability in numpy on the host (on a CPU ~10x faster than
+    torch's CPU kernels), or in torch where the logits are (on CUDA: one small copy back). ``None`` (the default)
+    picks numpy exactly when the device is a CPU; either path gives the same masks and scores.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class SamSegmenter:
         encoder_batch: int = 8,
         precision: str = "auto",
         compile_encoder: bool = False,
+        host_post: bool | None = None,
     ) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -73,9 +79,7 @@ class SamSegmenter:
         self.img_size = int(sam.image_encoder.img_size)  # type: ignore[union-attr,arg-type]
         self.transform = ResizeLongestSide(self.img_size)
         self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-        #: thresholds and stability counts in numpy on the host (CPU: ~10x faster than torch's on CPU tensors), or
-        #: in torch where the logits are (CUDA: one small copy back). Tests flip it to run the device path on a CPU.
-        self.host_post = device.type == "cpu"
+        self.host_post = device.type == "cpu" if host_post is None else bool(host_post)
         self.compiled = compile_encoder
         encoder: Any = self.sam.image_encoder
         self._encoder: Any = torch.compile(encoder, dynamic=False) if compile_encoder else None
@@ -126,7 +130,7 @@ class SamSegmenter:
         return out
 
     @torch.inference_mode()
-    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> BoxPrediction:
+    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> MaskPrediction:
         emb: SamEmbedding = embedding
         if len(boxes) == 0:
             return empty_prediction(*emb.original_size)
@@ -136,7 +140,7 @@ class SamSegmenter:
         return self._decode(emb, sparse, dense)
 
     @torch.inference_mode()
-    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> BoxPrediction:
+    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> MaskPrediction:
         """Point prompts: ``points`` ``(M, P, 2)`` float XY in the image's own pixel coordinates, ``labels``
         ``(M, P)`` int (1 foreground, 0 background); one prompt per row, all decoded in one call. As for boxes,
         the candidate with the highest predicted IoU is kept.
@@ -150,7 +154,7 @@ class SamSegmenter:
         sparse, dense = self.sam.prompt_encoder(points=(coords, lab), boxes=None, masks=None)
         return self._decode(emb, sparse, dense)
 
-    def _decode(self, emb: SamEmbedding, sparse: torch.Tensor, dense: torch.Tensor) -> BoxPrediction:
+    def _decode(self, emb: SamEmbedding, sparse: torch.Tensor, dense: torch.Tensor) -> MaskPrediction:
         """All prompts of one image in one decoder call; the device work is queued without a host sync until the
         results are copied back, once per image (never per prompt)."""
         low_res, iou = self.sam.mask_decoder(  # fp32: see the class docstring
@@ -165,18 +169,17 @@ class SamSegmenter:
         best = low_res.float()[torch.arange(len(chosen), device=self.device), chosen]
         logits = self._upscale(best[:, None], emb.input_size, emb.original_size)[:, 0]
         threshold = float(self.sam.mask_threshold)
-        if self.host_post:
+        if self.host_post:  # amg.calculate_stability_score's counts, in numpy: ~10x faster than torch on a CPU
             values = logits.numpy()
             masks = values > threshold
             inter = np.count_nonzero(values > threshold + STABILITY_OFFSET, axis=(1, 2)).astype(np.float32)
             union = np.count_nonzero(values > threshold - STABILITY_OFFSET, axis=(1, 2)).astype(np.float32)
             stability = np.where(union > 0, inter / np.maximum(union, 1), 0).astype(np.float32)
-            return BoxPrediction(masks, iou.numpy().astype(np.float32), chosen.numpy(), stability)
-        inter_t = (logits > threshold + STABILITY_OFFSET).flatten(1).sum(1).float()
-        union_t = (logits > threshold - STABILITY_OFFSET).flatten(1).sum(1).float()
-        stab_t = torch.where(union_t > 0, inter_t / union_t.clamp(min=1), torch.zeros_like(union_t))
+            return MaskPrediction(masks, iou.numpy().astype(np.float32), chosen.numpy(), stability)
+        # segment-anything's own score; 0 (not its NaN) for a mask empty at the low threshold, as on the host path
+        stab_t = torch.nan_to_num(calculate_stability_score(logits, threshold, STABILITY_OFFSET).float(), nan=0.0)
         small = torch.cat([iou, chosen[:, None].float(), stab_t[:, None]], dim=1).cpu().numpy()  # one small copy
-        return BoxPrediction(
+        return MaskPrediction(
             (logits > threshold).cpu().numpy(),
             small[:, :-2].astype(np.float32),
             small[:, -2].astype(np.int64),

@@ -1,6 +1,5 @@
-"""Box-prompted segmenters behind one interface: SAM (``pipeline/sam.py``: batched encoder, prompts batched per
-image) and GrabCut. This module does not import torch: the producer and the report use its types without loading
-libtorch (~700 MiB of RSS); :func:`build_segmenter` imports SAM when a SAM model is asked for.
+"""The classical baseline segmenter, GrabCut, behind :class:`~pixelperfect.pipeline.prediction.Segmenter` (SAM
+is ``pipeline/sam.py``; :func:`pixelperfect.pipeline.builder.build_segmenter` picks one). No torch here.
 
 Encode once, prompt many: :meth:`Segmenter.encode` turns a list of preprocessed images into embeddings (one
 encoder pass per chunk of images); :meth:`Segmenter.predict_boxes` decodes any number of boxes on one embedding
@@ -10,63 +9,12 @@ in a single call — the ground-truth prompts and their perturbations together.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
 
-#: segment-anything's automatic generator uses an offset of 1.0 on the mask logits for its stability score.
-STABILITY_OFFSET = 1.0
-
-
-@dataclass
-class BoxPrediction:
-    """Masks for ``M`` boxes on an image of ``(H, W)`` pixels.
-
-    ``masks``: ``(M, H, W)`` bool, the chosen mask per box (highest predicted IoU). ``scores``: ``(M, C)``
-    float32 predicted IoUs of all ``C`` candidate masks (``C = 3`` for SAM; NaN where a model has none).
-    ``chosen``: ``(M,)`` int index of the chosen candidate. ``stability``: ``(M,)`` float32, IoU of the chosen
-    mask's logits thresholded at ``±STABILITY_OFFSET`` (NaN for models without logits).
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    chosen: np.ndarray
-    stability: np.ndarray
-
-    @property
-    def best_scores(self) -> np.ndarray:
-        return self.scores[np.arange(len(self.chosen)), self.chosen]
-
-
-class Segmenter(Protocol):
-    name: str
-
-    def encode(self, images: Sequence[Any]) -> list[Any]:
-        """``images``: ``(H, W) uint8`` preprocessed greyscale, or what :func:`prepare_input` made of them (the
-        worker prepares images on its I/O threads). Returns one opaque embedding per image."""
-
-    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> BoxPrediction:
-        """``boxes``: ``(M, 4)`` float XYXY in the image's own pixel coordinates."""
-
-    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> BoxPrediction:
-        """``points``: ``(M, P, 2)`` float XY; ``labels``: ``(M, P)`` int, 1 foreground / 0 background."""
-
-
-def empty_prediction(height: int, width: int) -> BoxPrediction:
-    return BoxPrediction(
-        np.zeros((0, height, width), bool),
-        np.zeros((0, 3), np.float32),
-        np.zeros(0, np.int64),
-        np.zeros(0, np.float32),
-    )
-
-
-def prepare_input(segmenter: Any, image: np.ndarray) -> Any:
-    """The segmenter's CPU-side input for ``image`` (its ``prepare`` when it has one, else the array itself)."""
-    prepare = getattr(segmenter, "prepare", None)
-    return prepare(image) if prepare is not None else image
+from pixelperfect.pipeline.prediction import MaskPrediction
 
 
 class GrabCutSegmenter:
@@ -100,7 +48,7 @@ class GrabCutSegmenter:
     def encode(self, images: Sequence[np.ndarray]) -> list[Any]:
         return list(images)
 
-    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> BoxPrediction:
+    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> MaskPrediction:
         image: np.ndarray = embedding
         grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         height, width = grey.shape
@@ -124,9 +72,9 @@ class GrabCutSegmenter:
                 masks[i] = False
                 masks[i, y1:y2, x1:x2] = True
                 chosen[i] = self.BOX
-        return BoxPrediction(masks, np.full((n, 2), np.nan, np.float32), chosen, np.full(n, np.nan, np.float32))
+        return MaskPrediction(masks, np.full((n, 2), np.nan, np.float32), chosen, np.full(n, np.nan, np.float32))
 
-    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> BoxPrediction:
+    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> MaskPrediction:
         """Point prompts for the baseline: GrabCut needs a rectangle, so each prompt's first foreground point
         becomes a square box of side ``POINT_BOX_FRACTION`` x the image's shorter side (background points are
         ignored). A crude baseline, documented as such.
@@ -183,29 +131,3 @@ def _texture_channels(grey: np.ndarray) -> np.ndarray:
     mean = cv2.blur(values, (5, 5))
     std = np.sqrt(np.maximum(cv2.blur(values * values, (5, 5)) - mean * mean, 0))
     return np.dstack([grey, np.clip(mean, 0, 255).astype(np.uint8), np.clip(4 * std, 0, 255).astype(np.uint8)])
-
-
-def build_segmenter(
-    model: str,
-    checkpoint_bytes: bytes | None,
-    device: str = "auto",
-    *,
-    encoder_batch: int = 8,
-    precision: str = "auto",
-    compile_encoder: bool = False,
-) -> Segmenter:
-    """The segmenter for ``model``; loads weights once (call it once per worker process)."""
-    if model == "grabcut":
-        return GrabCutSegmenter()
-    from pixelperfect.pipeline.models import load_sam, resolve_device
-    from pixelperfect.pipeline.sam import SamSegmenter
-
-    sam = load_sam(model, checkpoint_bytes)
-    return SamSegmenter(
-        sam,
-        resolve_device(device),
-        name=model,
-        encoder_batch=encoder_batch,
-        precision=precision,
-        compile_encoder=compile_encoder,
-    )

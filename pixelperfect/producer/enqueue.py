@@ -23,9 +23,9 @@ from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
 from pixelperfect.db import bulk, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.session import session_scope
-from pixelperfect.pipeline.auto import PROMPT_MODES, parse_points_csv
+from pixelperfect.pipeline.auto import parse_points_csv
+from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.pipeline.process import ProcessSettings
 from pixelperfect.producer.annotations import match_to_keys, parse_annotations, stem
 from pixelperfect.producer.sources import absolute_url, iter_manifest, list_image_keys, open_source
 from pixelperfect.producer.stream import (

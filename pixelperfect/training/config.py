@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from pixelperfect.config import MODEL_NAMES
+from pixelperfect.config import MIN_AREA, MODEL_NAMES
 
 #: Models the trainer can fine-tune (GrabCut has nothing to learn).
 TRAINABLE_MODELS = tuple(m for m in MODEL_NAMES if m != "grabcut")
@@ -58,7 +58,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 5  # validations (one per epoch) without improvement before stopping
     checkpoint_every: int = 100
-    min_area: int = 250  # mask components this small give no box prompt (the research's contour filter)
+    min_area: int = MIN_AREA  # mask components this small give no box prompt (the research's contour filter)
     run: str | None = None
     resume: bool = False
     cache_url: str | None = None  # embedding cache root; default: <store_url>/cache

@@ -11,13 +11,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelperfect.config import RANDOM_CHECKPOINT, Settings, get_settings
-from pixelperfect.pipeline.auto import AutoSettings
+from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, Settings, get_settings
+from pixelperfect.pipeline.builder import build_segmenter
 from pixelperfect.pipeline.models import sha256_hex
+from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
+from pixelperfect.pipeline.prediction import Segmenter
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.pipeline.process import ProcessSettings
 from pixelperfect.pipeline.prompts import Jitter
-from pixelperfect.pipeline.segment import Segmenter, build_segmenter
 from pixelperfect.storage import ObjectStore, open_store, read_url
 
 
@@ -65,7 +65,7 @@ class RunSpec:
             variants=variants,
             process=ProcessSettings(
                 jitter=jitter,
-                min_area=int(s.get("min_area", 250)),
+                min_area=int(s.get("min_area", MIN_AREA)),
                 seed=int(s.get("seed", 0)),
                 prompt_mode=run.prompt_mode or "boxes",
                 nsd_tolerance=float(s.get("nsd_tolerance", 2.0)),

@@ -31,8 +31,7 @@ def collect_rows(tmp: Path, phantom_dir: Path, checkpoint: Path) -> list[dict[st
 
     from pixelperfect.db.models import Image, Run, Segment
     from pixelperfect.db.session import session_scope
-    from pixelperfect.pipeline.auto import AutoSettings
-    from pixelperfect.pipeline.process import ProcessSettings
+    from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
     from pixelperfect.producer.enqueue import SubmitRequest, submit
     from pixelperfect.storage import open_store
     from tests.conftest import embedded_settings
@@ -83,9 +82,9 @@ def collect_rows(tmp: Path, phantom_dir: Path, checkpoint: Path) -> list[dict[st
 def compare(got: Any, want: Any, where: str = "rows", tol: float = 1e-6) -> list[str]:
     """The differences between two JSON-like values (floats compared to ``tol``), as readable lines."""
     if isinstance(want, float) or isinstance(got, float):
-        if isinstance(got, (int, float)) and isinstance(want, (int, float)):
-            if math.isclose(float(got), float(want), rel_tol=tol, abs_tol=tol):
-                return []
+        numbers = isinstance(got, (int, float)) and isinstance(want, (int, float))
+        if numbers and math.isclose(float(got), float(want), rel_tol=tol, abs_tol=tol):
+            return []
         return [f"{where}: {got!r} != {want!r}"]
     if isinstance(want, dict) and isinstance(got, dict):
         diffs = [f"{where}: keys {sorted(set(got) ^ set(want))} differ"] if set(got) != set(want) else []

@@ -18,10 +18,11 @@ from pixelperfect.db.models import Annotation, Run, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.evaluation.collect import collect
 from pixelperfect.pipeline.auto import AutoSettings, _nms, grid_points, lung_field, parse_points_csv, perturb_point
+from pixelperfect.pipeline.prediction import MaskPrediction
 from pixelperfect.pipeline.preprocess import parse_variant
 from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
 from pixelperfect.pipeline.prompts import Jitter, prompt_rng
-from pixelperfect.pipeline.segment import BoxPrediction, GrabCutSegmenter
+from pixelperfect.pipeline.segment import GrabCutSegmenter
 from pixelperfect.producer.enqueue import SubmitError, SubmitRequest, submit
 from tests.conftest import embedded_settings
 
@@ -39,10 +40,10 @@ class DiscSegmenter:
     def encode(self, images: Sequence[np.ndarray]) -> list[Any]:
         return list(images)
 
-    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> BoxPrediction:  # pragma: no cover - unused
+    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> MaskPrediction:  # pragma: no cover - unused
         raise NotImplementedError
 
-    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> BoxPrediction:
+    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> MaskPrediction:
         self.calls.append(len(points))
         yy, xx = np.mgrid[: self.shape[0], : self.shape[1]]
         masks, scores = [], []
@@ -51,7 +52,7 @@ class DiscSegmenter:
             masks.append((xx - x) ** 2 + (yy - y) ** 2 <= 144)
             scores.append(0.95 if x1 <= x < x2 and y1 <= y < y2 else 0.5)
         n = len(points)
-        return BoxPrediction(
+        return MaskPrediction(
             np.array(masks).reshape(n, *self.shape),
             np.array(scores, np.float32).reshape(n, 1),
             np.zeros(n, np.int64),

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from pixelperfect.pipeline.builder import build_segmenter
 from pixelperfect.pipeline.models import CheckpointError, TinyConfig, build_tiny_sam, load_sam, sha256_hex
 from pixelperfect.pipeline.sam import SamSegmenter
-from pixelperfect.pipeline.segment import GrabCutSegmenter, build_segmenter
+from pixelperfect.pipeline.segment import GrabCutSegmenter
 from pixelperfect.storage import read_url
 from pixelperfect.worker.runtime import CheckpointMismatchError, RunSpec, Runtime
 from tests.conftest import S3Server, embedded_settings

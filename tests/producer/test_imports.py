@@ -26,7 +26,7 @@ def test_module_does_not_import_torch(module: str) -> None:
 
 def test_segmenters_still_load_sam_on_demand() -> None:
     code = (
-        "import sys; from pixelperfect.pipeline.segment import build_segmenter; "
+        "import sys; from pixelperfect.pipeline.builder import build_segmenter; "
         "assert 'torch' not in sys.modules; "
         "seg = build_segmenter('sam_tiny', None, 'cpu'); print(type(seg).__module__)"
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -11,6 +13,7 @@ from pixelperfect.db import bulk, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
+from pixelperfect.pipeline.records import SegmentRecord
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +58,14 @@ def test_register_images_new_resumed_and_duplicates(db_url: str) -> None:
 
 
 def _segment(image_id: int, run_id: int, p: int, score: float) -> dict:  # type: ignore[type-arg]
-    return {"run_id": run_id, "image_id": image_id, "variant": "raw", "prompt_index": p, "prompt": [0, 0, 1, 1],
-            "score": score, "mask_key": f"file:///m/{image_id}/{p}.png"}  # fmt: skip
+    return _record(image_id, p, score).row(run_id=run_id, image_id=image_id)
+
+
+def _record(image_id: int, p: int, score: float) -> SegmentRecord:
+    values: dict[str, Any] = {f.name: None for f in dataclasses.fields(SegmentRecord) if f.name != "mask_png"}
+    values.update(variant="raw", prompt_index=p, prompt_kind="box", prompt=[0, 0, 1, 1], score=score,
+                  mask_key=f"file:///m/{image_id}/{p}.png")  # fmt: skip
+    return SegmentRecord(**values)
 
 
 def test_mark_done_many_matches_mark_done_and_repeats_safely(db_url: str) -> None:
@@ -67,9 +76,9 @@ def test_mark_done_many_matches_mark_done_and_repeats_safely(db_url: str) -> Non
     fields = {"width": 8, "height": 6, "meta": {"bits": 8}, "worker_host": "w1", "content_sha256": "f" * 64}
     for attempt in (1, 2):  # a redelivered batch writes the same again
         with session_scope(db_url) as session:
-            bulk.mark_done_many(session, images=[
-                (ids["a"], [_segment(ids["a"], run_id, 0, 0.5), _segment(ids["a"], run_id, 1, 0.75)], fields),
-                (ids["b"], [], fields),
+            bulk.mark_done_many(session, run_id=run_id, images=[
+                bulk.DoneImage(ids["a"], [_record(ids["a"], 0, 0.5), _record(ids["a"], 1, 0.75)], fields),
+                bulk.DoneImage(ids["b"], [], fields),
             ])  # fmt: skip
             repo.mark_done(session, image_id=ids["c"], segments=[_segment(ids["c"], run_id, 0, 0.5)], fields=fields)
         with session_scope(db_url) as session:

@@ -16,12 +16,12 @@ from pixelperfect.db import repo
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.decode import decode_image
+from pixelperfect.pipeline.prediction import MaskPrediction
 from pixelperfect.pipeline.process import ImageInput, process_images
-from pixelperfect.pipeline.segment import BoxPrediction
 from pixelperfect.producer.enqueue import SubmitRequest, submit
 from pixelperfect.producer.sources import absolute_url
 from pixelperfect.storage import LocalStore
-from pixelperfect.worker import batch
+from pixelperfect.worker import flow
 from pixelperfect.worker.batch import run_batch
 from pixelperfect.worker.runtime import get_runtime
 from tests.conftest import embedded_settings
@@ -71,7 +71,7 @@ class SlowModel:
         self.events.encodes.append((start, time.perf_counter(), fetched))
         return [img.shape for img in images]
 
-    def predict_boxes(self, shape: Any, boxes: np.ndarray) -> BoxPrediction:
+    def predict_boxes(self, shape: Any, boxes: np.ndarray) -> MaskPrediction:
         masks = np.zeros((len(boxes), *shape), bool)
         for m, (x1, y1, x2, y2) in zip(masks, boxes.astype(int), strict=True):
             m[y1:y2, x1:x2] = True
@@ -79,7 +79,7 @@ class SlowModel:
             self.events.predicted += 1
             self.events.max_in_flight = max(self.events.max_in_flight, self.events.predicted - self.events.puts_done)
         n = len(boxes)
-        return BoxPrediction(masks, np.full((n, 3), 0.5, np.float32), np.zeros(n, np.int64), np.ones(n, np.float32))
+        return MaskPrediction(masks, np.full((n, 3), 0.5, np.float32), np.zeros(n, np.int64), np.ones(n, np.float32))
 
 
 def _setup(tmp_path: Path, phantom_dir: Path, n: int, **settings: Any) -> tuple[int, list[str], Any]:
@@ -111,7 +111,7 @@ def test_next_group_is_fetched_while_the_model_works_and_prefetch_is_bounded(tmp
              SpyStore(tmp_path / "images", events))  # fmt: skip
     summary = run_batch(run_id, keys)
     assert summary.done == 12 and summary.segments == 12
-    size, ahead = 2, batch.PREFETCH_GROUPS
+    size, ahead = 2, flow.PREFETCH_GROUPS
     assert len(events.encodes) == 6
     for i, (_start, end, fetched_at_start) in enumerate(events.encodes):
         # bounded: never more than the group in hand plus PREFETCH_GROUPS + 1 more groups fetched
@@ -129,7 +129,7 @@ def test_model_waits_for_slow_uploads_instead_of_piling_up_masks(tmp_path: Path,
     assert run_batch(run_id, keys).done == 16
     assert events.puts_done == 16
     # images finished by the model but not yet uploaded: at most the post slots plus the group in hand
-    assert events.max_in_flight <= (batch.POST_GROUPS + 1) * 2, events.max_in_flight
+    assert events.max_in_flight <= (flow.POST_GROUPS + 1) * 2, events.max_in_flight
 
 
 def test_failed_upload_raises_and_writes_no_row(tmp_path: Path, phantom_dir: Path) -> None:
@@ -178,10 +178,10 @@ def test_pipelined_rows_equal_the_sequential_pipeline_and_the_model_loads_once(
     n = 0
     for image in expected:
         for seg in image.segments:
-            row = rows[(image.key, seg.row["variant"], seg.row["prompt_index"])]
+            row = rows[(image.key, seg.variant, seg.prompt_index)]
             for column in ("score", "scores", "chosen", "stability", "area", "mask_boxes", "consistency_std",
                            "consistency_iou", "box_iou", "perturbations"):  # fmt: skip
-                assert getattr(row, column) == seg.row[column], column
+                assert getattr(row, column) == getattr(seg, column), column
             n += 1
     assert n == len(rows) > 0
     assert rt.model_loads == 1
@@ -190,10 +190,10 @@ def test_pipelined_rows_equal_the_sequential_pipeline_and_the_model_loads_once(
 class BrokenForOne(SlowModel):
     """Returns a prediction that scoring cannot use (one mask short) for images of one size."""
 
-    def predict_boxes(self, shape: Any, boxes: np.ndarray) -> BoxPrediction:
+    def predict_boxes(self, shape: Any, boxes: np.ndarray) -> MaskPrediction:
         pred = super().predict_boxes(shape, boxes)
         if self.events.predicted == 3:
-            return BoxPrediction(pred.masks[:-1], pred.scores[:-1], pred.chosen[:-1], pred.stability[:-1])
+            return MaskPrediction(pred.masks[:-1], pred.scores[:-1], pred.chosen[:-1], pred.stability[:-1])
         return pred
 
 

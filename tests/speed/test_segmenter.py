@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from segment_anything.utils.amg import calculate_stability_score
 
 from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam, load_sam
+from pixelperfect.pipeline.prediction import STABILITY_OFFSET
 from pixelperfect.pipeline.sam import SamInput, SamSegmenter
-from pixelperfect.pipeline.segment import STABILITY_OFFSET
 
 BOXES = np.array([[10.0, 20, 120, 150], [60, 40, 200, 170], [0, 0, 255, 255]])
 
@@ -40,8 +41,8 @@ def test_prepared_inputs_encode_like_arrays(shape: tuple[int, int]) -> None:
 def test_decode_paths_match_segment_anythings_postprocessing(shape: tuple[int, int], host_post: bool) -> None:
     """Both post-processing paths — numpy on the host (CPU) and torch on the logits' device (CUDA, run here on CPU
     tensors) — give segment-anything's own masks, candidate choice, scores and stability."""
-    seg = _tiny()
-    seg.host_post = host_post
+    seg = _tiny(host_post=host_post)
+    assert seg.host_post is host_post and _tiny().host_post  # the default on a CPU: numpy
     (emb,) = seg.encode(_images(1, shape))
     pred = seg.predict_boxes(emb, BOXES)
     with torch.inference_mode():  # the reference: Sam.postprocess_masks and torch thresholds
@@ -59,11 +60,10 @@ def test_decode_paths_match_segment_anythings_postprocessing(shape: tuple[int, i
         best = low[torch.arange(len(chosen)), chosen][:, None]
         logits = seg.sam.postprocess_masks(best, emb.input_size, shape)[:, 0]
     t = seg.sam.mask_threshold
-    inter = (logits > t + STABILITY_OFFSET).flatten(1).sum(1).float()
-    union = (logits > t - STABILITY_OFFSET).flatten(1).sum(1).float()
+    stability = calculate_stability_score(logits, t, STABILITY_OFFSET)
     assert np.array_equal(pred.masks, (logits > t).numpy())
     assert np.array_equal(pred.chosen, chosen.numpy())
-    assert np.allclose(pred.scores, iou.numpy()) and np.allclose(pred.stability, (inter / union).numpy())
+    assert np.allclose(pred.scores, iou.numpy()) and np.allclose(pred.stability, stability.numpy())
 
 
 def test_compiled_encoder_chunks_are_padded_to_one_shape() -> None:

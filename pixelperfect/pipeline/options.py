@@ -1,0 +1,85 @@
+"""Run-level settings of the pure pipeline: the prompt mode, the automatic mode's thresholds, scoring parameters.
+
+Stored with the run (``runs.settings``), so every worker scores a run the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pixelperfect.config import MIN_AREA
+from pixelperfect.pipeline.prompts import Jitter
+
+PROMPT_MODES = ("boxes", "points", "auto")
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """Automatic-mode parameters (stored with the run).
+
+    Thresholds are segment-anything's generator defaults (``pred_iou_thresh=0.88``,
+    ``stability_score_thresh=0.95``, ``box_nms_thresh=0.7``); the grid is 16 per side instead of 32 because
+    lesions in a chest film are large and each point costs a decoder pass.
+    """
+
+    points_per_side: int = 16
+    points_batch: int = 64  # prompts per decoder call: 64 x H x W float32 logits (256 MiB at 1024^2)
+    min_score: float = 0.88
+    min_stability: float = 0.95
+    nms_iou: float = 0.7
+    lung_only: bool = True
+    lung_fraction: float = 0.5  # a kept mask has at least this fraction of its area in the lung field
+    max_masks: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.points_per_side <= 128:
+            raise ValueError(f"points_per_side must be in 1..128, got {self.points_per_side}")
+        if not 1 <= self.points_batch <= 4096:
+            raise ValueError(f"points_batch must be in 1..4096, got {self.points_batch}")
+        for name in ("min_score", "min_stability", "nms_iou", "lung_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"auto {name} must be in [0, 1], got {value}")
+        if self.max_masks < 1:
+            raise ValueError(f"auto max_masks must be >= 1, got {self.max_masks}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> AutoSettings:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Run-level scoring settings (stored with the run)."""
+
+    jitter: Jitter = field(default_factory=Jitter)
+    min_area: int = MIN_AREA
+    seed: int = 0
+    png_compression: int = 1  # zlib level: 1 is ~4x faster than 6 on masks and only a few % larger
+    prompt_mode: str = "boxes"  # boxes | points | auto: the run's prompt_mode column (see pipeline/auto.py)
+    nsd_tolerance: float = 2.0  # px, normalised surface distance against a ground-truth mask
+    auto: AutoSettings = field(default_factory=AutoSettings)
+
+    def __post_init__(self) -> None:
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, not {self.prompt_mode!r}")
+        if not 0 <= self.nsd_tolerance <= 1000:
+            raise ValueError(f"NSD tolerance must be in 0..1000 px, got {self.nsd_tolerance}")
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "consistency_k": self.jitter.k,
+            "jitter_shift": self.jitter.shift,
+            "jitter_scale": self.jitter.scale,
+            "min_area": self.min_area,
+            "seed": self.seed,
+            "nsd_tolerance": self.nsd_tolerance,
+        }
+        if self.prompt_mode == "auto":
+            out["auto"] = self.auto.as_dict()
+        return out

@@ -1,0 +1,115 @@
+"""The fetch and decode stages of one image: source object -> decoded pixels, ground-truth mask, image columns.
+
+Per-image problems (a missing or invalid key, undecodable bytes, a bad ground-truth mask) end in a reason and an
+error on the record, never in an exception: one image fails, the batch goes on. Store failures other than a
+missing object raise (the caller retries the batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
+from pixelperfect.pipeline.records import ImageInput, PreparedImage
+from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, read_url
+from pixelperfect.worker.runtime import RunSpec, Runtime
+
+
+@dataclass(frozen=True)
+class ImageTodo:
+    """One image row of the batch still to process: its key, row id and ground-truth mask URL."""
+
+    key: str
+    image_id: int
+    gt_url: str | None
+
+
+@dataclass
+class FetchedImage:
+    """An image on its way through the batch. Written by the I/O thread that fetches and prepares it, then only
+    by the thread driving the batch (never by post or upload threads).
+
+    ``reason``/``error``: why it failed (``None`` while it has not); ``fields``: image columns learnt on the way
+    (``content_sha256``, ``size_bytes``, ``width``, ``height``, ``meta``); ``timings``: seconds per stage.
+    """
+
+    todo: ImageTodo
+    input: ImageInput | None = None
+    prepared: PreparedImage | None = None
+    reason: str | None = None
+    error: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.todo.key
+
+    def fail(self, reason: str, error: str) -> None:
+        self.reason, self.error = reason, error
+        self.input = self.prepared = None  # its pixels are of no more use
+
+
+def fetch_image(
+    rt: Runtime, run: RunSpec, todo: ImageTodo, boxes: list[list[float]], points: list[list[float]]
+) -> FetchedImage:
+    """Download and decode ``todo``'s image and its ground-truth mask; ``boxes``/``points``: its prompts (or, in
+    points and auto mode, the boxes are ground truth only)."""
+    out = FetchedImage(todo)
+    key = todo.key
+    t0 = time.perf_counter()
+    try:
+        data = rt.store(run.source_url).get(key)
+    except ObjectNotFoundError as exc:
+        out.fail("missing", str(exc))
+        return out
+    except InvalidKeyError as exc:
+        out.fail("invalid_key", str(exc))
+        return out
+    t1 = time.perf_counter()
+    out.fields = {"content_sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    try:
+        decoded = decode_image(data, key, max_pixels=rt.settings.max_pixels)
+    except ImageDecodeError as exc:
+        out.fail(exc.reason, str(exc))
+        return out
+    except Exception as exc:  # a decoder bug must not take the batch down with it
+        out.fail("decode_error", f"{key}: {type(exc).__name__}: {exc}")
+        return out
+    height, width = decoded.shape
+    out.fields.update(width=width, height=height, meta=decoded.meta)
+    gt = None
+    if todo.gt_url:
+        try:
+            gt = load_gt_mask(todo.gt_url, rt, (height, width))
+        except ObjectNotFoundError as exc:
+            out.fail("gt_mask_missing", str(exc))
+            return out
+        except ValueError as exc:
+            out.fail("gt_mask_invalid", f"{todo.gt_url}: {exc}")
+            return out
+    out.timings = {"download": t1 - t0, "decode": time.perf_counter() - t1}
+    out.input = ImageInput(key=key, pixels=decoded.pixels, boxes=boxes, gt_mask=gt, points=points)
+    return out
+
+
+def load_gt_mask(url: str, rt: Runtime, shape: tuple[int, int]) -> np.ndarray:
+    """The ground-truth mask at ``url`` as ``(H, W)`` bool (any non-zero pixel is foreground); ``ValueError`` when
+    it does not decode or its size is not ``shape`` ``(H, W)``."""
+    if url.startswith("s3://"):  # the runtime's store per bucket: one S3 client per process, not one per mask
+        bucket, _, key = url[len("s3://") :].partition("/")
+        data = rt.store(f"s3://{bucket}").get(key)
+    else:
+        data = read_url(url)
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError("ground-truth mask does not decode as an image")
+    if mask.shape != shape:
+        raise ValueError(f"ground-truth mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    return mask > 0

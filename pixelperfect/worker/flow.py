@@ -1,0 +1,192 @@
+"""The overlapped stages of one batch: fetch -> decode -> preprocess (I/O threads) | encode -> prompt -> segment
+(the calling thread: model work only) | score -> PNG -> store (post and upload threads).
+
+Images are fetched, decoded and prepared one group of ``encoder_batch`` ahead of the model; finished images are
+scored and PNG-encoded on post threads and uploaded on upload threads while the model works on the next group.
+Every queue between the stages is bounded (:data:`PREFETCH_GROUPS`, :data:`POST_GROUPS`), so host memory stays
+bounded whatever the batch size.
+
+Ownership: a :class:`~pixelperfect.worker.fetch.FetchedImage` is written by the I/O thread that loads it, then
+only by the calling thread. Post threads get the prepared image and its predictions and return a new
+:class:`ImageResult` (or an error) with the upload futures of its masks; they write nothing they did not create.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, wait
+from typing import Any
+
+from pixelperfect.pipeline.prediction import Prediction, Segmenter
+from pixelperfect.pipeline.process import finish_image, predict_images, prepare_image
+from pixelperfect.pipeline.records import ImageResult, PreparedImage
+from pixelperfect.storage import ObjectStore, join_key, validate_key
+from pixelperfect.worker import pools
+from pixelperfect.worker.fetch import FetchedImage, ImageTodo, fetch_image
+from pixelperfect.worker.runtime import RunSpec, Runtime
+
+log = logging.getLogger(__name__)
+
+#: Groups of ``encoder_batch`` images fetched ahead of the one the model works on (bounded prefetch).
+PREFETCH_GROUPS = 1
+#: Images the model may finish ahead of post-processing and upload, in groups of ``encoder_batch``; beyond this
+#: the model waits, so finished masks cannot pile up in memory.
+POST_GROUPS = 2
+
+#: What a post thread returns: the image's result (or the error that failed it) and its masks' upload futures.
+Posted = tuple[ImageResult | str, list[Future[None]]]
+
+
+def mask_key(run: RunSpec, image_key: str, variant: str, prompt_index: int) -> str:
+    """``<run>/masks/<image key>/<variant>/<prompt>.png`` under the run's store (deterministic)."""
+    return validate_key(join_key(run.name, "masks", image_key, variant, f"{prompt_index}.png"))
+
+
+class BatchFlow:
+    """One batch through the overlapped stages (:meth:`run`); one instance per batch, driven by one thread."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        run: RunSpec,
+        segmenter: Segmenter,
+        store: ObjectStore,
+        boxes: dict[str, list[list[float]]],
+        points: dict[str, list[list[float]]],
+    ) -> None:
+        self.rt, self.run_spec, self.segmenter, self.store = rt, run, segmenter, store
+        self.boxes, self.points = boxes, points
+        self.pools = pools.worker_pools()
+        self.group_size = rt.settings.encoder_batch
+        self.slots = threading.BoundedSemaphore(POST_GROUPS * self.group_size)
+        self.fetched: list[FetchedImage] = []
+        self.ahead: deque[list[Future[FetchedImage]]] = deque()
+        self.posts: list[tuple[FetchedImage, Future[Posted]]] = []
+
+    def run(self, todo: Sequence[ImageTodo]) -> tuple[list[FetchedImage], dict[str, ImageResult]]:
+        """Every image's record, in ``todo`` order (failed ones carry their reason), and the result of every image
+        that finished, its masks stored. A failed upload or an out-of-memory error raises after every thread of
+        this batch stopped."""
+        groups = iter([todo[i : i + self.group_size] for i in range(0, len(todo), self.group_size)])
+        try:
+            for _ in range(1 + PREFETCH_GROUPS):
+                self._prefetch(groups)
+            while self.ahead:
+                ready = [fut.result() for fut in self.ahead.popleft()]
+                self._prefetch(groups)
+                self.fetched.extend(ready)
+                self._segment(ready)
+            return self.fetched, self._collect()
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+
+    # --- fetch -> decode -> preprocess (I/O threads) ----------------------------------------------------------
+
+    def _prefetch(self, groups: Iterator[Sequence[ImageTodo]]) -> None:
+        group = next(groups, None)
+        if group:
+            self.ahead.append([self.pools.fetch.submit(self._load, item) for item in group])
+
+    def _load(self, todo: ImageTodo) -> FetchedImage:
+        f = fetch_image(self.rt, self.run_spec, todo, self.boxes.get(todo.key, []), self.points.get(todo.key, []))
+        if f.input is not None:
+            try:
+                f.prepared = prepare_image(f.input, self.run_spec.variants, self.segmenter, self.run_spec.process)
+            except MemoryError:
+                raise
+            except Exception as exc:  # a preprocessing step that fails on this image fails this image only
+                f.fail("segmentation_error", f"{f.key}: {type(exc).__name__}: {exc}")
+        return f
+
+    # --- encode -> prompt -> segment (this thread) ------------------------------------------------------------
+
+    def _segment(self, ready: list[FetchedImage]) -> None:
+        pairs = [(f, f.prepared) for f in ready if f.prepared is not None]
+        predictions = predict_group([prep for _, prep in pairs], self.run_spec, self.segmenter)
+        for (f, prep), prediction in zip(pairs, predictions, strict=True):
+            f.prepared = f.input = None  # the post thread owns the pixels now; freed when it is done
+            if isinstance(prediction, str):
+                f.fail("segmentation_error", prediction)
+                continue
+            self.slots.acquire()  # the model waits here while post-processing and uploads lag behind
+            post = self.pools.post.submit(self._finish, f.key, prep, prediction)
+            post.add_done_callback(lambda fut: pools.release_when_uploaded(fut, self.slots))
+            self.posts.append((f, post))
+
+    # --- score -> PNG -> store (post and upload threads) ------------------------------------------------------
+
+    def _finish(self, key: str, prepared: PreparedImage, predictions: dict[str, Prediction]) -> Posted:
+        try:
+            result = finish_image(prepared, predictions, self.run_spec.process)
+        except MemoryError:
+            raise
+        except Exception as exc:  # scoring failed on this image: it alone fails
+            return f"{key}: {type(exc).__name__}: {exc}", []
+        puts = []
+        for seg in result.segments:
+            where = mask_key(self.run_spec, key, seg.variant, seg.prompt_index)
+            seg.mask_key = self.store.url_for(where)
+            puts.append(self.pools.upload.submit(self.store.put, where, seg.mask_png, "image/png"))
+        return result, puts
+
+    def _collect(self) -> dict[str, ImageResult]:
+        """Wait for every post thread and upload; a failed upload raises (no row may name a missing object)."""
+        results: dict[str, ImageResult] = {}
+        uploads: list[Future[None]] = []
+        for f, post in self.posts:
+            result, puts = post.result()
+            uploads.extend(puts)
+            if isinstance(result, str):
+                f.fail("segmentation_error", result)
+            else:
+                results[f.key] = result
+        t0 = time.perf_counter()
+        for put in uploads:
+            put.result()
+        waited = (time.perf_counter() - t0) / max(len(results), 1)
+        for result in results.values():
+            result.timings["upload"] = waited  # the upload time not hidden behind the model
+            for seg in result.segments:
+                seg.mask_png = b""  # stored; only the rows are still needed
+        return results
+
+    def _abort(self, exc: BaseException) -> None:
+        """Stop the batch's threads: cancel what has not started, wait for what has (unless the process itself is
+        being cancelled), so no thread of this batch still writes once the caller retries it."""
+        for futures in self.ahead:
+            for fut in futures:
+                fut.cancel()
+        for _, post in self.posts:
+            post.cancel()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return  # the pool process is being cancelled (soft shutdown over): its threads end with it, at once
+        wait([post for _, post in self.posts])
+        finished = [post.result()[1] for _, post in self.posts if not post.cancelled() and post.exception() is None]
+        wait([put for puts in finished for put in puts])
+
+
+def predict_group(preps: list[PreparedImage], run: RunSpec, segmenter: Any) -> list[dict[str, Prediction] | str]:
+    """The model on one group: all images in one batched call; if that raises, image by image so one bad input
+    fails alone (an error string in its place). Out of memory is not the images' fault: it raises."""
+    if not preps:
+        return []
+    try:
+        return list(predict_images(preps, run.variants, segmenter, run.process))
+    except (MemoryError, RuntimeError) as exc:
+        if "CUDA" in str(exc) or isinstance(exc, MemoryError):
+            raise  # out of device memory: retry the batch, do not blame the images
+        log.warning("batched segmentation failed (%s); isolating images", exc)
+    except Exception as exc:
+        log.warning("batched segmentation failed (%s); isolating images", exc)
+    out: list[dict[str, Prediction] | str] = []
+    for prep in preps:
+        try:
+            out.append(predict_images([prep], run.variants, segmenter, run.process)[0])
+        except Exception as exc:
+            out.append(f"{prep.image.key}: {type(exc).__name__}: {exc}")
+    return out

@@ -1,0 +1,76 @@
+"""The persist stage: a batch's outcome in one transaction, after every mask object it names exists."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pixelperfect.db import bulk, repo
+from pixelperfect.db.session import session_scope
+from pixelperfect.pipeline.records import ImageResult
+from pixelperfect.worker.fetch import FetchedImage
+
+
+@dataclass
+class BatchSummary:
+    run_id: int
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    segments: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    timings: list[dict[str, float]] = field(default_factory=list)  # per finished image, seconds per stage
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "segments": self.segments,
+        }
+
+
+def persist_batch(
+    database_url: str,
+    summary: BatchSummary,
+    fetched: Sequence[FetchedImage],
+    results: dict[str, ImageResult],
+    *,
+    host: str,
+    read_s: float,
+) -> None:
+    """Write every image of the batch — finished ones with their segment rows, failed ones with their reason —
+    and the stage timings, in one transaction; counts go into ``summary``. ``read_s``: the batch's earlier
+    database reads, shared out with the writes into each image's ``db`` timing."""
+    t0 = time.perf_counter()
+    done: list[bulk.DoneImage] = []
+    done_timings: dict[int, dict[str, float]] = {}
+    with session_scope(database_url) as session:
+        for f in fetched:
+            result = results.get(f.key)
+            fields = {**f.fields, "worker_host": host}
+            if f.reason is None and result is not None:
+                done.append(bulk.DoneImage(f.todo.image_id, result.segments, fields))
+                done_timings[f.todo.image_id] = {**f.timings, **result.timings}  # fetch stages + model stages
+                summary.done += 1
+                summary.segments += len(result.segments)
+            else:
+                reason = f.reason or "unknown"
+                repo.mark_failed(session, image_id=f.todo.image_id, reason=reason, error=f.error or "", fields=fields)
+                summary.failed += 1
+                summary.failures[f.key] = reason
+        bulk.mark_done_many(session, run_id=summary.run_id, images=done)  # a few executemany statements
+        # "db": this image's share of the batch's reads and writes (all but the commit), known only now, so the
+        # timings go in with one more statement in the same transaction
+        db_each = (read_s + time.perf_counter() - t0) / max(len(fetched), 1)
+        for timings in done_timings.values():
+            timings["db"] = db_each
+        repo.set_timings(session, timings={i: _rounded(t) for i, t in done_timings.items()})
+    summary.timings = list(done_timings.values())
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 5) for k, v in timings.items()}
