@@ -72,6 +72,7 @@ def box_iou(a: Box, b: Box) -> float:
 
 def mask_bbox(mask: np.ndarray) -> list[int] | None:
     """The tight XYXY box of all mask pixels, or ``None`` for an empty mask."""
+    # kept beside amg.batched_mask_to_box: exclusive x2/y2 like every box here, None for empty, numpy (no torch)
     ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if len(ys) == 0:
         return None

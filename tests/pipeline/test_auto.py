@@ -17,7 +17,8 @@ from pixelperfect.db import repo
 from pixelperfect.db.models import Annotation, Run, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.evaluation.collect import collect
-from pixelperfect.pipeline.auto import AutoSettings, _nms, grid_points, lung_field, parse_points_csv, perturb_point
+from pixelperfect.pipeline.auto import _nms, grid_points, lung_field, parse_points_csv, perturb_point
+from pixelperfect.pipeline.options import AutoSettings
 from pixelperfect.pipeline.prediction import MaskPrediction
 from pixelperfect.pipeline.preprocess import parse_variant
 from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
@@ -126,7 +127,7 @@ def test_auto_mode_filters_by_score_area_and_lung_field() -> None:
     truth[30:70, 30:100] = True
     image = ImageInput("a.png", pixels, [[30.0, 30.0, 100.0, 70.0]], gt_mask=truth)
     (result,) = process_images([image], [parse_variant("raw")], seg, settings)
-    rows = [s.row for s in result.segments]
+    rows = [vars(s) for s in result.segments]
     # grid centres at 8, 24, ..., 120: inside the target x in {40, 56, 72, 88}, y in {40, 56} -> 8 pass the score
     # filter; NMS at 0.7 keeps all (disc IoU at 16 px spacing is 0.12); max_masks keeps the first 5
     assert len(rows) == 5 and all(r["prompt_kind"] == "auto" for r in rows)
@@ -157,10 +158,10 @@ def test_auto_mode_lung_field_keeps_masks_inside() -> None:
     lung = lung_field(pixels)
     assert result.segments
     for s in result.segments:
-        x, y = s.row["prompt"]
+        x, y = s.prompt
         assert lung[int(y), int(x)]
-        assert s.row["consistency_std"] is None and s.row["perturbations"] == []
-    assert all(p[0] < 70 for p in (s.row["prompt"] for s in result.segments))
+        assert s.consistency_std is None and s.perturbations == []
+    assert all(p[0] < 70 for p in (s.prompt for s in result.segments))
 
 
 def test_points_mode_rows_and_grabcut_points() -> None:
@@ -168,7 +169,7 @@ def test_points_mode_rows_and_grabcut_points() -> None:
     seg = DiscSegmenter(shape, target=(0, 0, 50, 96))
     image = ImageInput("p.png", np.zeros(shape, np.uint8), [], points=[[20, 30, 1], [70, 40, 1], [5, 5, 0]])
     (result,) = process_images([image], [parse_variant("raw")], seg, ProcessSettings(prompt_mode="points"))
-    rows = [s.row for s in result.segments]
+    rows = [vars(s) for s in result.segments]
     assert [r["prompt"] for r in rows] == [[20.0, 30.0], [70.0, 40.0]]
     assert [r["prompt_kind"] for r in rows] == ["point", "point"]
     assert rows[0]["score"] == pytest.approx(0.95) and rows[1]["score"] == pytest.approx(0.5)

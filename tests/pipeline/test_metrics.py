@@ -139,7 +139,7 @@ def test_stability_and_consistency_repeat_on_a_fixed_seed_tiny_sam() -> None:
         torch.manual_seed(11)
         seg = SamSegmenter(build_tiny_sam(TinyConfig(image_size=128)), torch.device("cpu"), name="sam_tiny")
         (result,) = process_images([image], [parse_variant("raw")], seg, ProcessSettings())
-        return [tuple(s.row[c] for c in columns) for s in result.segments]
+        return [tuple(getattr(s, c) for c in columns) for s in result.segments]
 
     first, second = once(), once()
     assert first == second and len(first) == 2
