@@ -30,7 +30,7 @@ def test_amg_boxes_are_our_tight_boxes_with_inclusive_corners() -> None:
     theirs = batched_mask_to_box(torch.from_numpy(masks)).numpy()
     assert mask_bbox(masks[0]) is None and theirs[0].tolist() == [0, 0, 0, 0]
     for m, box in zip(masks[1:], theirs[1:], strict=True):
-        assert mask_bbox(m) == (box + [0, 0, 1, 1]).tolist()  # ours: exclusive x2, y2 (numpy, no torch)
+        assert mask_bbox(m) == (box + np.array([0, 0, 1, 1])).tolist()  # ours: exclusive x2, y2 (numpy, no torch)
 
 
 def test_stability_is_amgs_with_zero_for_an_empty_mask() -> None:
