@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -30,6 +30,7 @@ from pixelperfect.producer.annotations import match_masks, match_to_keys, parse_
 from pixelperfect.producer.sources import absolute_url, list_image_keys, open_source
 from pixelperfect.storage import ObjectNotFoundError, read_url
 from pixelperfect.training.config import TrainConfig
+from pixelperfect.training.targets import TargetSpec, TrainingDataError
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,6 @@ log = logging.getLogger(__name__)
 LOAD_THREADS = 8
 #: SAM's mask decoder predicts masks at 1/4 of the encoder's input side.
 LOW_RES_FACTOR = 4
-
-
-class TrainingDataError(ValueError):
-    """No usable training data (nothing matched, every target filtered out, too few images to split)."""
-
-
-@dataclass
-class TargetSpec:
-    """Where the targets of one image come from: a mask URL (and optional annotated boxes), or pseudo-labels."""
-
-    key: str
-    mask_url: str | None = None
-    boxes: list[list[float]] | None = None  # annotated prompts (XYXY); None = boxes from mask components
-    pseudo: list[tuple[list[float], str]] = field(default_factory=list)  # (box, mask URL) per kept segment
 
 
 @dataclass

@@ -17,16 +17,18 @@ from pixelperfect.db import repo
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.training.config import TrainConfig
+from pixelperfect.training.targets import TargetSpec, TrainingDataError
 
 
-def pseudo_label_specs(config: TrainConfig, settings: Settings, source_keys: set[str]) -> tuple[list[Any], dict]:
+def pseudo_label_specs(
+    config: TrainConfig, settings: Settings, source_keys: set[str]
+) -> tuple[list[TargetSpec], dict[str, Any]]:
     """``(specs, summary)``: one :class:`TargetSpec` per image of the earlier run with a kept segment.
 
     The segments of the run's variant named like the training variant are used when the run has one, otherwise
     those of its first variant. Images absent from the training source are left out (and counted).
     """
     from pixelperfect.pipeline.preprocess import parse_variant
-    from pixelperfect.training.data import TargetSpec, TrainingDataError
 
     threshold = float(config.min_consistency_iou or 0.0)
     wanted = parse_variant(config.variant).name
@@ -51,7 +53,7 @@ def pseudo_label_specs(config: TrainConfig, settings: Settings, source_keys: set
             .order_by(Image.key, Segment.prompt_index)
         ).all()
         run_info = {"run": run.name, "run_id": run.id, "model": run.model, "checkpoint_sha256": run.checkpoint_sha256}
-    specs: dict[str, Any] = {}
+    specs: dict[str, TargetSpec] = {}
     outside = 0
     for key, prompt, mask_key in rows:
         if key not in source_keys:
