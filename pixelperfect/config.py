@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,8 +54,13 @@ class Settings(BaseSettings):
     # second worker: work done twice (upserts keep the result single), never lost. Lower it to recover faster when
     # batches are short; tests use a few seconds.
     visibility_timeout: int = Field(default=3600, ge=1)
+    # A failed batch is retried (see RetryPolicy): up to task_max_retries times, waiting retry_backoff_s before the
+    # first retry (whole seconds, as Celery counts them: at least 1 s, 0 = at once), doubling each time, at most
+    # RETRY_BACKOFF_MAX_S; with retry_jitter each wait is drawn uniformly from 0 up to that (Celery's full jitter),
+    # so workers that failed together do not all come back together.
     task_max_retries: int = Field(default=5, ge=0)
     retry_backoff_s: float = Field(default=2.0, ge=0, description="first retry delay; doubles each retry")
+    retry_jitter: bool = Field(default=True, description="draw each retry delay uniformly from 0 up to the backoff")
     # SIGTERM (the worker remaps it to a cold shutdown with this soft phase): the in-flight batch gets this many
     # seconds to finish, then it is cancelled and its message goes back to the queue. A supervisor's grace period
     # (docker stop -t, Kubernetes terminationGracePeriodSeconds) must be longer.
@@ -75,7 +82,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_visibility_timeout(self) -> Settings:
-        longest = max_retry_countdown(self.retry_backoff_s, self.task_max_retries)
+        longest = self.retry_policy.longest_countdown()
         if self.visibility_timeout <= longest:
             raise ValueError(
                 f"visibility_timeout={self.visibility_timeout}s must exceed the longest retry countdown "
@@ -87,18 +94,53 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         return not self.broker_url
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_backoff_s, self.task_max_retries, self.retry_jitter)
+
 
 #: Retry countdowns double from ``retry_backoff_s`` and are capped here (seconds).
-RETRY_BACKOFF_MAX_S = 300.0
+RETRY_BACKOFF_MAX_S = 300
 
 
-def retry_countdown(backoff_s: float, retries: int) -> float:
-    """Seconds before retry number ``retries + 1`` of a batch: ``backoff_s * 2**retries``, capped."""
-    return float(min(RETRY_BACKOFF_MAX_S, backoff_s * 2 ** min(retries, 30)))
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The one retry policy of a failed batch: the Celery task's autoretry options (:meth:`task_options`) and the
+    embedded runner's waits (:meth:`delay`) follow it, and the visibility timeout is checked against it.
 
+    Retry ``n + 1`` comes after at most :meth:`countdown` ``(n)`` seconds: Celery's exponential backoff
+    (``celery.utils.time.get_exponential_backoff_interval``) — the first delay in whole seconds, at least 1 (0:
+    at once), doubled per retry, capped at :data:`RETRY_BACKOFF_MAX_S`; with ``jitter`` the wait is uniform in
+    ``0..countdown`` (whole seconds).
+    """
 
-def max_retry_countdown(backoff_s: float, max_retries: int) -> float:
-    return retry_countdown(backoff_s, max_retries - 1) if max_retries > 0 else 0.0
+    backoff_s: float
+    max_retries: int
+    jitter: bool = True
+
+    def countdown(self, retries: int) -> int:
+        if self.backoff_s <= 0:
+            return 0
+        return int(min(RETRY_BACKOFF_MAX_S, int(max(1.0, self.backoff_s)) * 2 ** min(retries, 30)))
+
+    def longest_countdown(self) -> int:
+        return self.countdown(self.max_retries - 1) if self.max_retries > 0 else 0
+
+    def delay(self, retries: int, rng: random.Random | None = None) -> int:
+        """Seconds to wait before retry ``retries + 1`` (a draw when ``jitter``)."""
+        countdown = self.countdown(retries)
+        return (rng or random).randrange(countdown + 1) if self.jitter else countdown
+
+    def task_options(self) -> dict[str, Any]:
+        """Celery's autoretry options for a task decorator: retry on any exception with this policy."""
+        return {
+            "autoretry_for": (Exception,),
+            "max_retries": self.max_retries,
+            "retry_backoff": self.backoff_s,  # Celery: int(max(1, value)) seconds, as countdown() counts
+            "retry_backoff_max": RETRY_BACKOFF_MAX_S,
+            "retry_jitter": self.jitter,
+            "default_retry_delay": 0,  # backoff 0: Celery sets no countdown, so this one applies
+        }
 
 
 _SETTINGS: Settings | None = None

@@ -339,21 +339,23 @@ def run_embedded(
     *,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """In-process execution with the worker's retry policy: retry a failing batch, then give up on it."""
+    """In-process execution with the worker's retry policy (``settings.retry_policy``, the one the Celery task
+    has): retry a failing batch, then give up on it."""
     from pixelperfect.worker.batch import run_batch
     from pixelperfect.worker.tasks import give_up
 
     done = 0
+    policy = settings.retry_policy
     for batch in batches:
-        for attempt in range(settings.task_max_retries + 1):
+        for attempt in range(policy.max_retries + 1):
             try:
                 run_batch(run_id, batch)
                 break
             except Exception as exc:
-                if attempt == settings.task_max_retries:
+                if attempt == policy.max_retries:
                     give_up(run_id, batch, exc)
                 else:
-                    time.sleep(min(30.0, settings.retry_backoff_s * 2**attempt))
+                    time.sleep(policy.delay(attempt))
         done += len(batch)
         if on_progress:
             on_progress(done, sum(len(b) for b in batches))

@@ -1,7 +1,8 @@
-"""Thin, ID-driven tasks: JSON arguments in, ``run_batch`` does the work, the task owns the retry policy.
+"""Thin, ID-driven tasks: JSON arguments in, ``run_batch`` does the work, Celery does the retrying.
 
-Nothing is lost on the way: a failed batch is retried with exponential backoff (``retry_backoff_s * 2**n``) up to
-``task_max_retries`` times, then :func:`give_up` records its images as failed with the error. Whenever the outcome
+A failed batch is retried by Celery's autoretry with the settings' one :class:`~pixelperfect.config.RetryPolicy`
+(``autoretry_for``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``, ``max_retries`` on the decorator);
+when the last retry failed too, :func:`give_up` records its images as failed with the error. Whenever the outcome
 cannot be recorded — the retry message cannot be published (broker down), or the database refuses the failure
 rows — the message is handed back to the broker instead of being acknowledged, so the batch runs again later.
 """
@@ -9,18 +10,16 @@ rows — the message is handed back to the broker instead of being acknowledged,
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn
+from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
 
-from pixelperfect.config import RETRY_BACKOFF_MAX_S, retry_countdown
+from pixelperfect.config import get_settings
 from pixelperfect.worker.app import app
 
 log = logging.getLogger(__name__)
 
-#: Backoff between retries of a whole batch is exponential from ``retry_backoff_s``, capped at 5 minutes.
-BACKOFF_MAX_S = RETRY_BACKOFF_MAX_S
 #: A batch whose pool process died this many times (a crashing decoder, the OOM killer) is split into one task per
 #: image; a single image that takes its pool process down this many times ends ``failed`` with ``worker_lost``.
 #: Without this, reject-on-worker-lost would hand a poison file from worker to worker forever.
@@ -29,17 +28,46 @@ MAX_WORKER_LOSSES = 2
 DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
 
 
-def backoff(retries: int) -> float:
-    """Seconds before retry ``retries + 1``: ``retry_backoff_s * 2**retries``, at most :data:`BACKOFF_MAX_S`."""
-    from pixelperfect.config import get_settings
+class BatchTask(Task):  # type: ignore[misc]
+    """A batch task: Celery's retry, logged with its countdown, and requeued when the retry cannot be published.
 
-    return retry_countdown(get_settings().retry_backoff_s, retries)
+    Celery answers a retry it cannot publish with ``Reject(requeue=False)`` — the batch would be gone while its
+    images stay ``queued`` forever. Requeueing the original message keeps it (and if even that is impossible, the
+    message stays unacknowledged and returns after the visibility timeout).
+    """
+
+    def retry(self, *args: Any, exc: BaseException | None = None, countdown: float | None = None, **kwargs: Any) -> Any:
+        request = self.request
+        run_id = request.args[0] if request.args else request.kwargs.get("run_id")
+        log.warning(
+            "batch %s of run %s failed (%s: %s); retry %d in %.1fs",
+            request.id,
+            run_id,
+            type(exc).__name__,
+            _short(exc),
+            int(request.retries or 0) + 1,
+            countdown or 0.0,
+        )
+        try:
+            return super().retry(*args, exc=exc, countdown=countdown, **kwargs)
+        except Reject as rejected:
+            log.error("could not publish the retry (%s); requeueing the message instead", _short(rejected.reason))
+            raise Reject(rejected.reason, requeue=True) from exc
+        finally:  # a max_retries given to one retry must not outlive it (Celery keeps it on the shared instance)
+            self.__dict__.pop("override_max_retries", None)
 
 
-@app.task(name="pixelperfect.segment_batch", bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(
+    name="pixelperfect.segment_batch",
+    base=BatchTask,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    dont_autoretry_for=(Reject,),
+    **get_settings().retry_policy.task_options(),
+)
 def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
     """Segment ``keys`` of run ``run_id``; after ``task_max_retries`` failed retries its images are marked failed."""
-    from pixelperfect.config import get_settings
     from pixelperfect.worker.batch import run_batch
 
     retries = int(self.request.retries or 0)
@@ -49,17 +77,8 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
     try:
         return run_batch(run_id, keys, worker_host=self.request.hostname).as_dict()  # node name, e.g. gpu0@host
     except Exception as exc:
-        if retries < get_settings().task_max_retries:
-            log.warning(
-                "batch %s of run %s failed (%s: %s); retry %d in %.1fs",
-                self.request.id,
-                run_id,
-                type(exc).__name__,
-                _short(exc),
-                retries + 1,
-                backoff(retries),
-            )
-            _retry(self, exc, backoff(retries))
+        if retries < self.max_retries:
+            raise  # Celery's autoretry publishes retry number retries + 1 after the policy's backoff
         log.error(
             "batch %s of run %s failed %d times; marking its images failed: %s",
             self.request.id,
@@ -71,7 +90,8 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
             return give_up(run_id, keys, exc)
         except Exception as db_exc:  # the failure cannot be recorded: keep the batch, try again later
             log.error("cannot record the failed batch of run %s (%s); retrying", run_id, _short(db_exc))
-            _retry(self, db_exc, backoff(retries))
+            policy = get_settings().retry_policy
+            raise self.retry(exc=db_exc, countdown=policy.delay(retries), max_retries=retries + 1) from db_exc
 
 
 def _count_delivery(task: Task) -> int:
@@ -115,20 +135,6 @@ def _isolate(task: Task, run_id: int, keys: list[str], lost: int) -> dict[str, A
         return give_up(run_id, keys, error, reason="worker_lost")
     except Exception as db_exc:
         raise Reject(db_exc, requeue=True) from db_exc
-
-
-def _retry(task: Task, exc: BaseException, countdown: float) -> NoReturn:
-    """Publish the retry; if the broker refuses it, requeue this very message rather than drop it.
-
-    Celery answers a retry it cannot publish with ``Reject(requeue=False)`` — the batch would be gone while its
-    images stay ``queued`` forever. Requeueing the original message keeps it (and if even that is impossible, the
-    message stays unacknowledged and returns after the visibility timeout).
-    """
-    try:
-        raise task.retry(exc=exc, countdown=countdown, max_retries=None)
-    except Reject as rejected:
-        log.error("could not publish the retry (%s); requeueing the message instead", _short(rejected.reason))
-        raise Reject(rejected.reason, requeue=True) from exc
 
 
 def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "batch_error") -> dict[str, Any]:

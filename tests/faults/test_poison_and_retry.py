@@ -41,7 +41,8 @@ def test_poison_batch_is_retried_with_backoff_then_failed_and_retry_command_reco
 ) -> None:
     t0 = time.monotonic()
     archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=6)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url, task_max_retries=2, retry_backoff_s=0.5)
+    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url, task_max_retries=2, retry_backoff_s=1,
+                       retry_jitter=False)  # fmt: skip
     submit_run(stack, archive, "poison", batch_size=3)  # reads the checkpoint, records its sha256
     s3_server.client().delete_object(Bucket=s3_bucket, Key="models/sam_tiny.pth")  # now unreachable
     worker = start_worker(stack.env())
@@ -54,14 +55,14 @@ def test_poison_batch_is_retried_with_backoff_then_failed_and_retry_command_reco
     log = worker.log.read_text(errors="replace")
     times = failure_times(log)
     assert len(times) == 2 and all(len(t) == 3 for t in times.values()), times  # 1 try + 2 retries per batch
-    for attempts in times.values():  # backoff 0.5 s, then 1.0 s (the log has millisecond stamps)
-        assert attempts[1] - attempts[0] >= 0.45 and attempts[2] - attempts[1] >= 0.95, attempts
+    for attempts in times.values():  # backoff 1 s, then 2 s (the log has millisecond stamps)
+        assert attempts[1] - attempts[0] >= 0.95 and attempts[2] - attempts[1] >= 1.95, attempts
     assert len(re.findall(r"failed 3 times; marking its images failed", log)) == 2
     time.sleep(0.5)
     assert private_redis.backlog() == (0, 0), "the queue drained: nothing waits, nothing unacknowledged"
     poison_s = time.monotonic() - t0
     fault_table.append(
-        ("poison batch (unreachable checkpoint)", 6, "2 batches x 3 attempts (backoff 0.5, 1 s)", 0, 0, poison_s)
+        ("poison batch (unreachable checkpoint)", 6, "2 batches x 3 attempts (backoff 1, 2 s)", 0, 0, poison_s)
     )
 
     # the fix: the checkpoint is back; `pixelperfect retry` re-enqueues only what failed for that reason
