@@ -86,7 +86,7 @@ def make_stack(s3: S3Server, bucket: str, broker_url: str, database_url: str, **
         "s3_endpoint_url": s3.endpoint,
         "model": "sam_tiny",
         "device": "cpu",
-        "retry_backoff_s": 0.2,
+        "retry_backoff_s": 0,  # Celery's backoff counts whole seconds (>= 1 s): these tests retry at once
         "task_max_retries": 4,
         "visibility_timeout": 8,
         "worker_soft_shutdown_timeout": 3.0,
