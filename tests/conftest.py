@@ -240,3 +240,18 @@ def embedded_settings(tmp_path: Path, **overrides: object) -> Settings:
     ).model_copy(update=overrides)
     use_settings(settings)
     return settings
+
+
+def count_model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the model name of every segmenter the worker runtime builds from now on (the list fills in)."""
+    from pixelperfect.worker import runtime
+
+    loads: list[str] = []
+    build = runtime.build_segmenter
+
+    def counting(model: str, *args: object, **kwargs: object) -> object:
+        loads.append(model)
+        return build(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime, "build_segmenter", counting)
+    return loads

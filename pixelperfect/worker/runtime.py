@@ -82,7 +82,6 @@ class Runtime:
     _segmenters: dict[tuple[str, str | None], Segmenter] = field(default_factory=dict)
     _runs: dict[int, RunSpec] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    model_loads: int = 0
 
     def store(self, url: str) -> ObjectStore:
         with self._lock:
@@ -111,7 +110,6 @@ class Runtime:
                     precision=self.settings.precision,
                     compile_encoder=self.settings.compile_encoder,
                 )
-                self.model_loads += 1
             return self._segmenters[key]
 
     def run_spec(self, run_id: int) -> RunSpec:

@@ -14,7 +14,7 @@ from pixelperfect.pipeline.sam import SamSegmenter
 from pixelperfect.pipeline.segment import GrabCutSegmenter
 from pixelperfect.storage import read_url
 from pixelperfect.worker.runtime import CheckpointMismatchError, RunSpec, Runtime
-from tests.conftest import S3Server, embedded_settings
+from tests.conftest import S3Server, count_model_loads, embedded_settings
 
 
 def _image(seed: int = 0, size: int = 192) -> np.ndarray:
@@ -127,7 +127,9 @@ def test_grabcut_flat_box_falls_back_to_the_box() -> None:
     assert pred.masks[1].sum() == 1
 
 
-def test_worker_refuses_a_checkpoint_other_than_the_runs(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_worker_refuses_a_checkpoint_other_than_the_runs(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = embedded_settings(tmp_path)
     spec = RunSpec(
         id=1,
@@ -143,5 +145,5 @@ def test_worker_refuses_a_checkpoint_other_than_the_runs(tmp_path: Path, tiny_ch
     with pytest.raises(CheckpointMismatchError, match="sha256"):
         Runtime(settings).segmenter(spec)
     ok = RunSpec(**{**spec.__dict__, "checkpoint_sha256": sha256_hex(tiny_checkpoint.read_bytes())})
-    rt = Runtime(settings)
-    assert rt.segmenter(ok) is rt.segmenter(ok) and rt.model_loads == 1  # loaded once per process
+    rt, loads = Runtime(settings), count_model_loads(monkeypatch)
+    assert rt.segmenter(ok) is rt.segmenter(ok) and loads == [ok.model]  # loaded once per process
