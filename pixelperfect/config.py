@@ -155,12 +155,13 @@ def get_settings() -> Settings:
 
 
 def use_settings(settings: Settings | None) -> None:
-    """Replace the process-wide settings (the CLI's overrides, tests); ``None`` re-reads the environment."""
+    """Replace the process-wide settings (the CLI's overrides, tests); ``None`` re-reads the environment.
+
+    Nothing is reset from here (settings sit below every other module): holders of per-process handles, such as
+    the worker's runtime, compare the settings object they were built from with :func:`get_settings` and rebuild.
+    """
     global _SETTINGS
     _SETTINGS = settings
-    from pixelperfect.worker import runtime
-
-    runtime.reset_runtime()
 
 
 def redact_url(url: str | None) -> str | None:

@@ -129,15 +129,13 @@ _RUNTIME: Runtime | None = None
 
 
 def get_runtime() -> Runtime:
+    """This process's runtime for the current settings: a new one after a fork or when the process-wide settings
+    object was replaced (``config.use_settings``), so handles never outlive the settings they were made from."""
     global _RUNTIME
-    if _RUNTIME is None or _RUNTIME.pid != os.getpid():
-        _RUNTIME = Runtime(get_settings())
+    settings = get_settings()
+    if _RUNTIME is None or _RUNTIME.pid != os.getpid() or _RUNTIME.settings is not settings:
+        _RUNTIME = Runtime(settings)
     return _RUNTIME
-
-
-def reset_runtime() -> None:
-    global _RUNTIME
-    _RUNTIME = None
 
 
 def reset_after_fork() -> None:
