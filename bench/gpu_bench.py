@@ -98,7 +98,7 @@ def stage(root: Path, n: int) -> tuple[Path, Path]:
 def e2e_child(images: str, labels: str, workdir: str, precision: str, chunk: int, batch: int, run: str) -> None:
     """One embedded submission (its own SQLite and store); prints its images/s as JSON."""
     from pixelperfect.config import Settings, use_settings
-    from pixelperfect.producer.enqueue import SubmitRequest, submit
+    from pixelperfect.embedded import SubmitRequest, submit
 
     settings = Settings(database_url=f"sqlite:///{workdir}/pp.db", store_url=f"file://{workdir}/store",
                         model=MODEL, device=DEVICE, precision=precision, encoder_batch=chunk,

@@ -5,6 +5,9 @@ name reused with another configuration) fails here, before anything is enqueued.
 in chunks (``producer/stream.py``): each chunk is registered in one transaction and its batches are published —
 pipelined, pausing while the queue is full — before the next chunk is read, so workers start on the first images
 while later ones are still being listed, and memory does not grow with the archive.
+
+Without a broker (``settings.embedded``) the producer does not run batches itself: the caller passes a
+:data:`BatchRunner` (``pixelperfect.embedded`` composes producer and worker, above both).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import hashlib
 import itertools
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,7 +44,11 @@ from pixelperfect.storage import read_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PUBLISH_CHUNK", "SubmitError", "SubmitRequest", "SubmitResult", "dispatch", "submit"]
+__all__ = ["PUBLISH_CHUNK", "BatchRunner", "SubmitError", "SubmitRequest", "SubmitResult", "dispatch", "submit"]
+
+#: Runs batches in this process (embedded mode): ``runner(run_id, batches, settings, on_progress=...)`` where
+#: ``on_progress(images_done, images_total)`` is called after each batch.
+BatchRunner = Callable[..., None]
 
 
 class SubmitError(ValueError):
@@ -162,12 +168,16 @@ def submit(
     *,
     on_progress: Callable[[int, int], None] | None = None,
     execute: bool = True,
+    run_batches: BatchRunner | None = None,
 ) -> SubmitResult:
-    """Validate, register and enqueue (or, embedded, run) the run's unfinished images, chunk by chunk.
+    """Validate, register and enqueue (or, embedded, run with ``run_batches``) the run's unfinished images, chunk
+    by chunk; ``execute=False`` only registers them.
 
     ``on_progress(done, known)``: batches published (distributed) or images processed (embedded) so far, out of
     those known so far (the total grows while the listing streams).
     """
+    if execute:
+        _check_runner(settings, run_batches)
     variants = parse_variants(req.variants)
     config = run_config(req, settings, variants)
     batch_size = req.batch_size or settings.batch_size
@@ -198,7 +208,7 @@ def submit(
         )
         run_id = run.id
 
-    sink = _Sink(run_id, req.run, settings, on_progress) if execute else None
+    sink = _Sink(run_id, req.run, settings, on_progress, run_batches) if execute else None
     batcher = Batcher(batch_size)
     images = new = pending = batches = annotated = 0
     try:
@@ -269,13 +279,27 @@ def _mask_index(where: str, settings: Settings) -> dict[str, str]:
     return index
 
 
+def _check_runner(settings: Settings, run_batches: BatchRunner | None) -> None:
+    if settings.embedded and run_batches is None:
+        raise SubmitError(
+            "PIXELPERFECT_BROKER_URL is unset and no batch runner was given: embedded runs go through "
+            "pixelperfect.embedded (the command line does this)"
+        )
+
+
 class _Sink:
     """Where a chunk's batches go: published with backpressure (distributed) or run here, in order (embedded)."""
 
     def __init__(
-        self, run_id: int, run_name: str, settings: Settings, on_progress: Callable[[int, int], None] | None
+        self,
+        run_id: int,
+        run_name: str,
+        settings: Settings,
+        on_progress: Callable[[int, int], None] | None,
+        run_batches: BatchRunner | None = None,
     ) -> None:
         self.run_id, self.settings, self.on_progress = run_id, settings, on_progress
+        self.run_batches = run_batches
         self.done = 0
         self.publisher: Publisher | None = None
         self._length: Any = None
@@ -303,7 +327,8 @@ class _Sink:
             if report:
                 report(offset + done, known_images)
 
-        run_embedded(self.run_id, batches, self.settings, on_progress=progress)
+        assert self.run_batches is not None  # checked by _check_runner before anything was registered
+        self.run_batches(self.run_id, batches, self.settings, on_progress=progress)
         self.done += sum(len(b) for b in batches)
 
     def close(self) -> None:
@@ -320,45 +345,18 @@ def dispatch(
     settings: Settings,
     *,
     on_progress: Callable[[int, int], None] | None = None,
+    run_batches: BatchRunner | None = None,
 ) -> None:
     """Distributed: publish one ``segment_batch`` message per batch (pipelined, with backpressure). Embedded: run
-    them here, in order."""
-    sink = _Sink(run_id, run_name, settings, on_progress)
+    them here, in order, with ``run_batches``."""
+    _check_runner(settings, run_batches)
+    sink = _Sink(run_id, run_name, settings, on_progress, run_batches)
     try:
         images = sum(len(b) for b in batches)
         for start in range(0, len(batches), PUBLISH_CHUNK):
             sink.send(batches[start : start + PUBLISH_CHUNK], known_images=images, known_batches=len(batches))
     finally:
         sink.close()
-
-
-def run_embedded(
-    run_id: int,
-    batches: list[list[str]],
-    settings: Settings,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """In-process execution with the worker's retry policy (``settings.retry_policy``, the one the Celery task
-    has): retry a failing batch, then give up on it."""
-    from pixelperfect.worker.batch import run_batch
-    from pixelperfect.worker.tasks import give_up
-
-    done = 0
-    policy = settings.retry_policy
-    for batch in batches:
-        for attempt in range(policy.max_retries + 1):
-            try:
-                run_batch(run_id, batch)
-                break
-            except Exception as exc:
-                if attempt == policy.max_retries:
-                    give_up(run_id, batch, exc)
-                else:
-                    time.sleep(policy.delay(attempt))
-        done += len(batch)
-        if on_progress:
-            on_progress(done, sum(len(b) for b in batches))
 
 
 def _config_diff(name: str, existing: Any, config: dict[str, Any]) -> str:

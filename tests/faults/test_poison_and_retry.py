@@ -104,7 +104,7 @@ def test_retry_embedded_reenqueues_only_the_chosen_reason(tmp_path: Path, phanto
     from pixelperfect.cli_ops import retry_failed
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
-    from pixelperfect.producer.enqueue import SubmitRequest, run_embedded, submit
+    from pixelperfect.embedded import SubmitRequest, run_embedded, submit
 
     images = tmp_path / "images"
     shutil.copytree(phantom_dir / "images", images)

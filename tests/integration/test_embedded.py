@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from pixelperfect.db import repo
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
-from pixelperfect.producer.enqueue import SubmitError, SubmitRequest, submit
+from pixelperfect.embedded import SubmitError, SubmitRequest, submit
 from pixelperfect.storage import open_store
 from tests.conftest import embedded_settings
 

@@ -15,7 +15,7 @@ from pixelperfect.db import repo
 from pixelperfect.db.models import Image
 from pixelperfect.db.session import session_scope
 from pixelperfect.monitor import RateWindow, format_eta, stage_shares, status_line, watch_run
-from pixelperfect.producer.enqueue import SubmitRequest, submit
+from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.worker.metrics import STAGES
 
 

@@ -31,8 +31,8 @@ def collect_rows(tmp: Path, phantom_dir: Path, checkpoint: Path) -> list[dict[st
 
     from pixelperfect.db.models import Image, Run, Segment
     from pixelperfect.db.session import session_scope
+    from pixelperfect.embedded import SubmitRequest, submit
     from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
-    from pixelperfect.producer.enqueue import SubmitRequest, submit
     from pixelperfect.storage import open_store
     from tests.conftest import embedded_settings
 

@@ -16,6 +16,7 @@ from pixelperfect.cli import app
 from pixelperfect.db import repo
 from pixelperfect.db.models import Annotation, Run, Segment
 from pixelperfect.db.session import session_scope
+from pixelperfect.embedded import SubmitError, SubmitRequest, submit
 from pixelperfect.evaluation.collect import collect
 from pixelperfect.pipeline.auto import _nms, grid_points, lung_field, parse_points_csv, perturb_point
 from pixelperfect.pipeline.options import AutoSettings
@@ -24,7 +25,6 @@ from pixelperfect.pipeline.preprocess import parse_variant
 from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
 from pixelperfect.pipeline.prompts import Jitter, prompt_rng
 from pixelperfect.pipeline.segment import GrabCutSegmenter
-from pixelperfect.producer.enqueue import SubmitError, SubmitRequest, submit
 from tests.conftest import embedded_settings
 
 

@@ -15,10 +15,10 @@ from sqlalchemy import select
 from pixelperfect.db import repo
 from pixelperfect.db.models import Segment
 from pixelperfect.db.session import session_scope
+from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.pipeline import process, score
 from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
 from pixelperfect.pipeline.sam import SamSegmenter
-from pixelperfect.producer.enqueue import SubmitRequest, submit
 from tests.conftest import embedded_settings
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ from sqlalchemy import select
 from pixelperfect.db import repo
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
+from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.pipeline.decode import decode_image
 from pixelperfect.pipeline.prediction import MaskPrediction
 from pixelperfect.pipeline.process import ImageInput, process_images
-from pixelperfect.producer.enqueue import SubmitRequest, submit
 from pixelperfect.producer.sources import absolute_url
 from pixelperfect.storage import LocalStore
 from pixelperfect.worker import flow

@@ -168,7 +168,7 @@ def test_tuned_checkpoint_evaluated_as_an_ordinary_run(
     trained: Trained, train_phantoms: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``submit --checkpoint OUT/best.pth`` (here through PIXELPERFECT_CHECKPOINT) beats the base weights."""
-    from pixelperfect.producer.enqueue import SubmitRequest, submit
+    from pixelperfect.embedded import SubmitRequest, submit
 
     cfg = json.loads((trained.root / "out" / "config.json").read_text())
     val_keys = cfg["data"]["val_keys"]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_training_on_consistent_masks_of_an_earlier_run(
     train_phantoms: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from pixelperfect.producer.enqueue import SubmitRequest, submit
+    from pixelperfect.embedded import SubmitRequest, submit
 
     settings = train_settings(tmp_path)
     use_settings(settings)

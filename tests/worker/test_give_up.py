@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
-from pixelperfect.producer.enqueue import SubmitRequest, submit
+from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.worker.metrics import get_metrics
 from pixelperfect.worker.tasks import give_up
 from tests.conftest import embedded_settings
