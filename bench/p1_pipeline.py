@@ -70,9 +70,9 @@ def run(n_images: int = 16, repeats: int = 2) -> list[Measure]:
     import torch
 
     from pixelperfect.config import Settings, use_settings
+    from pixelperfect.embedded import SubmitRequest, submit
     from pixelperfect.pipeline.decode import decode_image
     from pixelperfect.pipeline.process import ImageInput, prepare_image
-    from pixelperfect.embedded import SubmitRequest, submit
     from pixelperfect.storage import open_store
     from pixelperfect.worker.batch import run_batch
     from pixelperfect.worker.runtime import get_runtime

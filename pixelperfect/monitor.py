@@ -73,9 +73,39 @@ def stage_shares(totals: dict[str, float], n: int) -> list[tuple[str, float, flo
     return [(s, totals[s] / n, totals[s] / total) for s in order]
 
 
+def run_status(run: str, settings: Settings) -> dict[str, Any]:
+    """The run's image counts by status, segments, failure reasons, lifetime images/s and ETA (seconds), model
+    and variant names, read from the database. Raises ``LookupError`` for an unknown run or an empty database."""
+    from sqlalchemy import inspect
+
+    from pixelperfect.db import repo
+    from pixelperfect.db.session import get_engine, session_scope
+
+    if not inspect(get_engine(settings.database_url)).has_table("runs"):
+        raise LookupError(f"no run named {run!r}: {settings.database_url} has no PixelPerfect tables yet")
+    with session_scope(settings.database_url) as session:
+        row = repo.get_run(session, name=run)
+        if row is None:
+            raise LookupError(f"no run named {run!r} in {settings.database_url}")
+        counts = repo.status_counts(session, run_id=row.id)
+        first, last, finished = repo.progress_window(session, run_id=row.id)
+        rate = None
+        if first and last and finished > 1 and last > first:
+            rate = (finished - 1) / (last - first).total_seconds()
+        return {
+            "run": run,
+            "images": counts,
+            "segments": repo.segment_count(session, run_id=row.id),
+            "failures": repo.failure_counts(session, run_id=row.id),
+            "images_per_s": rate,
+            "eta_s": counts["queued"] / rate if rate and counts["queued"] else (0.0 if not counts["queued"] else None),
+            "model": row.model,
+            "variants": [v["name"] for v in row.variants],
+        }
+
+
 def snapshot(run: str, settings: Settings) -> dict[str, Any]:
     """``run_status`` plus ``stages`` (list of stage, s/image, share) and ``stage_sample`` (images summed)."""
-    from pixelperfect.cli import run_status
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
 

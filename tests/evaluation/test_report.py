@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pixelperfect.config import Settings
-from pixelperfect.evaluation.report import build_report
 from pixelperfect.embedded import SubmitRequest, submit
+from pixelperfect.evaluation.report import build_report
 from tests.conftest import embedded_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

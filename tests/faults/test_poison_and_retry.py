@@ -101,7 +101,8 @@ def test_retry_embedded_reenqueues_only_the_chosen_reason(tmp_path: Path, phanto
     """Embedded: images fail ``missing`` and ``not_an_image``; retry picks a reason, fixed ones end done."""
     import shutil
 
-    from pixelperfect.cli_ops import retry_failed
+    from pixelperfect.cli.run import retry_failed
+
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
     from pixelperfect.embedded import SubmitRequest, run_embedded, submit

@@ -14,8 +14,8 @@ from pixelperfect.config import Settings, use_settings
 from pixelperfect.db import repo
 from pixelperfect.db.models import Image
 from pixelperfect.db.session import session_scope
-from pixelperfect.monitor import RateWindow, format_eta, stage_shares, status_line, watch_run
 from pixelperfect.embedded import SubmitRequest, submit
+from pixelperfect.monitor import RateWindow, format_eta, stage_shares, status_line, watch_run
 from pixelperfect.worker.metrics import STAGES
 
 

@@ -1,63 +1,28 @@
-"""The ``pixelperfect`` command: demo, phantoms, submit, worker, status, db (and the commands other modules add)."""
+"""Run commands: ``submit`` (create or resume a run), ``worker``, ``status`` and ``retry``."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from pixelperfect.config import Settings, get_settings, use_settings
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
-app.add_typer(db_app, name="db")
-# Piped output (CI logs, scripts) gets 140 columns instead of rich's 80, so tables keep their headers.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 140)
+from pixelperfect.cli.common import command_settings, console, err, fail
+from pixelperfect.config import Settings
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+def register(app: typer.Typer) -> None:
+    """Add ``submit``, ``worker``, ``status`` and ``retry`` to the ``pixelperfect`` command."""
+    app.command("submit")(submit)
+    app.command("worker")(worker)
+    app.command("status")(status)
+    app.command("retry")(retry)
 
 
-def _settings(**overrides: Any) -> Settings:
-    base = get_settings()
-    values = {k: v for k, v in overrides.items() if v is not None}
-    settings = base.model_copy(update=values) if values else base
-    use_settings(settings)
-    return settings
-
-
-@app.command()
-def phantoms(
-    out: Path = typer.Argument(..., help="output directory (images/, masks/, labels.csv)"),
-    n: int = typer.Option(16, "--n", min=1, help="number of phantom X-rays"),
-    seed: int = typer.Option(0, help="random seed (same seed, same phantoms)"),
-    size: int = typer.Option(1024, min=64, help="image side in pixels"),
-    fmt: str = typer.Option("png", "--format", help="png or dicom"),
-) -> None:
-    """Write synthetic chest X-rays with exact opacity masks and RSNA-format boxes."""
-    from pixelperfect.phantoms import write_phantoms
-
-    if fmt not in ("png", "dicom"):
-        fail(f"--format must be png or dicom, not {fmt!r}")
-    made = write_phantoms(out, n, seed=seed, size=size, fmt=fmt)  # type: ignore[arg-type]
-    boxes = sum(len(p.boxes) for p in made)
-    console.print(
-        f"wrote {len(made)} phantoms ({boxes} opacity boxes) to {out}/images, masks in {out}/masks, "
-        f"labels in {out}/labels.csv"
-    )
-
-
-@app.command()
 def submit(
     source: str = typer.Argument(..., help="images: s3://bucket/prefix or file://dir"),
     run: str = typer.Option(..., "--run", help="run name (re-submitting a run resumes it)"),
@@ -81,13 +46,13 @@ def submit(
     wait: bool = typer.Option(False, help="distributed: wait until every image is done or failed"),
 ) -> None:
     """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset)."""
+    from pixelperfect.embedded import SubmitError, SubmitRequest
+    from pixelperfect.embedded import submit as do_submit
     from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
     from pixelperfect.pipeline.prompts import Jitter
     from pixelperfect.producer.annotations import AnnotationError
-    from pixelperfect.producer.enqueue import SubmitError, SubmitRequest
-    from pixelperfect.producer.enqueue import submit as do_submit
 
-    settings = _settings()
+    settings = command_settings()
     req = SubmitRequest(
         source=source,
         run=run,
@@ -121,8 +86,8 @@ def submit(
         f"{result.annotated} annotated, {result.pending} pending; {mode}"
     )
     if wait and not settings.embedded:
-        _wait(result.run_id, run, settings)
-    _print_status(run, settings, as_json=False)
+        wait_for_run(result.run_id, settings)
+    print_status(run, settings, as_json=False)
 
 
 def _submit_with_progress(req: Any, settings: Settings, do_submit: Any) -> Any:
@@ -145,7 +110,8 @@ def _submit_with_progress(req: Any, settings: Settings, do_submit: Any) -> Any:
         return do_submit(req, settings, on_progress=update)
 
 
-def _wait(run_id: int, run: str, settings: Settings, timeout: float = 24 * 3600) -> None:
+def wait_for_run(run_id: int, settings: Settings, timeout: float = 24 * 3600) -> None:
+    """Poll the database each second until run ``run_id`` has no queued image (or ``timeout`` seconds passed)."""
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
 
@@ -157,7 +123,6 @@ def _wait(run_id: int, run: str, settings: Settings, timeout: float = 24 * 3600)
         time.sleep(1.0)
 
 
-@app.command()
 def worker(
     hostname: str | None = typer.Option(None, help="Celery node name, e.g. gpu0@%h"),
     concurrency: int = typer.Option(1, min=1, help="worker processes (one per GPU is right)"),
@@ -166,7 +131,7 @@ def worker(
     pool: str = typer.Option("prefork", help="prefork (default) or solo"),
 ) -> None:
     """Start a Celery worker on the broker of PIXELPERFECT_BROKER_URL."""
-    settings = _settings()
+    settings = command_settings()
     if settings.embedded:
         fail("PIXELPERFECT_BROKER_URL is not set: a worker needs a broker (e.g. redis://localhost:6379/0)")
     from pixelperfect.worker.app import app as celery_app
@@ -190,7 +155,6 @@ def worker(
     celery_app.worker_main(argv)
 
 
-@app.command()
 def status(
     run: str = typer.Argument(..., help="run name"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
@@ -199,7 +163,7 @@ def status(
     max_seconds: float | None = typer.Option(None, min=0, help="--watch: stop after this many seconds"),
 ) -> None:
     """Images by status, segments, images/s and ETA of a run (--watch: live bar with stage time shares)."""
-    settings = _settings()
+    settings = command_settings()
     if watch:
         from pixelperfect.monitor import watch_run
 
@@ -208,39 +172,13 @@ def status(
         except LookupError as exc:
             fail(str(exc))
         return
-    _print_status(run, settings, as_json=as_json)
+    print_status(run, settings, as_json=as_json)
 
 
-def run_status(run: str, settings: Settings) -> dict[str, Any]:
-    from sqlalchemy import inspect
+def print_status(run: str, settings: Settings, *, as_json: bool) -> None:
+    """The run's counts, rate, ETA and failures as a table (or, ``as_json``, the machine-readable subset)."""
+    from pixelperfect.monitor import run_status
 
-    from pixelperfect.db import repo
-    from pixelperfect.db.session import get_engine, session_scope
-
-    if not inspect(get_engine(settings.database_url)).has_table("runs"):
-        raise LookupError(f"no run named {run!r}: {settings.database_url} has no PixelPerfect tables yet")
-    with session_scope(settings.database_url) as session:
-        row = repo.get_run(session, name=run)
-        if row is None:
-            raise LookupError(f"no run named {run!r} in {settings.database_url}")
-        counts = repo.status_counts(session, run_id=row.id)
-        first, last, finished = repo.progress_window(session, run_id=row.id)
-        rate = None
-        if first and last and finished > 1 and last > first:
-            rate = (finished - 1) / (last - first).total_seconds()
-        return {
-            "run": run,
-            "images": counts,
-            "segments": repo.segment_count(session, run_id=row.id),
-            "failures": repo.failure_counts(session, run_id=row.id),
-            "images_per_s": rate,
-            "eta_s": counts["queued"] / rate if rate and counts["queued"] else (0.0 if not counts["queued"] else None),
-            "model": row.model,
-            "variants": [v["name"] for v in row.variants],
-        }
-
-
-def _print_status(run: str, settings: Settings, *, as_json: bool) -> None:
     try:
         info = run_status(run, settings)
     except LookupError as exc:
@@ -273,61 +211,69 @@ def _print_status(run: str, settings: Settings, *, as_json: bool) -> None:
         console.print(describe_progress(progress))
 
 
-@db_app.command("upgrade")
-def db_upgrade(revision: str = typer.Argument("head")) -> None:
-    """Apply Alembic migrations to PIXELPERFECT_DATABASE_URL."""
-    from pixelperfect.db.migrate import current, upgrade
+@dataclass
+class RetryResult:
+    run_id: int
+    run: str
+    images: int  # images set back to queued
+    batches: int
+    reasons: dict[str, int]  # failure reason -> images, before the retry
 
-    settings = _settings()
-    upgrade(settings.database_url, revision)
-    console.print(f"database at revision {current(settings.database_url)}")
+
+def retry_failed(
+    run: str, settings: Settings, *, reason: str | None = None, batch_size: int | None = None
+) -> RetryResult:
+    """Set the failed images of ``run`` (only those failed with ``reason``, if given) back to queued and enqueue
+    them in batches of ``batch_size`` (default ``settings.batch_size``); embedded, run them here.
+
+    The rows are requeued before the messages are published: should publishing fail, the images stay queued and
+    re-submitting the run (which enqueues every queued image) picks them up. Raises ``LookupError`` for an
+    unknown run and ``ValueError`` for a bad ``batch_size``.
+    """
+    from pixelperfect.db import repo
+    from pixelperfect.db.session import session_scope
+    from pixelperfect.embedded import dispatch
+
+    size = batch_size or settings.batch_size
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {size}")
+    with session_scope(settings.database_url) as session:
+        row = repo.get_run(session, name=run)
+        if row is None:
+            raise LookupError(f"no run named {run!r} in the database")
+        run_id = row.id
+        reasons = repo.failure_counts(session, run_id=run_id)
+        keys = repo.keys_with_status(session, run_id=run_id, statuses=["failed"], reason=reason)
+        repo.requeue(session, run_id=run_id, keys=keys)
+    batches = [keys[i : i + size] for i in range(0, len(keys), size)]
+    if batches:
+        dispatch(run_id, run, batches, settings)
+    return RetryResult(run_id, run, len(keys), len(batches), reasons)
 
 
-@app.command()
-def demo(
-    workdir: Path = typer.Option(Path("pixelperfect-demo"), help="where phantoms, masks, the DB and reports go"),
-    n: int = typer.Option(12, min=1, help="phantom X-rays"),
-    size: int = typer.Option(512, min=64, help="phantom side in pixels"),
-    variant: list[str] = typer.Option(["raw", "clahe"], "--variant"),
-    model: list[str] = typer.Option(["sam_tiny", "grabcut"], "--model"),
-    tune: bool = typer.Option(True, help="also fine-tune sam_tiny's decoder on other phantoms and evaluate it"),
+def retry(
+    run: str = typer.Argument(..., help="run name"),
+    reason: str | None = typer.Option(
+        None, "--reason", help="only images failed with this reason (e.g. batch_error, missing); default: all"
+    ),
+    batch_size: int | None = typer.Option(None, min=1, help="images per task (default: PIXELPERFECT_BATCH_SIZE)"),
+    wait: bool = typer.Option(False, help="distributed: wait until the retried images are done or failed"),
 ) -> None:
-    """Phantoms -> embedded runs (one per model) -> a table of score and Dice per model and variant."""
-    from pixelperfect.demo import run_demo
-
-    os.environ.pop("PIXELPERFECT_BROKER_URL", None)
-    workdir = workdir.resolve()
-    settings = _settings().model_copy(
-        update={
-            "broker_url": None,
-            "database_url": f"sqlite:///{workdir / 'pixelperfect.db'}",
-            "store_url": f"file://{workdir / 'store'}",
-        }
-    )
-    use_settings(settings)
-    run_demo(workdir, settings, n=n, size=size, variants=variant, models=model, console=console, tune=tune)
-
-
-def _register_plugins() -> None:
-    """Commands that live beside their subsystems (imaging, evaluation, training)."""
-    import importlib
-
-    for module in (
-        "pixelperfect.cli_imaging",
-        "pixelperfect.cli_ops",
-        "pixelperfect.evaluation.cli",
-        "pixelperfect.training.cli",
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(app)
-
-
-_register_plugins()
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
+    """Re-enqueue the failed images of RUN, after fixing what failed them; they end done (or failed again)."""
+    settings = command_settings()
+    try:
+        result = retry_failed(run, settings, reason=reason, batch_size=batch_size)
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+        return
+    before = ", ".join(f"{r}: {n}" for r, n in sorted(result.reasons.items())) or "none"
+    if not result.images:
+        console.print(
+            f"run [bold]{run}[/]: no failed images{f' with reason {reason!r}' if reason else ''} (failures: {before})"
+        )
+        return
+    mode = "ran in-process" if settings.embedded else f"enqueued {result.batches} batch(es) on queue 'gpu'"
+    console.print(f"run [bold]{run}[/]: {result.images} failed image(s) re-queued ({before}); {mode}")
+    if wait and not settings.embedded:
+        wait_for_run(result.run_id, settings)
+    print_status(run, settings, as_json=False)

@@ -5,23 +5,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+from pixelperfect.cli.common import console, err, fail
+from pixelperfect.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from pixelperfect.training.config import TrainConfig
+
+#: Paths among the options, made absolute ``file://`` URLs (a worker elsewhere must find the same files).
+URL_OPTIONS = ("source", "out", "checkpoint", "gt_masks", "annotations", "cache")
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``train`` to the ``pixelperfect`` command."""
     app.command(name="train")(train)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 def train(
@@ -55,61 +56,52 @@ def train(
     cache: str | None = typer.Option(None, help="embedding cache root (default: PIXELPERFECT_STORE_URL/cache)"),
 ) -> None:
     """Fine-tune SAM's mask decoder (MedSAM recipe) and report validation Dice before and after."""
-    from pixelperfect.config import get_settings
-    from pixelperfect.producer.sources import absolute_url
-    from pixelperfect.training.config import TrainConfig
+    options = dict(locals())  # every option except --queue and --wait is a TrainConfig field (--cache: cache_url)
+    del options["queue"], options["wait"]
     from pixelperfect.training.data import TrainingDataError
     from pixelperfect.training.setup import TrainError
-    from pixelperfect.training.tracking import TrainingRunError, run_name
+    from pixelperfect.training.tracking import TrainingRunError
 
     settings = get_settings()
-
-    def url(value: str | None) -> str | None:
-        return value if value is None or "://" in value or value == "random" else absolute_url(value)
-
     try:
-        config = TrainConfig(
-            source=str(url(source)),
-            out=str(url(out)),
-            model=model or settings.model,
-            checkpoint=url(checkpoint),
-            variant=variant,
-            gt_masks=url(gt_masks),
-            annotations=url(annotations),
-            annotations_format=annotations_format,
-            targets_from_run=targets_from_run,
-            min_consistency_iou=min_consistency_iou,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            max_prompts=max_prompts,
-            lr=lr,
-            weight_decay=weight_decay,
-            box_shift=box_shift,
-            iou_loss_weight=iou_loss_weight,
-            train_encoder=train_encoder,
-            seed=seed,
-            val_fraction=val_fraction,
-            patience=patience,
-            checkpoint_every=checkpoint_every,
-            min_area=settings.min_area,
-            run=run,
-            resume=resume,
-            cache_url=url(cache),
-        )
-        if config.checkpoint is None and settings.checkpoint:
-            config = dataclasses.replace(config, checkpoint=url(settings.checkpoint))
+        config = train_config(settings, **options)
         if queue:
             _enqueue(config, settings, wait=wait)
             return
-        from pixelperfect.training.finetune import train as do_train
-
-        console.print(f"training [bold]{run_name(config)}[/] ({config.model}, variant {variant}) -> {config.out}")
-        result = do_train(config, settings, on_progress=_printer())
+        metrics = _train_here(config, settings)
     except (TrainError, TrainingDataError, TrainingRunError, ValueError) as exc:
-        _fail(str(exc))
-        return
-    print_metrics(result.metrics)
+        fail(str(exc))
+    print_metrics(metrics)
+
+
+def _url(value: str | None) -> str | None:
+    from pixelperfect.producer.sources import absolute_url
+
+    return value if value is None or "://" in value or value == "random" else absolute_url(value)
+
+
+def train_config(settings: Settings, **options: Any) -> TrainConfig:
+    """The ``TrainConfig`` of the ``train`` command's options: paths as URLs, ``model`` and ``checkpoint``
+    defaulting to ``PIXELPERFECT_MODEL`` / ``PIXELPERFECT_CHECKPOINT``, ``min_area`` from the settings.
+    Raises ``ValueError`` (naming the value) for an invalid configuration."""
+    from pixelperfect.training.config import TrainConfig
+
+    fields: dict[str, Any] = {k: (_url(v) if k in URL_OPTIONS else v) for k, v in options.items()}
+    fields["cache_url"] = fields.pop("cache", None)
+    fields["model"] = fields.get("model") or settings.model
+    config = TrainConfig(**fields, min_area=settings.min_area)
+    if config.checkpoint is None and settings.checkpoint:
+        config = dataclasses.replace(config, checkpoint=_url(settings.checkpoint))
+    return config
+
+
+def _train_here(config: TrainConfig, settings: Settings) -> dict[str, Any]:
+    """Train in this process, printing each epoch; returns the metrics."""
+    from pixelperfect.training.finetune import train as do_train
+    from pixelperfect.training.tracking import run_name
+
+    console.print(f"training [bold]{run_name(config)}[/] ({config.model}, variant {config.variant}) -> {config.out}")
+    return do_train(config, settings, on_progress=_printer()).metrics
 
 
 def _printer() -> Any:
@@ -154,7 +146,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     console.print(f"best checkpoint: {metrics['best_checkpoint']}")
 
 
-def _enqueue(config: Any, settings: Any, *, wait: bool) -> None:
+def _enqueue(config: TrainConfig, settings: Settings, *, wait: bool) -> None:
     """Check what can be checked here, record the run row, and send one task to the ``train`` queue."""
     from pixelperfect.storage import read_url
     from pixelperfect.training.setup import prepare
@@ -162,7 +154,7 @@ def _enqueue(config: Any, settings: Any, *, wait: bool) -> None:
     from pixelperfect.worker.tasks import train as train_task
 
     if settings.embedded:
-        _fail("--queue needs PIXELPERFECT_BROKER_URL (a worker started with `pixelperfect worker --queues train`)")
+        fail("--queue needs PIXELPERFECT_BROKER_URL (a worker started with `pixelperfect worker --queues train`)")
     from pixelperfect.training.tracking import update_progress
 
     setup = prepare(config, settings, track=True)
@@ -181,7 +173,7 @@ def _enqueue(config: Any, settings: Any, *, wait: bool) -> None:
     while True:
         progress = read_progress(settings, setup.run_name) or {}
         if progress.get("phase") == "failed":
-            _fail(f"training {setup.run_name} failed: {progress.get('error')}")
+            fail(f"training {setup.run_name} failed: {progress.get('error')}")
         if progress.get("phase") == "done":
             break
         time.sleep(1.0)

@@ -1,24 +1,43 @@
-"""Imaging commands: ``pixelperfect tune`` (parameter search for one step) and ``pixelperfect preview``."""
+"""Imaging commands: ``phantoms`` (synthetic X-rays), ``tune`` (parameter search for one step), ``preview``."""
 
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 140)
+from pixelperfect.cli.common import console, err, fail
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+def register(app: typer.Typer) -> None:
+    """Add ``phantoms``, ``tune`` and ``preview`` to the ``pixelperfect`` command."""
+    app.command("phantoms")(phantoms)
+    app.command("tune")(tune)
+    app.command("preview")(preview)
+
+
+def phantoms(
+    out: Path = typer.Argument(..., help="output directory (images/, masks/, labels.csv)"),
+    n: int = typer.Option(16, "--n", min=1, help="number of phantom X-rays"),
+    seed: int = typer.Option(0, help="random seed (same seed, same phantoms)"),
+    size: int = typer.Option(1024, min=64, help="image side in pixels"),
+    fmt: str = typer.Option("png", "--format", help="png or dicom"),
+) -> None:
+    """Write synthetic chest X-rays with exact opacity masks and RSNA-format boxes."""
+    from pixelperfect.phantoms import write_phantoms
+
+    if fmt not in ("png", "dicom"):
+        fail(f"--format must be png or dicom, not {fmt!r}")
+    made = write_phantoms(out, n, seed=seed, size=size, fmt=fmt)  # type: ignore[arg-type]
+    boxes = sum(len(p.boxes) for p in made)
+    console.print(
+        f"wrote {len(made)} phantoms ({boxes} opacity boxes) to {out}/images, masks in {out}/masks, "
+        f"labels in {out}/labels.csv"
+    )
 
 
 def sample_keys(keys: Iterator[str], n: int, seed: int) -> list[str]:
@@ -45,7 +64,7 @@ def _load_sample(source: str, n: int, seed: int, max_side: int) -> tuple[list[np
     from pixelperfect.storage import is_image_key, open_store
 
     if "://" not in source and not Path(source).is_dir():
-        _fail(f"{source} is not a directory")
+        fail(f"{source} is not a directory")
     store = open_store(source)
     keys = sample_keys((k for k in store.list() if is_image_key(k)), n, seed)
     images, failures = [], []
@@ -86,12 +105,12 @@ def tune(
             held[name.strip()] = parse_value(value)
         grid = build_grid(step, ranges, held)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     images, failures = _load_sample(source, sample, seed, max_side)
     for failure in failures:
         err.print(f"[yellow]skipped[/] {failure}")
     if not images:
-        _fail(f"no decodable images under {source}")
+        fail(f"no decodable images under {source}")
     rows = score_steps(images, grid.steps)
     best_ssim = max(rows, key=lambda r: r.ssim_mean)
     best_entropy = max(rows, key=lambda r: r.entropy_delta_mean)
@@ -131,26 +150,20 @@ def preview(
     try:
         variants = [parse_variant(text) for text in variant]
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         data = read_url(image_url)
     except (OSError, KeyError, ValueError) as exc:
-        _fail(f"cannot read {image_url}: {exc}")
+        fail(f"cannot read {image_url}: {exc}")
     key = image_url.rstrip("/").rsplit("/", 1)[-1]
     try:
         decoded = decode_image(data, key, frame=frame, window_index=window_index)
         sheet = render_preview(decoded.pixels, variants, max_side=max_side, columns=columns)
     except ImageDecodeError as exc:
-        _fail(f"{image_url}: {exc.reason}: {exc.detail}")
+        fail(f"{image_url}: {exc.reason}: {exc.detail}")
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(encode_png(sheet))
     height, width = sheet.shape[:2]
     console.print(f"wrote {out} ({width}x{height} px): original + {', '.join(v.name for v in variants)}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``tune`` and ``preview`` to the ``pixelperfect`` command."""
-    app.command("tune")(tune)
-    app.command("preview")(preview)
