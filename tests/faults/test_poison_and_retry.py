@@ -102,7 +102,6 @@ def test_retry_embedded_reenqueues_only_the_chosen_reason(tmp_path: Path, phanto
     import shutil
 
     from pixelperfect.cli.run import retry_failed
-
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
     from pixelperfect.embedded import SubmitRequest, run_embedded, submit

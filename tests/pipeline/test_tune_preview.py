@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 import typer
-from pixelperfect.cli.imaging import register, sample_keys
 from typer.testing import CliRunner
 
+from pixelperfect.cli.imaging import register, sample_keys
 from pixelperfect.phantoms import make_phantom, write_phantoms
 from pixelperfect.pipeline.preprocess import parse_step, parse_variant
 from pixelperfect.pipeline.preview import GAP, LABEL_HEIGHT, encode_png, panel_size, render_preview
