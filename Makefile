@@ -24,6 +24,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pixelperfect tests bench
 	$(VENV)/bin/ruff format --check pixelperfect tests bench
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy pixelperfect

@@ -23,11 +23,6 @@ def list_image_keys(store: ObjectStore, prefix: str = "") -> Iterator[str]:
             yield key
 
 
-def read_manifest(text: str) -> list[str]:
-    """A manifest: one key per line; blank lines and ``#`` comments ignored."""
-    return list(_manifest_keys(text.splitlines()))
-
-
 def iter_manifest(url: str, endpoint_url: str | None = None) -> Iterator[str]:
     """The keys of a manifest (path or URL), lazily: a local file is read line by line, so a manifest of millions
     of keys (an S3 Inventory export, a CSV's key column) costs no more memory than one line; a remote one is one

@@ -35,7 +35,7 @@ if "worker" in sys.argv and getattr(sys.modules.get("billiard.common"), "REMAP_S
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
-from pixelperfect.config import Settings, get_settings, redact_url
+from pixelperfect.config import Settings, get_settings
 
 GPU_QUEUE = "gpu"
 TRAIN_QUEUE = "train"
@@ -140,7 +140,3 @@ def _serve_metrics_from_main(sender: Any = None, **_: Any) -> None:
     from pixelperfect.worker.metrics import start_in_main_process
 
     start_in_main_process(sender)  # solo/threads pools run tasks here, so this process serves; prefork: no-op
-
-
-def describe_broker() -> str:
-    return redact_url(get_settings().broker_url) or "(embedded: no broker)"
