@@ -163,12 +163,3 @@ def use_settings(settings: Settings | None) -> None:
     global _SETTINGS
     _SETTINGS = settings
 
-
-def redact_url(url: str | None) -> str | None:
-    """Hide a password inside a URL (``redis://:secret@host`` -> ``redis://:***@host``) for logs and run configs."""
-    if not url or "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else creds
-    return f"{scheme}://{user}:***@{host}"
