@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# torch and torchvision are pinned to the builds this project is tested with (DESIGN.md).
+# torch and torchvision are pinned to the builds this project is tested with (the upper bounds in pyproject.toml).
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 

@@ -1,6 +1,6 @@
 """The Celery application. ``celery -A pixelperfect.worker.app worker -Q gpu`` or ``pixelperfect worker``.
 
-Delivery semantics (DESIGN.md "Task"), each one exercised by ``tests/faults``:
+Delivery semantics (docs/architecture.md, "Task"), each one exercised by ``tests/faults``:
 
 - late acks: a message is acknowledged only after its batch finished, so a batch is never lost with its worker;
 - reject on worker lost: a pool process killed mid-batch (OOM, SIGKILL) puts its message straight back;
