@@ -3,7 +3,7 @@
 Each setting of the step is applied to a sample of images and scored by the structural similarity (SSIM,
 scikit-image, data range 255) of its output to the original display image — how much of the anatomy survives —
 and by the change in histogram entropy (bits, 256 bins) — how much grey-level information it adds or removes.
-Pure: arrays in, rows out; the CLI (:mod:`pixelperfect.cli_imaging`) reads the images.
+Pure: arrays in, rows out; the CLI (:mod:`pixelperfect.cli.imaging`) reads the images.
 """
 
 from __future__ import annotations
