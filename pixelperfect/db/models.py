@@ -1,6 +1,7 @@
 """SQLAlchemy 2 typed models. The schema changes only through Alembic migrations (``db/migrations``).
 
-Identity (docs/architecture.md, "SQL rows"): one image row per ``(run, key)``; one segment row per ``(image, variant, prompt)``.
+Identity (docs/architecture.md, "SQL rows"): one image row per ``(run, key)``; one segment row per
+``(image, variant, prompt)``.
 Boxes are XYXY pixel coordinates of the original image, stored as JSON lists ``[x1, y1, x2, y2]``.
 """
 
