@@ -162,4 +162,3 @@ def use_settings(settings: Settings | None) -> None:
     """
     global _SETTINGS
     _SETTINGS = settings
-
