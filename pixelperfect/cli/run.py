@@ -1,4 +1,9 @@
-"""Run commands: ``submit`` (create or resume a run), ``worker``, ``status`` and ``retry``."""
+"""Run commands: ``submit`` (create or resume a run), ``worker``, ``status`` and ``retry``.
+
+Images fail for reasons stored on their rows (``pixelperfect status RUN`` lists them): bad input files
+(``truncated``, ``colour``, ...) fail again on retry, infrastructure that was fixed since (``batch_error`` after a
+checkpoint was restored, ``missing`` after an object was uploaded) does not; ``retry --reason`` picks one kind.
+"""
 
 from __future__ import annotations
 
