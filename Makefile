@@ -44,4 +44,4 @@ bench-gpu:
 	bash bench/gpu.sh
 
 clean:
-	rm -rf pixelperfect-demo pixelperfect-store pixelperfect.db .pytest_cache .mypy_cache .ruff_cache
+	rm -rf pixelperfect-demo pixelperfect-store pixelperfect.db .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
