@@ -17,7 +17,7 @@ def test_embedded_submit_without_a_runner_is_refused_before_anything_is_register
 ) -> None:
     settings = embedded_settings(tmp_path)
     req = SubmitRequest(source=str(phantom_dir / "images"), run="r", variants=["raw"], model="grabcut")
-    with pytest.raises(SubmitError, match="pixelperfect.embedded"):
+    with pytest.raises(SubmitError, match=r"pixelperfect\.embedded"):
         submit(req, settings)
     assert not inspect(get_engine(settings.database_url)).has_table("runs")  # nothing registered
     with pytest.raises(SubmitError, match="no batch runner"):
