@@ -17,6 +17,7 @@ from pixelperfect.producer.enqueue import SubmitError, SubmitRequest, SubmitResu
 
 __all__ = ["SubmitError", "SubmitRequest", "SubmitResult", "dispatch", "run_embedded", "submit"]
 
+
 def run_embedded(
     run_id: int,
     batches: list[list[str]],
