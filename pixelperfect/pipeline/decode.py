@@ -27,56 +27,33 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
-DICOM_MAGIC_OFFSET = 128
-DEFAULT_MAX_PIXELS = 50_000_000
+from pixelperfect.pipeline.dicom import decode_dicom
+from pixelperfect.pipeline.image import (
+    DEFAULT_MAX_PIXELS,
+    DICOM_MAGIC_OFFSET,
+    CorruptImageError,
+    DecodedImage,
+    ImageDecodeError,
+    UnsupportedImageError,
+    is_dicom,
+)
 
-
-class ImageDecodeError(Exception):
-    """An image that cannot become a greyscale array. ``reason`` is a short machine-readable code."""
-
-    def __init__(self, key: str, reason: str, detail: str) -> None:
-        self.key, self.reason, self.detail = key, reason, detail
-        super().__init__(f"{key}: {reason}: {detail}")
-
-
-class UnsupportedImageError(ImageDecodeError):
-    """A readable file of a kind we do not segment (colour, multi-frame, too large, unknown format)."""
-
-
-class CorruptImageError(ImageDecodeError):
-    """Bytes that do not decode: empty, truncated, or not what they claim to be."""
-
-
-@dataclass
-class DecodedImage:
-    """A decoded radiograph.
-
-    ``pixels``: ``(H, W)`` greyscale, bright = dense. PNG/JPEG/TIFF: ``uint8`` or ``uint16`` as stored
-    (``float32`` for float or signed TIFF; colour converted to luminance ``float32`` only on request). DICOM:
-    the ``uint8`` viewer image (0..255) when the file carries a VOI (window or VOI LUT), else ``float32``
-    modality values; MONOCHROME1 is inverted either way (see :mod:`pixelperfect.pipeline.dicom`).
-    ``meta``: format, width, height, bits and, for DICOM, modality, view position, pixel spacing, photometric
-    interpretation, VOI used and hashed identifiers; never patient names. JSON-serialisable.
-    """
-
-    pixels: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
-
-
-def is_dicom(data: bytes) -> bool:
-    """A DICOM Part 10 file: 128-byte preamble then ``DICM``."""
-    return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DICOM_MAGIC_OFFSET",
+    "CorruptImageError",
+    "DecodedImage",
+    "ImageDecodeError",
+    "UnsupportedImageError",
+    "decode_image",
+    "is_dicom",
+]
 
 
 #: Signatures of the raster formats we read. They decide over the key's extension: a PNG named ``.dcm`` is a PNG.
@@ -114,6 +91,7 @@ def decode_image(
     frame: int | None = None,
     colour_to_grey: bool = False,
     window_index: int = 0,
+    model_side: int | None = None,
 ) -> DecodedImage:
     """Decode ``data`` (the object stored at ``key``) into a :class:`DecodedImage`.
 
@@ -121,13 +99,19 @@ def decode_image(
     decompression bomb costs nothing. Images smaller than ``min_side`` on either side are refused.
     ``frame``: take this frame of a multi-frame file (``None``: multi-frame is an error). ``colour_to_grey``:
     convert colour to luminance instead of refusing it. ``window_index``: which DICOM window / VOI LUT to use.
+    ``model_side``: the long side the model will resize the image to (SAM: 1024). When given, a DICOM JPEG 2000
+    image is decoded at its smallest resolution level whose long side is still ``>= model_side`` and a JPEG one
+    with DCT scaling the same way (see :mod:`~pixelperfect.pipeline.codecs`); :attr:`DecodedImage.original_shape`
+    keeps the stored size. ``None``: full resolution.
     """
     if max_pixels < 1 or min_side < 1 or window_index < 0 or (frame is not None and frame < 0):
         raise ValueError(f"bad decode options: {max_pixels=}, {min_side=}, {frame=}, {window_index=}")
+    if model_side is not None and model_side < 1:
+        raise ValueError(f"model_side must be >= 1 or None, got {model_side!r}")
     if not data:
         raise CorruptImageError(key, "empty", "the object has 0 bytes")
-    image = _decode_dicom_or_raster(data, key, max_pixels, frame, colour_to_grey, window_index)
-    height, width = image.shape
+    image = _decode_dicom_or_raster(data, key, max_pixels, frame, colour_to_grey, window_index, model_side)
+    height, width = image.full_shape
     if min(height, width) < min_side:
         raise UnsupportedImageError(key, "too_small", f"{width}x{height} px is below the {min_side} px minimum")
     image.meta.setdefault("width", width)
@@ -136,16 +120,21 @@ def decode_image(
 
 
 def _decode_dicom_or_raster(
-    data: bytes, key: str, max_pixels: int, frame: int | None, colour_to_grey: bool, window_index: int
+    data: bytes,
+    key: str,
+    max_pixels: int,
+    frame: int | None,
+    colour_to_grey: bool,
+    window_index: int,
+    model_side: int | None,
 ) -> DecodedImage:
-    from pixelperfect.pipeline.dicom import decode_dicom
-
     options: dict[str, Any] = {"max_pixels": max_pixels, "frame": frame, "colour_to_grey": colour_to_grey}
+    dicom_options: dict[str, Any] = {**options, "window_index": window_index, "model_side": model_side}
     if is_dicom(data) or (key.lower().endswith((".dcm", ".dicom")) and _raster_format(data) is None):
-        return decode_dicom(data, key, window_index=window_index, **options)
+        return decode_dicom(data, key, **dicom_options)
     if _looks_like_bare_dicom(data):
         try:
-            return decode_dicom(data, key, window_index=window_index, **options)
+            return decode_dicom(data, key, **dicom_options)
         except CorruptImageError as exc:
             if exc.reason != "not_dicom":
                 raise

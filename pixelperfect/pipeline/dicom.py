@@ -1,8 +1,8 @@
 """DICOM -> the display image a radiologist's viewer shows, through pydicom.
 
-Order of operations (DICOM PS3.3 C.11): stored values (BitsStored and signed PixelRepresentation honoured by
-pydicom's pixel handlers, compressed transfer syntaxes decoded by its plugins: pylibjpeg-libjpeg for JPEG
-baseline/extended/lossless and JPEG-LS, pylibjpeg-openjpeg for JPEG 2000, pylibjpeg-rle / pydicom for RLE) ->
+Order of operations (DICOM PS3.3 C.11): stored values (compressed greyscale frames by the fastest installed
+decoder of :mod:`~pixelperfect.pipeline.codecs`, optionally at reduced resolution; everything else, and any frame
+those refuse, by pydicom's pixel handlers and plugins, which honour BitsStored and signed PixelRepresentation) ->
 modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (VOI LUT Sequence, else window
 centre/width with its VOI LUT Function; ``window_index`` picks among several) -> polarity (MONOCHROME1 is
 inverted so that bright = dense, as for MONOCHROME2).
@@ -10,17 +10,23 @@ inverted so that bright = dense, as for MONOCHROME2).
 With a VOI the result is the ``uint8`` viewer image (0 black, 255 white). Without one it is ``float32``
 modality values (inverted for MONOCHROME1), which :func:`~pixelperfect.pipeline.steps.to_uint8` maps min-max,
 as a viewer's default full-range window does. Patient identifiers are kept only as hashes; names never.
+The modality LUT, VOI and polarity are :mod:`~pixelperfect.pipeline.voi`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pixelperfect.pipeline.decode import CorruptImageError, DecodedImage, UnsupportedImageError, is_dicom
+from pixelperfect.pipeline import codecs
+from pixelperfect.pipeline.image import CorruptImageError, DecodedImage, UnsupportedImageError, is_dicom
+from pixelperfect.pipeline.voi import apply_window, display, first_line
+
+__all__ = ["ParsedDicom", "apply_window", "decode_dicom", "decode_stored", "finish_dicom", "parse_dicom"]
 
 #: Identifiers kept on the image row, hashed (meta key): the hash links images of one patient or study without
 #: revealing them.
@@ -37,6 +43,27 @@ def hash_identifier(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
+@dataclass
+class ParsedDicom:
+    """A DICOM object read up to its pixels: the dataset, the frame asked for, its photometric interpretation and
+    whether it is greyscale (one sample, MONOCHROME1/2)."""
+
+    ds: Any
+    frames: int
+    frame: int | None
+    photometric: str
+    monochrome: bool
+
+    @property
+    def index(self) -> int | None:
+        """The frame to decode: ``None`` for a single-frame object."""
+        return self.frame if self.frames > 1 else None
+
+    @property
+    def syntax(self) -> str:
+        return str(self.ds.file_meta.TransferSyntaxUID)
+
+
 def decode_dicom(
     data: bytes,
     key: str,
@@ -45,14 +72,25 @@ def decode_dicom(
     frame: int | None = None,
     colour_to_grey: bool = False,
     window_index: int = 0,
+    model_side: int | None = None,
 ) -> DecodedImage:
     """Decode a DICOM object to a display image (see the module docstring for the rules).
 
     ``frame``: which frame of a multi-frame object to take (``None``: multi-frame is an error).
     ``colour_to_grey``: convert RGB/YBR/palette colour to luminance instead of refusing it.
     ``window_index``: which window centre/width or VOI LUT to apply when the file holds several (the first if
-    the file has fewer). The pixel count is checked from the header before any pixel is decoded.
+    the file has fewer). ``model_side``: decode JPEG 2000 / JPEG at the smallest resolution whose long side is
+    still ``>= model_side`` (:mod:`~pixelperfect.pipeline.codecs`). The pixel count is checked from the header
+    before any pixel is decoded.
     """
+    parsed = parse_dicom(data, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey)
+    stored = decode_stored(parsed, key, model_side=model_side)
+    return finish_dicom(parsed, stored.array, key, window_index=window_index, scale=stored.scale)
+
+
+def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, colour_to_grey: bool) -> ParsedDicom:
+    """Read the dataset and check it before any pixel is decoded: pixel data present, size within ``max_pixels``,
+    frame choice, greyscale (unless ``colour_to_grey``). Raises the typed errors of :mod:`.image`."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -90,11 +128,59 @@ def decode_dicom(
         raise UnsupportedImageError(
             key, "colour", f"photometric {photometric} with {samples} samples; radiographs are greyscale"
         )
-    arr = _decode_pixels(ds, key, frame if frames > 1 else None)
-    meta = _metadata(ds, photometric, frames, frame)
-    if not monochrome:
-        return DecodedImage(_to_luminance(arr, ds, photometric, key), meta)
-    return DecodedImage(_display(arr, ds, photometric, window_index, meta, key), meta)
+    return ParsedDicom(ds, frames, frame, photometric, monochrome)
+
+
+def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
+    """The frame's codestream and what the dataset says about it, when a fast decoder may take it: greyscale,
+    unsigned, BitsAllocated 8/16, a compressed syntax of :data:`codecs.CODECS`. ``None`` otherwise."""
+    ds = parsed.ds
+    bits_allocated, bits_stored = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+    eligible = (
+        parsed.monochrome
+        and parsed.syntax in codecs.CODECS
+        and "PixelData" in ds
+        and int(ds.get("PixelRepresentation", 0) or 0) == 0
+        and bits_allocated in (8, 16)
+        and 1 <= bits_stored <= bits_allocated
+    )
+    if not eligible:
+        return None
+    from pydicom.encaps import get_frame
+
+    try:
+        stream = get_frame(ds.PixelData, parsed.index or 0, number_of_frames=parsed.frames)
+    except Exception:  # a broken encapsulation: pydicom's own path gives the reason
+        return None
+    return bytes(stream), codecs.FrameInfo(int(ds.Rows), int(ds.Columns), bits_allocated, bits_stored)
+
+
+def decode_stored(parsed: ParsedDicom, key: str, *, model_side: int | None = None) -> codecs.StoredFrame:
+    """The frame's stored values: a fast decoder of :mod:`.codecs` where one applies, else pydicom's."""
+    found = fast_frame(parsed)
+    if found is not None:
+        try:
+            stored = codecs.decode_frame(parsed.syntax, found[0], found[1], model_side=model_side)
+        except codecs.TruncatedStreamError as exc:
+            raise CorruptImageError(key, "truncated", str(exc)) from None
+        if stored is not None:
+            return stored
+    return codecs.StoredFrame(_decode_pixels(parsed.ds, key, parsed.index), "pydicom")
+
+
+def finish_dicom(
+    parsed: ParsedDicom, arr: np.ndarray, key: str, *, window_index: int = 0, scale: int = 1
+) -> DecodedImage:
+    """Stored values ``arr`` (``(h, w)``, or ``(h, w, 3)`` colour) -> the display image and its metadata.
+    ``scale`` > 1: ``arr`` is a reduced decode (the original size is the dataset's Rows x Columns)."""
+    ds, photometric = parsed.ds, parsed.photometric
+    meta = _metadata(ds, photometric, parsed.frames, parsed.frame)
+    original = (int(ds.Rows), int(ds.Columns))
+    if scale != 1:
+        meta.update(decoded_shape=[int(arr.shape[0]), int(arr.shape[1])], decode_scale=scale)
+    if not parsed.monochrome:
+        return DecodedImage(_to_luminance(arr, ds, photometric, key), meta, original, scale)
+    return DecodedImage(display(arr, ds, photometric, window_index, meta, key), meta, original, scale)
 
 
 def _ensure_transfer_syntax(ds: Any) -> None:
@@ -122,26 +208,28 @@ def _decode_pixels(ds: Any, key: str, index: int | None) -> np.ndarray:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         raise UnsupportedImageError(
-            key, "missing_codec", f"no decoder for transfer syntax {syntax.name} ({syntax})"
+            key, "missing_codec", f"no decoder for transfer syntax {syntax.name} ({syntax}){_package_hint(syntax)}"
         ) from None
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "no plugin installed"
-        raise UnsupportedImageError(key, "missing_codec", f"{syntax.name} ({syntax}) needs: {missing}")
+        raise UnsupportedImageError(
+            key, "missing_codec", f"{syntax.name} ({syntax}) needs: {missing}{_package_hint(syntax)}"
+        )
     try:
         return pixel_array(ds, index=index)
     except (RuntimeError, NotImplementedError) as exc:  # every available plugin failed on this stream
-        raise UnsupportedImageError(key, "codec_error", f"{syntax.name}: {_first_line(exc)}") from None
+        raise UnsupportedImageError(key, "codec_error", f"{syntax.name}: {first_line(exc)}") from None
     except (ValueError, EOFError) as exc:
         text = str(exc)
         reason = "truncated" if "less than expected" in text or "truncat" in text.lower() else "dicom_pixels"
-        raise CorruptImageError(key, reason, _first_line(exc)) from None
+        raise CorruptImageError(key, reason, first_line(exc)) from None
     except Exception as exc:
-        raise CorruptImageError(key, "dicom_pixels", f"{type(exc).__name__}: {_first_line(exc)}") from None
+        raise CorruptImageError(key, "dicom_pixels", f"{type(exc).__name__}: {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines[:3])[:300] or type(exc).__name__
+def _package_hint(syntax: str) -> str:
+    package = codecs.PACKAGE_FOR.get(str(syntax))
+    return f"; install {package} to read it" if package else ""
 
 
 def _to_luminance(arr: np.ndarray, ds: Any, photometric: str, key: str) -> np.ndarray:
@@ -153,80 +241,6 @@ def _to_luminance(arr: np.ndarray, ds: Any, photometric: str, key: str) -> np.nd
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise UnsupportedImageError(key, "colour", f"cannot read {photometric} pixels of shape {arr.shape}")
     return np.asarray(arr, np.float32) @ _LUMA
-
-
-def _display(
-    arr: np.ndarray, ds: Any, photometric: str, window_index: int, meta: dict[str, Any], key: str
-) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
-    try:
-        values = np.asarray(apply_modality_lut(arr, ds), np.float64)
-    except Exception as exc:
-        raise CorruptImageError(key, "bad_lut", f"modality LUT: {_first_line(exc)}") from None
-    if not np.isfinite(values).all():
-        raise CorruptImageError(key, "nan_pixels", "the modality LUT produced NaN or infinite values")
-    display: np.ndarray | None = None
-    lut_items = ds.get("VOILUTSequence") or []
-    if lut_items:
-        index = window_index if window_index < len(lut_items) else 0
-        try:
-            out = apply_voi(np.round(values).astype(np.int64), ds, index=index)  # a LUT is indexed by integers
-            bits = int(lut_items[index].LUTDescriptor[2])
-        except Exception as exc:
-            raise CorruptImageError(key, "bad_lut", f"VOI LUT: {_first_line(exc)}") from None
-        display = np.asarray(out, np.float64) * (255.0 / (2**bits - 1))
-        meta.update(voi="lut", window_index=index)
-    else:
-        window = _window(ds, window_index)
-        if window is not None:
-            centre, width, function, index = window
-            display = apply_window(values, centre, width, function)
-            meta.update(voi="window", window=[centre, width], window_index=index, voi_function=function)
-    if display is None:
-        meta["voi"] = None
-        if photometric == "MONOCHROME1":
-            values = values.max() + values.min() - values
-        return values.astype(np.float32)
-    if photometric == "MONOCHROME1":
-        display = 255.0 - display
-    return np.clip(display + 0.5, 0, 255).astype(np.uint8)
-
-
-def _window(ds: Any, index: int) -> tuple[float, float, str, int] | None:
-    """The ``index``-th (else the first) valid window centre/width and the VOI LUT function, or ``None``."""
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None
-    from pydicom.multival import MultiValue
-
-    centres, widths = (
-        [*v] if isinstance(v, (MultiValue, list, tuple)) else [v] for v in (ds.WindowCenter, ds.WindowWidth)
-    )
-    count = min(len(centres), len(widths))
-    if count == 0:
-        return None
-    index = index if index < count else 0
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    centre, width = float(centres[index]), float(widths[index])
-    if not (np.isfinite(centre) and np.isfinite(width)) or width <= 0 or (function == "LINEAR" and width < 1):
-        return None  # an invalid window is ignored, as viewers do
-    return centre, width, function, index
-
-
-def apply_window(values: np.ndarray, centre: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """Window ``values`` to display units 0..255 (``float64``) by DICOM PS3.3 C.11.2.1.2.
-
-    LINEAR: ``((x - (c - 0.5)) / (w - 1) + 0.5) * 255`` clipped (needs ``w >= 1``); LINEAR_EXACT:
-    ``((x - c) / w + 0.5) * 255`` clipped; SIGMOID: ``255 / (1 + exp(-4 (x - c) / w))``.
-    """
-    x = np.asarray(values, np.float64)
-    if function == "SIGMOID":
-        return 255.0 / (1.0 + np.exp(-4.0 * (x - centre) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip(((x - centre) / width + 0.5) * 255.0, 0, 255)
-    if width == 1:
-        return np.where(x <= centre - 0.5, 0.0, 255.0)
-    return np.clip(((x - (centre - 0.5)) / (width - 1) + 0.5) * 255.0, 0, 255)
 
 
 def _metadata(ds: Any, photometric: str, frames: int, frame: int | None) -> dict[str, Any]:

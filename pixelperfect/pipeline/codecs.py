@@ -1,0 +1,353 @@
+"""Compressed DICOM frames -> stored pixel values, with the fastest decoder installed for each transfer syntax.
+
+pydicom's own pixel pipeline (its plugins: pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle) is the reference
+and the fallback; the decoders here take the same codestream and must give the same stored values: bit-identical
+for lossless syntaxes (tests compare them on pydicom's test files and generated archive files), within ±1 grey
+level for lossy JPEG (IDCT rounding). Measured single-thread on the 2-core development VM (``bench/p11_decode.py``
+has the current figures): libjpeg-turbo (imagecodecs, OpenCV, Pillow) decodes 8-bit baseline JPEG ~5x faster
+than pylibjpeg-libjpeg, and 12-bit lossless JPEG (process 14, SV1) ~5x faster; CharLS (imagecodecs) decodes
+JPEG-LS ~4.5x faster than libjpeg; OpenJPEG is the JPEG 2000 decoder everywhere.
+
+Fast paths cover what archives of radiographs hold: one sample per pixel, unsigned, BitsAllocated 8 or 16, the
+codestream's size and precision matching the dataset. Anything else (colour, signed, a mismatching header) returns
+``None`` and the caller uses pydicom.
+
+Reduced resolution (``model_side``): JPEG 2000 is decoded at resolution level ``r`` (Pillow's ``reduce``; each
+level halves both sides, rounding up), the largest ``r`` whose long side is still ``>= model_side`` and that the
+codestream has (a stream with fewer wavelet levels decodes at the smallest it has); 8-bit JPEG uses libjpeg's DCT
+scaling (Pillow's draft mode: 1/2, 1/4, 1/8) the same way. Other syntaxes decode at full size.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import io
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+J2K = "1.2.840.10008.1.2.4.91"
+HTJ2K = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+JPEG_SYNTAXES = (JPEG_BASELINE, JPEG_EXTENDED)
+JPEG_LOSSLESS_SYNTAXES = (JPEG_LOSSLESS, JPEG_LOSSLESS_SV1)
+JPEG_LS_SYNTAXES = (JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS)
+J2K_SYNTAXES = (J2K_LOSSLESS, J2K, *HTJ2K)
+
+#: The package that adds a decoder for a syntax, named in ``missing_codec`` messages.
+PACKAGE_FOR: dict[str, str] = {
+    **dict.fromkeys(JPEG_SYNTAXES + JPEG_LOSSLESS_SYNTAXES, "imagecodecs or pylibjpeg-libjpeg"),
+    **dict.fromkeys(JPEG_LS_SYNTAXES, "imagecodecs or pylibjpeg-libjpeg"),
+    **dict.fromkeys(J2K_SYNTAXES, "pylibjpeg-openjpeg or imagecodecs"),
+    RLE_LOSSLESS: "pylibjpeg-rle",
+}
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """What the dataset says about one frame: ``rows`` x ``columns`` pixels, ``bits_allocated`` 8 or 16,
+    ``bits_stored`` <= ``bits_allocated``; unsigned, one sample per pixel (the fast paths' scope)."""
+
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.bits_allocated == 8 else np.uint16)
+
+
+@dataclass
+class StoredFrame:
+    """Stored values of one frame: ``array`` ``(h, w)`` uint8/uint16 (``h = ceil(rows / scale)``), the name of the
+    decoder that made it, and ``scale`` (1 = full resolution; else 2, 4 or 8)."""
+
+    array: np.ndarray
+    decoder: str
+    scale: int = 1
+
+
+class TruncatedStreamError(ValueError):
+    """The codestream ends before its end marker (EOI / EOC)."""
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` can be imported (cached; no import happens here)."""
+    return _available(module)
+
+
+@functools.cache
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- codestream headers
+
+
+def jpeg_header(stream: bytes) -> tuple[int, int, int, int] | None:
+    """``(rows, columns, precision, components)`` from a JPEG / JPEG-LS frame header (SOFn or SOF55), else ``None``."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 4 <= len(stream):
+        if stream[pos] != 0xFF:
+            return None
+        marker = stream[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack_from(">H", stream, pos + 2)
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            if pos + 10 > len(stream):
+                return None
+            precision, rows, cols, comps = struct.unpack_from(">BHHB", stream, pos + 4)
+            return rows, cols, precision, comps
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def jpeg_complete(stream: bytes) -> bool:
+    """An end-of-image marker follows the last start-of-scan (byte stuffing keeps EOI out of scan data)."""
+    sos = stream.rfind(b"\xff\xda")
+    return sos >= 0 and stream.find(b"\xff\xd9", sos) >= 0
+
+
+@dataclass(frozen=True)
+class J2KHeader:
+    """From the SIZ and COD markers: image size, components, precision/sign of the first one, wavelet levels."""
+
+    rows: int
+    columns: int
+    components: int
+    precision: int
+    signed: bool
+    levels: int
+    offset: int  # where the codestream starts (after a JP2 wrapper, if any)
+
+
+def j2k_header(stream: bytes) -> J2KHeader | None:
+    """Parse a JPEG 2000 codestream's main header (a JP2 file is searched for its codestream); ``None`` if absent."""
+    offset = 0 if stream.startswith(b"\xff\x4f\xff\x51") else stream.find(b"\xff\x4f\xff\x51")
+    if offset < 0 or len(stream) < offset + 4 + 38 + 3:
+        return None
+    siz = offset + 4
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", stream, siz + 4)
+    (csiz,) = struct.unpack_from(">H", stream, siz + 36)
+    ssiz = stream[siz + 38]
+    (lsiz,) = struct.unpack_from(">H", stream, siz)
+    cod = stream.find(b"\xff\x52", siz + lsiz, stream.find(b"\xff\x90", siz) if b"\xff\x90" in stream else None)
+    levels = stream[cod + 9] if cod >= 0 and cod + 10 <= len(stream) else 0
+    return J2KHeader(ysiz - yo, xsiz - xo, csiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels, offset)
+
+
+def j2k_complete(stream: bytes) -> bool:
+    """The codestream ends with its EOC marker (DICOM pads a fragment to even length with one zero byte)."""
+    return stream.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def reduction(long_side: int, model_side: int | None, max_level: int) -> int:
+    """The largest ``r <= max_level`` with ``ceil(long_side / 2**r) >= model_side`` (0 when ``model_side`` is None)."""
+    if model_side is None:
+        return 0
+    r = 0
+    while r < max_level and math.ceil(long_side / 2 ** (r + 1)) >= model_side:
+        r += 1
+    return r
+
+
+# ------------------------------------------------------------------------------------------------------ decoders
+# Each takes (stream, info, r) and returns (h, w) stored values at 1/2**r; r > 0 only where the decoder scales.
+
+
+def _imagecodecs_jpeg(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    import imagecodecs
+
+    return np.asarray(imagecodecs.jpeg8_decode(stream))
+
+
+def _imagecodecs_ljpeg(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    import imagecodecs
+
+    return np.asarray(imagecodecs.ljpeg_decode(stream))
+
+
+def _imagecodecs_jpegls(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    import imagecodecs
+
+    return np.asarray(imagecodecs.jpegls_decode(stream))
+
+
+def _imagecodecs_j2k(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    import imagecodecs
+
+    return np.asarray(imagecodecs.jpeg2k_decode(stream, numthreads=1))
+
+
+def _opencv_jpeg(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    import cv2
+
+    array = cv2.imdecode(np.frombuffer(stream, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ValueError("OpenCV could not decode the JPEG stream")
+    return np.asarray(array)
+
+
+def _pillow_jpeg(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(stream)) as image:
+        if image.mode != "L":
+            raise ValueError(f"Pillow reads this JPEG as {image.mode}, not greyscale")
+        if r:
+            scale = 2**r
+            image.draft("L", (math.ceil(info.columns / scale), math.ceil(info.rows / scale)))
+        image.load()
+        return np.asarray(image)
+
+
+def _pillow_j2k(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(stream)) as image:
+        image.reduce = r  # type: ignore[attr-defined,assignment,method-assign]  # Jpeg2KImageFile: resolution level
+        image.load()
+        array = np.asarray(image)
+    if array.dtype == np.uint16 and info.bits_stored < 16:
+        array = array >> (16 - info.bits_stored)  # Pillow scales precision < 16 up to 16 bits (a left shift)
+    return array
+
+
+def _pylibjpeg_openjpeg(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    import openjpeg
+
+    return np.asarray(openjpeg.decode(stream, j2k_format=0))
+
+
+def _pylibjpeg_rle(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
+    from rle.utils import decode_frame
+
+    raw = decode_frame(stream, info.rows * info.columns, info.bits_allocated, "<")
+    return np.frombuffer(raw, info.dtype.newbyteorder("<")).reshape(info.rows, info.columns)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A decoder of one family: ``module`` must be importable; ``bits``: the precisions it reads; ``scales``: it
+    can decode at reduced resolution."""
+
+    name: str
+    module: str
+    decode: Callable[[bytes, FrameInfo, int], np.ndarray]
+    bits: tuple[int, ...] = tuple(range(2, 17))
+    scales: bool = False
+
+
+_JPEG = [
+    Codec("imagecodecs-jpeg8", "imagecodecs", _imagecodecs_jpeg, bits=(8, 12)),
+    Codec("opencv", "cv2", _opencv_jpeg, bits=(8,)),
+    Codec("pillow", "PIL", _pillow_jpeg, bits=(8,), scales=True),
+]
+_JPEG_LOSSLESS = [
+    Codec("imagecodecs-jpeg8", "imagecodecs", _imagecodecs_jpeg),
+    Codec("imagecodecs-ljpeg", "imagecodecs", _imagecodecs_ljpeg),
+]
+_JPEG_LS = [Codec("imagecodecs-jpegls", "imagecodecs", _imagecodecs_jpegls)]
+_J2K = [
+    Codec("pillow-openjpeg", "PIL", _pillow_j2k, scales=True),
+    Codec("imagecodecs-openjpeg", "imagecodecs", _imagecodecs_j2k),
+    Codec("pylibjpeg-openjpeg", "openjpeg", _pylibjpeg_openjpeg),
+]
+_RLE = [Codec("pylibjpeg-rle", "rle", _pylibjpeg_rle)]
+
+CODECS: dict[str, list[Codec]] = {
+    **dict.fromkeys(JPEG_SYNTAXES, _JPEG),
+    **dict.fromkeys(JPEG_LOSSLESS_SYNTAXES, _JPEG_LOSSLESS),
+    **dict.fromkeys(JPEG_LS_SYNTAXES, _JPEG_LS),
+    **dict.fromkeys(J2K_SYNTAXES, _J2K),
+    RLE_LOSSLESS: _RLE,
+}
+
+
+def codecs_for(syntax: str, *, reduced: bool = False) -> list[Codec]:
+    """The installed decoders for ``syntax``, fastest first; with ``reduced`` the scaling ones come first."""
+    found = [codec for codec in CODECS.get(str(syntax), []) if available(codec.module)]
+    if reduced:
+        return sorted(found, key=lambda codec: not codec.scales)
+    if str(syntax) in J2K_SYNTAXES:  # Pillow's full decode is OpenJPEG's plus a shift: the others first
+        return sorted(found, key=lambda codec: codec.scales)
+    return found
+
+
+def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int | None = None) -> StoredFrame | None:
+    """Decode one frame's codestream with the fastest installed decoder that accepts it.
+
+    Returns ``None`` when no fast decoder applies or all failed (the caller falls back to pydicom, whose errors
+    are the reference). Raises :class:`TruncatedStreamError` when the codestream lacks its end marker: libjpeg
+    and OpenJPEG would pad the missing rows with grey. ``model_side``: reduced resolution (module docstring).
+    """
+    syntax = str(syntax)
+    if syntax not in CODECS:
+        return None
+    precision, levels = _check_header(syntax, stream, info)
+    if precision is None:
+        return None
+    r = 0
+    if syntax in J2K_SYNTAXES:
+        r = reduction(max(info.rows, info.columns), model_side, levels)
+    elif syntax in JPEG_SYNTAXES and precision == 8:
+        r = reduction(max(info.rows, info.columns), model_side, 3)
+    for codec in codecs_for(syntax, reduced=r > 0):
+        if precision not in codec.bits:
+            continue
+        level = r if codec.scales else 0
+        try:
+            array = codec.decode(stream, info, level)
+        except Exception:  # this decoder refused the stream: the next one (then pydicom) decides
+            continue
+        expected = (math.ceil(info.rows / 2**level), math.ceil(info.columns / 2**level))
+        if array.ndim != 2 or array.shape != expected or array.dtype.kind != "u":
+            continue
+        return StoredFrame(array.astype(info.dtype, copy=False), codec.name, 2**level)
+    return None
+
+
+def _check_header(syntax: str, stream: bytes, info: FrameInfo) -> tuple[int | None, int]:
+    """The codestream's precision and wavelet levels when a fast path may take it (else ``(None, 0)``); raises
+    :class:`TruncatedStreamError` for a stream without its end marker."""
+    if syntax == RLE_LOSSLESS:
+        return info.bits_stored, 0
+    if syntax in J2K_SYNTAXES:
+        header = j2k_header(stream)
+        if header is None:
+            return None, 0
+        if not j2k_complete(stream):
+            raise TruncatedStreamError("the JPEG 2000 codestream ends before its EOC marker")
+        same = (header.rows, header.columns, header.components) == (info.rows, info.columns, 1)
+        fits = not header.signed and header.precision <= info.bits_allocated
+        return (header.precision, header.levels) if same and fits and header.offset == 0 else (None, 0)
+    jpeg = jpeg_header(stream)
+    if jpeg is None:
+        return None, 0
+    if not jpeg_complete(stream):
+        raise TruncatedStreamError("the JPEG stream ends before its end-of-image marker")
+    rows, cols, precision, comps = jpeg
+    same = (rows, cols, comps) == (info.rows, info.columns, 1) and precision <= info.bits_allocated
+    return (precision, 0) if same else (None, 0)
