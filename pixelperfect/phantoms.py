@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -315,6 +315,12 @@ def write_phantoms(
 
 def write_dicom(path: Path, phantom: Phantom, *, index: int, seed: int = 0) -> None:
     """Write ``phantom`` as a 12-bit CR/DX DICOM file (MONOCHROME1 with inverted values for odd ``index``)."""
+    phantom_dataset(phantom, index=index, seed=seed).save_as(path, enforce_file_format=True)
+
+
+def phantom_dataset(phantom: Phantom, *, index: int, seed: int = 0) -> Any:
+    """``phantom`` as an explicit VR little endian 12-bit CR/DX ``pydicom.Dataset`` (MONOCHROME1 with inverted
+    values for odd ``index``); :mod:`pixelperfect.archive_phantoms` re-encodes it in other transfer syntaxes."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
@@ -349,4 +355,4 @@ def write_dicom(path: Path, phantom: Phantom, *, index: int, seed: int = 0) -> N
     ds.WindowCenter, ds.WindowWidth = 2048, 4096
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
     ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    return ds
