@@ -10,6 +10,8 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P5 ``p5_producer.py``  producer keys/s for a million keys; S3 listing rate
 * P7 ``p7_rss.py``       worker RSS drift over 1,000 images
 * P8 ``p8_cpu_bf16.py``  ViT-B encoder on the CPU, bf16 ÷ fp32 time per image, and bf16-vs-fp32 mask IoU
+* P11 ``p11_decode.py``  DICOM decode per transfer syntax ÷ the fastest single-thread decoder + numpy VOI
+* P12 ``p12_reduced.py`` decode at the model's input size ÷ full decode; reduced-vs-full mask Dice
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
@@ -35,6 +37,8 @@ BENCHES = [
     ("P5", "p5_producer.py", ["--keys", "1000000"], ["--keys", "50000"]),
     ("P7", "p7_rss.py", ["--images", "1000"], ["--images", "200"]),
     ("P8", "p8_cpu_bf16.py", [], ["--images", "1", "--repeats", "1"]),
+    ("P11", "p11_decode.py", ["--images", "2", "--repeats", "10"], ["--images", "1", "--repeats", "2"]),
+    ("P12", "p12_reduced.py", ["--images", "2", "--repeats", "5"], ["--images", "1", "--repeats", "1", "--no-dice"]),
 ]
 
 

@@ -122,7 +122,7 @@ def _encode(ds: object, spec: ArchiveKind, stored: np.ndarray) -> None:
 
         out = io.BytesIO()
         Image.fromarray(stored).save(out, format="JPEG", quality=JPEG_QUALITY)
-        frame = out.getvalue()
+        frame: bytes | bytearray = out.getvalue()
     elif spec.syntax in (codecs.J2K_LOSSLESS, codecs.J2K):
         import openjpeg
 

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     broker_ssl_keyfile: str | None = None
     metrics_port: int | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Decode JPEG 2000 / JPEG DICOMs at full resolution even when the model needs less. By default (False) they are
+    # decoded at the smallest resolution level (J2K) or DCT scale (JPEG) whose long side is still >= the model's
+    # input size (SAM: 1024): a 2800x2300 JPEG 2000 costs a quarter of its full decode. Masks and boxes stay in
+    # the original's pixel grid either way (pipeline/codecs.py, bench/p12_reduced.py).
+    decode_full_resolution: bool = False
 
     @field_validator("device")
     @classmethod

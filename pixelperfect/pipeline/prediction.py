@@ -89,7 +89,18 @@ def empty_prediction(height: int, width: int) -> MaskPrediction:
     )
 
 
-def prepare_input(segmenter: Any, image: np.ndarray) -> Any:
-    """The segmenter's CPU-side input for ``image`` (its ``prepare`` when it has one, else the array itself)."""
+def prepare_input(segmenter: Any, image: np.ndarray, original_size: tuple[int, int] | None = None) -> Any:
+    """The segmenter's CPU-side input for ``image`` (its ``prepare`` when it has one, else the array itself).
+    ``original_size``: ``(H, W)`` of the full-resolution image when ``image`` is a reduced decode of it (only for
+    segmenters with :func:`model_input_side`); prompts and masks then refer to that grid."""
     prepare = getattr(segmenter, "prepare", None)
-    return prepare(image) if prepare is not None else image
+    if prepare is None:
+        return image
+    return prepare(image) if original_size is None else prepare(image, original_size=original_size)
+
+
+def model_input_side(segmenter: Any) -> int | None:
+    """The long side the segmenter resizes every image to (SAM: its encoder's ``img_size``), or ``None`` when it
+    works at the image's own resolution (GrabCut): only the former may be fed a reduced-resolution decode."""
+    side = getattr(segmenter, "img_size", None)
+    return int(side) if isinstance(side, int) else None

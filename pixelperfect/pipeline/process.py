@@ -57,10 +57,10 @@ def prepare_image(
     t0 = time.perf_counter()
     inputs: dict[str, Any] = {}
     if is_prompted(image, settings):
-        inputs = {variant.name: prepare_input(segmenter, variant(image.pixels)) for variant in variants}
+        inputs = {v.name: prepare_input(segmenter, v(image.pixels), image.full_size) for v in variants}
     boxes, n = np.zeros((0, 4)), 0
     if settings.prompt_mode == "boxes" and inputs:
-        height, width = image.pixels.shape[:2]
+        height, width = image.full_size or image.pixels.shape[:2]
         base = clip_boxes(np.asarray(image.boxes, np.float64), height, width)
         jittered = [perturb_box(b, settings.jitter, prompt_rng(settings.seed, image.key, p), height, width)
                     for p, b in enumerate(base)]  # fmt: skip

@@ -23,6 +23,9 @@ class ImageInput:
     boxes: list[list[float]]
     gt_mask: np.ndarray | None = None  # (H, W) bool
     points: list[list[float]] = field(default_factory=list)
+    #: (H, W) of the original when ``pixels`` is a reduced-resolution decode of it (boxes, gt_mask and masks are in
+    #: the original's grid); None: ``pixels`` is the original
+    full_size: tuple[int, int] | None = None
 
 
 @dataclass

@@ -93,13 +93,22 @@ class SamSegmenter:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def prepare(self, image: np.ndarray) -> SamInput:
+    def prepare(self, image: np.ndarray, original_size: tuple[int, int] | None = None) -> SamInput:
         """``(H, W)`` or ``(H, W, 3)`` uint8 -> :class:`SamInput`. CPU only and thread-safe: the worker calls it on
         its I/O threads while the device encodes the previous images. Resizing is segment-anything's own
-        (``ResizeLongestSide``), skipped when the long side already has the input size."""
-        height, width = image.shape[:2]
+        (``ResizeLongestSide``), skipped when the long side already has the input size.
+
+        ``original_size``: ``(H, W)`` of the full-resolution image when ``image`` is a reduced decode of it; the
+        input is then resized to the size the full image would have had, and boxes, points and masks refer to
+        the full image's grid (masks are up-sampled to it)."""
+        height, width = original_size or image.shape[:2]
         target = self.transform.get_preprocess_shape(height, width, self.img_size)
-        resized = image if (height, width) == target else self.transform.apply_image(image)
+        if original_size is not None and image.shape[:2] != target:
+            from torchvision.transforms.functional import resize, to_pil_image  # as ResizeLongestSide does
+
+            resized = np.array(resize(to_pil_image(image), list(target)))
+        else:
+            resized = image if (height, width) == target else self.transform.apply_image(image)
         tensor = torch.from_numpy(np.ascontiguousarray(resized))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()

@@ -120,12 +120,27 @@ def _display_values(
 
 
 def _present(values: np.ndarray, values_in: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The entries of ``values`` the image holds: all of them when ``values`` is the image itself."""
+    """The entries of ``values`` the image holds, or a superset with the same extremes: all of them when
+    ``values`` is the image itself; for unsigned stored values and a linear (rescale) modality transform the
+    table's run between the image's smallest and largest stored value; else exactly the stored values present."""
     if index is values_in:
         return values
+    if values_in.dtype.kind == "u" and index.ndim == 2:
+        import cv2
+
+        low, high = cv2.minMaxLoc(index)[:2]  # one SIMD pass; numpy's min and max are two
+        run = values[int(low) : int(high) + 1]
+        if _monotonic(run):
+            return run
     held = np.zeros(len(values), bool)
     held[index.ravel()] = True
     return values[held]
+
+
+def _monotonic(run: np.ndarray) -> bool:
+    """Values that only rise or only fall: their extremes are at the run's ends, present in the image."""
+    steps = np.diff(run)
+    return bool((steps >= 0).all() or (steps <= 0).all())
 
 
 def _window(ds: Any, index: int) -> tuple[float, float, str, int] | None:

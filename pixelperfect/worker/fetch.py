@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
+from pixelperfect.pipeline.prediction import model_input_side
 from pixelperfect.pipeline.records import ImageInput, PreparedImage
 from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, read_url
 from pixelperfect.worker.runtime import RunSpec, Runtime
@@ -56,11 +57,24 @@ class FetchedImage:
         self.input = self.prepared = None  # its pixels are of no more use
 
 
+def decode_side(rt: Runtime, run: RunSpec, segmenter: Any) -> int | None:
+    """The long side to decode images at (``model_side`` of :func:`decode_image`): the model's input size in box
+    mode with a SAM-like segmenter, unless ``decode_full_resolution``; ``None`` (full resolution) otherwise."""
+    if rt.settings.decode_full_resolution or run.process.prompt_mode != "boxes":
+        return None
+    return model_input_side(segmenter)
+
+
 def fetch_image(
-    rt: Runtime, run: RunSpec, todo: ImageTodo, boxes: list[list[float]], points: list[list[float]]
+    rt: Runtime,
+    run: RunSpec,
+    todo: ImageTodo,
+    boxes: list[list[float]],
+    points: list[list[float]],
+    model_side: int | None = None,
 ) -> FetchedImage:
     """Download and decode ``todo``'s image and its ground-truth mask; ``boxes``/``points``: its prompts (or, in
-    points and auto mode, the boxes are ground truth only)."""
+    points and auto mode, the boxes are ground truth only); ``model_side``: see :func:`decode_side`."""
     out = FetchedImage(todo)
     key = todo.key
     t0 = time.perf_counter()
@@ -75,14 +89,14 @@ def fetch_image(
     t1 = time.perf_counter()
     out.fields = {"content_sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
     try:
-        decoded = decode_image(data, key, max_pixels=rt.settings.max_pixels)
+        decoded = decode_image(data, key, max_pixels=rt.settings.max_pixels, model_side=model_side)
     except ImageDecodeError as exc:
         out.fail(exc.reason, str(exc))
         return out
     except Exception as exc:  # a decoder bug must not take the batch down with it
         out.fail("decode_error", f"{key}: {type(exc).__name__}: {exc}")
         return out
-    height, width = decoded.shape
+    height, width = decoded.full_shape  # the original's size, also after a reduced-resolution decode
     out.fields.update(width=width, height=height, meta=decoded.meta)
     gt = None
     if todo.gt_url:
@@ -96,6 +110,7 @@ def fetch_image(
             return out
     out.timings = {"download": t1 - t0, "decode": time.perf_counter() - t1}
     out.input = ImageInput(key=key, pixels=decoded.pixels, boxes=boxes, gt_mask=gt, points=points)
+    out.input.full_size = decoded.full_shape if decoded.reduced else None
     return out
 
 

@@ -26,7 +26,7 @@ from pixelperfect.pipeline.process import finish_image, predict_images, prepare_
 from pixelperfect.pipeline.records import ImageResult, PreparedImage
 from pixelperfect.storage import ObjectStore, join_key, validate_key
 from pixelperfect.worker import pools
-from pixelperfect.worker.fetch import FetchedImage, ImageTodo, fetch_image
+from pixelperfect.worker.fetch import FetchedImage, ImageTodo, decode_side, fetch_image
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class BatchFlow:
         self.fetched: list[FetchedImage] = []
         self.ahead: deque[list[Future[FetchedImage]]] = deque()
         self.posts: list[tuple[FetchedImage, Future[Posted]]] = []
+        self.decode_side = decode_side(rt, run, segmenter)  # reduced-resolution decode for the model's input
 
     def run(self, todo: Sequence[ImageTodo]) -> tuple[list[FetchedImage], dict[str, ImageResult]]:
         """Every image's record, in ``todo`` order (failed ones carry their reason), and the result of every image
@@ -93,7 +94,8 @@ class BatchFlow:
             self.ahead.append([self.pools.fetch.submit(self._load, item) for item in group])
 
     def _load(self, todo: ImageTodo) -> FetchedImage:
-        f = fetch_image(self.rt, self.run_spec, todo, self.boxes.get(todo.key, []), self.points.get(todo.key, []))
+        prompts = self.boxes.get(todo.key, []), self.points.get(todo.key, [])
+        f = fetch_image(self.rt, self.run_spec, todo, *prompts, model_side=self.decode_side)
         if f.input is not None:
             try:
                 f.prepared = prepare_image(f.input, self.run_spec.variants, self.segmenter, self.run_spec.process)
