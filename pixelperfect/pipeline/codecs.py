@@ -289,8 +289,8 @@ CODECS: dict[str, list[Codec]] = {
 def codecs_for(syntax: str, *, reduced: bool = False) -> list[Codec]:
     """The installed decoders for ``syntax``, fastest first; with ``reduced`` the scaling ones come first."""
     found = [codec for codec in CODECS.get(str(syntax), []) if available(codec.module)]
-    if reduced:
-        return sorted(found, key=lambda codec: not codec.scales)
+    if reduced:  # a device decoder (gpu_decode) stays first: its full decode beats a reduced one on the CPU
+        return sorted(found, key=lambda codec: (codec.name != "nvimgcodec", not codec.scales))
     if str(syntax) in J2K_SYNTAXES:  # Pillow's full decode is OpenJPEG's plus a shift: the others first
         return sorted(found, key=lambda codec: codec.scales)
     return found

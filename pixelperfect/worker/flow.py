@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import Any
 
+from pixelperfect.pipeline import gpu_decode
 from pixelperfect.pipeline.prediction import Prediction, Segmenter
 from pixelperfect.pipeline.process import finish_image, predict_images, prepare_image
 from pixelperfect.pipeline.records import ImageResult, PreparedImage
@@ -67,6 +68,7 @@ class BatchFlow:
         self.ahead: deque[list[Future[FetchedImage]]] = deque()
         self.posts: list[tuple[FetchedImage, Future[Posted]]] = []
         self.decode_side = decode_side(rt, run, segmenter)  # reduced-resolution decode for the model's input
+        gpu_decode.enable_for_device(rt.settings.device)  # JPEG / JPEG 2000 on the GPU where nvImageCodec is there
 
     def run(self, todo: Sequence[ImageTodo]) -> tuple[list[FetchedImage], dict[str, ImageResult]]:
         """Every image's record, in ``todo`` order (failed ones carry their reason), and the result of every image

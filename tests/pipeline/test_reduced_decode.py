@@ -25,6 +25,7 @@ def _masks(results: list) -> list[np.ndarray]:
             for s in r.segments]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(encoder_missing(ARCHIVE_KINDS["j2k_lossless"])), reason="needs pylibjpeg-openjpeg")
 def test_reduced_j2k_decode_gives_the_full_decodes_masks() -> None:
     torch.manual_seed(0)
