@@ -164,3 +164,36 @@ def write_archive(out: Path, n: int, *, kinds: list[str] | None = None, seed: in
             cv2.imwrite(str(folder / "masks" / f"{phantom.id}.png"), phantom.mask.astype(np.uint8) * 255)
             written[name].append(path)
     return written
+
+
+def rsna_dicom(pixels: np.ndarray, patient_id: str, *, quality: int = JPEG_QUALITY) -> bytes:
+    """An 8-bit ``(H, W)`` image as the RSNA Pneumonia challenge stores its films: a Secondary Capture DICOM,
+    MONOCHROME2, 8 bits, no VOI, JPEG baseline (``quality``). ``patient_id`` is written in clear (test data)."""
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, generate_uid
+
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"an RSNA film is (H, W) uint8, got {pixels.dtype} {pixels.shape}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"pixelperfect-rsna-{patient_id}"])
+    meta.TransferSyntaxUID = UID(codecs.JPEG_BASELINE)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality, ds.ViewPosition, ds.BodyPartExamined = patient_id, "CR", "PA", "CHEST"
+    ds.ConversionType = "WSD"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelSpacing = [0.168, 0.168]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
+    ds.PixelData = encapsulate([out.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_10918_1"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
