@@ -26,7 +26,7 @@ import io
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -309,6 +309,7 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
     precision, levels = _check_header(syntax, stream, info)
     if precision is None:
         return None
+    info = replace(info, bits_stored=precision)  # the codestream's own precision (Pillow scales J2K by it)
     r = 0
     if syntax in J2K_SYNTAXES:
         r = reduction(max(info.rows, info.columns), model_side, levels)

@@ -238,3 +238,20 @@ def test_codestream_headers() -> None:
     stream, info = dicom.fast_frame(parsed(jpeg))  # type: ignore[misc]
     assert codecs.jpeg_header(stream) == (300, 256, 8, 1) and info.bits_allocated == 8
     assert codecs.jpeg_header(b"not a jpeg") is None and codecs.j2k_header(b"\x00" * 64) is None
+
+
+def test_j2k_codestream_precision_other_than_bits_stored(monkeypatch: Any) -> None:
+    import openjpeg
+    from pydicom.encaps import encapsulate
+
+    data, _ = archive_phantom("j2k_lossless", 0, shape=SMALL)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    stored = reference(data)
+    ds.PixelData = encapsulate([openjpeg.encode(stored, bits_stored=16)])  # 12-bit values, a 16-bit codestream
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    item = parsed(buffer.getvalue())
+    for codec in codecs.codecs_for(item.syntax):  # Pillow scales J2K by the codestream's precision, not BitsStored
+        monkeypatch.setitem(codecs.CODECS, item.syntax, [codec])
+        result = dicom.decode_stored(item, "k")
+        assert result.decoder == codec.name and np.array_equal(result.array, stored), codec.name
