@@ -158,6 +158,15 @@ def j2k_header(stream: bytes) -> J2KHeader | None:
     return J2KHeader(ysiz - yo, xsiz - xo, csiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels, offset)
 
 
+def stream_shape(syntax: str, stream: bytes) -> tuple[int, int] | None:
+    """``(rows, columns)`` the codestream itself declares (JPEG family, JPEG 2000), else ``None``."""
+    if str(syntax) in J2K_SYNTAXES:
+        header = j2k_header(stream)
+        return (header.rows, header.columns) if header else None
+    jpeg = jpeg_header(stream) if str(syntax) in CODECS and str(syntax) != RLE_LOSSLESS else None
+    return jpeg[:2] if jpeg else None
+
+
 def j2k_complete(stream: bytes) -> bool:
     """The codestream ends with its EOC marker (DICOM pads a fragment to even length with one zero byte)."""
     return stream.rstrip(b"\x00").endswith(b"\xff\xd9")

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from pixelperfect.pipeline import codecs
-from pixelperfect.pipeline.image import CorruptImageError, DecodedImage, UnsupportedImageError, is_dicom
+from pixelperfect.pipeline.image import (
+    DEFAULT_MAX_PIXELS,
+    CorruptImageError,
+    DecodedImage,
+    UnsupportedImageError,
+    is_dicom,
+)
 from pixelperfect.pipeline.voi import apply_window, display, first_line
 
 __all__ = ["ParsedDicom", "apply_window", "decode_dicom", "decode_stored", "finish_dicom", "parse_dicom"]
@@ -53,6 +59,7 @@ class ParsedDicom:
     frame: int | None
     photometric: str
     monochrome: bool
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def index(self) -> int | None:
@@ -128,7 +135,7 @@ def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, co
         raise UnsupportedImageError(
             key, "colour", f"photometric {photometric} with {samples} samples; radiographs are greyscale"
         )
-    return ParsedDicom(ds, frames, frame, photometric, monochrome)
+    return ParsedDicom(ds, frames, frame, photometric, monochrome, max_pixels)
 
 
 def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
@@ -159,6 +166,11 @@ def decode_stored(parsed: ParsedDicom, key: str, *, model_side: int | None = Non
     """The frame's stored values: a fast decoder of :mod:`.codecs` where one applies, else pydicom's."""
     found = fast_frame(parsed)
     if found is not None:
+        declared = codecs.stream_shape(parsed.syntax, found[0])
+        if declared and declared[0] * declared[1] > parsed.max_pixels:  # a codestream larger than its dataset
+            raise UnsupportedImageError(
+                key, "too_large", f"the codestream declares {declared[1]}x{declared[0]} px, over {parsed.max_pixels}"
+            )
         try:
             stored = codecs.decode_frame(parsed.syntax, found[0], found[1], model_side=model_side)
         except codecs.TruncatedStreamError as exc:

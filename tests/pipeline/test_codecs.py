@@ -255,3 +255,17 @@ def test_j2k_codestream_precision_other_than_bits_stored(monkeypatch: Any) -> No
         monkeypatch.setitem(codecs.CODECS, item.syntax, [codec])
         result = dicom.decode_stored(item, "k")
         assert result.decoder == codec.name and np.array_equal(result.array, stored), codec.name
+
+
+def test_a_codestream_larger_than_its_dataset_is_refused_before_decoding() -> None:
+    from pydicom.encaps import encapsulate
+
+    big, _ = archive_phantom("j2k_lossless", 0, shape=(1200, 1000))
+    small, _ = archive_phantom("j2k_lossless", 0, shape=(100, 100))
+    ds = pydicom.dcmread(io.BytesIO(small))
+    ds.PixelData = encapsulate([dicom.fast_frame(parsed(big))[0]])  # type: ignore[index]  # 1.2 Mpx in a 10 kpx file
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(UnsupportedImageError) as info:
+        decode_image(buffer.getvalue(), "bomb.dcm", max_pixels=100_000)
+    assert info.value.reason == "too_large" and "1000x1200" in info.value.detail
