@@ -269,3 +269,18 @@ def test_a_codestream_larger_than_its_dataset_is_refused_before_decoding() -> No
     with pytest.raises(UnsupportedImageError) as info:
         decode_image(buffer.getvalue(), "bomb.dcm", max_pixels=100_000)
     assert info.value.reason == "too_large" and "1000x1200" in info.value.detail
+
+
+def test_archive_phantoms_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pixelperfect.cli import app
+
+    result = CliRunner().invoke(app, ["archive-phantoms", str(tmp_path), "--n", "2", "--kind", "rle"])
+    assert result.exit_code == 0, result.output
+    files = sorted((tmp_path / "rle").glob("*.dcm"))
+    assert len(files) == 2 and len(list((tmp_path / "rle" / "masks").glob("*.png"))) == 2
+    first = decode_image(files[0].read_bytes(), files[0].name)
+    assert first.shape == (2300, 2800) and first.meta["transfer_syntax"] == codecs.RLE_LOSSLESS
+    bad = CliRunner().invoke(app, ["archive-phantoms", str(tmp_path), "--kind", "gif"])
+    assert bad.exit_code != 0 and "unknown kind gif" in bad.output
