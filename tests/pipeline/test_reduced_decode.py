@@ -3,6 +3,8 @@ resolution level it needs gives the masks of the full decode, in the original's 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -71,3 +73,38 @@ def test_sam_prepare_maps_a_reduced_image_to_the_full_images_input_size() -> Non
     box = np.array([[100.0, 200.0, 600.0, 900.0]])
     prediction = segmenter.predict_boxes(segmenter.encode([b])[0], box)
     assert prediction.masks.shape == (1, 1001, 777)
+
+
+@pytest.mark.parametrize("full_resolution", [False, True])
+def test_embedded_run_on_j2k_dicoms_keeps_the_original_grid(
+    tmp_path: Path, tiny_checkpoint: Path, full_resolution: bool
+) -> None:
+    """A run through ``run_batch`` (embedded, SQLite, file:// store) on 600x500 JPEG 2000 films with sam_tiny (256
+    px input): decoded at level 1 (300x250), unless ``decode_full_resolution``; rows and masks at 600x500."""
+    from sqlalchemy import select
+
+    from pixelperfect.db.models import Image
+    from pixelperfect.db.session import session_scope
+    from pixelperfect.producer.enqueue import SubmitRequest, submit
+    from tests.conftest import embedded_settings
+
+    images = tmp_path / "images"
+    images.mkdir()
+    labels = ["patientId,x,y,width,height,Target"]
+    for index in (0, 1):
+        data, phantom = archive_phantom("j2k_lossless", index, shape=(500, 600))
+        (images / f"{phantom.id}.dcm").write_bytes(data)
+        labels += [f"{phantom.id},{x1},{y1},{x2 - x1},{y2 - y1},1" for x1, y1, x2, y2 in phantom.boxes]
+    (tmp_path / "labels.csv").write_text("\n".join(labels) + "\n")
+    cfg = embedded_settings(tmp_path, decode_full_resolution=full_resolution)
+    req = SubmitRequest(source=str(images), run="j2k", variants=["raw"], model="sam_tiny",
+                        checkpoint=str(tiny_checkpoint), annotations=str(tmp_path / "labels.csv"))  # fmt: skip
+    submit(req, cfg)
+    with session_scope(cfg.database_url) as session:
+        rows = list(session.scalars(select(Image)))
+        assert [r.status for r in rows] == ["done", "done"]
+        assert all((r.width, r.height) == (600, 500) for r in rows)
+        scales = {r.meta.get("decode_scale") for r in rows}
+        assert scales == ({None} if full_resolution else {2})
+    masks = list((tmp_path / "store").rglob("*.png"))
+    assert masks and all(cv2.imread(str(m), cv2.IMREAD_GRAYSCALE).shape == (500, 600) for m in masks)
