@@ -20,6 +20,7 @@ from pixelperfect.pipeline.prompts import Jitter
 from pixelperfect.pipeline.sam import SamSegmenter
 from pixelperfect.pipeline.scoring import dice
 from pixelperfect.pipeline.segment import GrabCutSegmenter
+from tests.conftest import embedded_settings
 
 
 def _masks(results: list) -> list[np.ndarray]:
@@ -86,7 +87,6 @@ def test_embedded_run_on_j2k_dicoms_keeps_the_original_grid(
     from pixelperfect.db.models import Image
     from pixelperfect.db.session import session_scope
     from pixelperfect.producer.enqueue import SubmitRequest, submit
-    from tests.conftest import embedded_settings
 
     images = tmp_path / "images"
     images.mkdir()
