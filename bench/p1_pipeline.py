@@ -46,8 +46,8 @@ class ReplaySegmenter:
     def __init__(self, real: Any, recorded: dict[bytes, Any]) -> None:
         self.name, self.real, self.recorded = real.name, real, recorded
 
-    def prepare(self, image: np.ndarray) -> Any:
-        return self.real.prepare(image)
+    def prepare(self, image: np.ndarray, original_size: tuple[int, int] | None = None) -> Any:
+        return self.real.prepare(image, original_size)
 
     def encode(self, images: list[Any]) -> list[Any]:
         return [None] * len(images)
