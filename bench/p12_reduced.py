@@ -99,8 +99,8 @@ def dice_agreement(images: int) -> list[Measure]:
         for sa, sb in zip(a.segments, b.segments, strict=True):
             masks = [cv2.imdecode(np.frombuffer(s.mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0 for s in (sa, sb)]
             agreement.append(dice(*masks))
-            truth_full.append(sa.row["dice"])
-            truth_reduced.append(sb.row["dice"])
+            truth_full.append(sa.dice)
+            truth_reduced.append(sb.dice)
     drop = float(np.mean(truth_full) - np.mean(truth_reduced))
     return [
         Measure("P12", "j2k_lossless 2800x2300 masks reduced vs full decode, mean Dice", float(np.mean(agreement)),

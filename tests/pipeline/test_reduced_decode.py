@@ -54,11 +54,11 @@ def test_reduced_j2k_decode_gives_the_full_decodes_masks() -> None:
     agreement = [dice(a, b) for a, b in zip(full_masks, reduced_masks, strict=True)]
     print(f"reduced vs full: mean Dice {np.mean(agreement):.4f}, min {np.min(agreement):.4f}, n={len(agreement)}")
     assert np.mean(agreement) >= 0.98, agreement
-    rows_full = [s.row for r in full_results for s in r.segments]
-    rows_reduced = [s.row for r in reduced_results for s in r.segments]
-    assert [r["prompt"] for r in rows_full] == [r["prompt"] for r in rows_reduced]  # prompts in full coordinates
-    accuracy_full = np.mean([r["dice"] for r in rows_full])
-    accuracy_reduced = np.mean([r["dice"] for r in rows_reduced])
+    rows_full = [s for r in full_results for s in r.segments]
+    rows_reduced = [s for r in reduced_results for s in r.segments]
+    assert [r.prompt for r in rows_full] == [r.prompt for r in rows_reduced]  # prompts in full coordinates
+    accuracy_full = np.mean([r.dice for r in rows_full])
+    accuracy_reduced = np.mean([r.dice for r in rows_reduced])
     print(f"Dice vs ground truth: full {accuracy_full:.4f}, reduced {accuracy_reduced:.4f}")
     assert accuracy_reduced >= accuracy_full - 0.01, (accuracy_full, accuracy_reduced)
 
