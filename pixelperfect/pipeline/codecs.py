@@ -332,10 +332,12 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
             array = codec.decode(stream, info, level)
         except Exception:  # this decoder refused the stream: the next one (then pydicom) decides
             continue
-        expected = (math.ceil(info.rows / 2**level), math.ceil(info.columns / 2**level))
-        if array.ndim != 2 or array.shape != expected or array.dtype.kind != "u":
+        # a scaling decoder may stop short of level r (Pillow's draft picks 1/4 for some odd sizes): any level up
+        # to the one asked for is the original grid at that scale
+        sizes = {(math.ceil(info.rows / 2**k), math.ceil(info.columns / 2**k)): 2**k for k in range(level + 1)}
+        if array.ndim != 2 or array.shape not in sizes or array.dtype.kind != "u":
             continue
-        return StoredFrame(array.astype(info.dtype, copy=False), codec.name, 2**level)
+        return StoredFrame(array.astype(info.dtype, copy=False), codec.name, sizes[array.shape])
     return None
 
 

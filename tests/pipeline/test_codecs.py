@@ -284,3 +284,10 @@ def test_archive_phantoms_command(tmp_path: Path) -> None:
     assert first.shape == (2300, 2800) and first.meta["transfer_syntax"] == codecs.RLE_LOSSLESS
     bad = CliRunner().invoke(app, ["archive-phantoms", str(tmp_path), "--kind", "gif"])
     assert bad.exit_code != 0 and "unknown kind gif" in bad.output
+
+
+def test_dct_scaling_of_an_odd_sized_jpeg_keeps_the_scale_it_reached() -> None:
+    data, _ = archive_phantom("jpeg_baseline", 0, shape=(1001, 999))
+    image = decode_image(data, "odd.dcm", model_side=120)  # 1/8 would give 126 >= 120; Pillow may stop at 1/4
+    assert image.full_shape == (1001, 999) and image.scale in (4, 8)
+    assert image.shape == (-(-1001 // image.scale), -(-999 // image.scale))
