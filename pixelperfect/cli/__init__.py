@@ -1,8 +1,9 @@
 """The ``pixelperfect`` command line, one module per command group, on top of every other layer.
 
 ``run`` (submit, worker, status, retry), ``imaging`` (phantoms, tune, preview), ``archive`` (archive-phantoms),
-``train``, ``report``, ``db`` and ``demo``; ``common`` holds the consoles, ``fail`` and the settings helper. Each group module exposes
-``register(app)``; importing this package loads no torch and no OpenCV (commands import what they need).
+``train``, ``report``, ``db`` and ``demo``; ``common`` holds the consoles, ``fail`` and the settings helper. Each
+group module exposes ``register(app)``; importing this package loads no torch and no OpenCV (commands import
+what they need).
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_embedded_run_on_j2k_dicoms_keeps_the_original_grid(
 
     from pixelperfect.db.models import Image
     from pixelperfect.db.session import session_scope
-    from pixelperfect.producer.enqueue import SubmitRequest, submit
+    from pixelperfect.embedded import SubmitRequest, submit
 
     images = tmp_path / "images"
     images.mkdir()
