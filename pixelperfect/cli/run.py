@@ -45,7 +45,11 @@ def submit(
     ),
     points: str | None = typer.Option(None, help="--prompts points: CSV key,x,y[,label] (path or URL)"),
     manifest: str | None = typer.Option(None, help="keys to process, one per line (path or URL), instead of listing"),
-    nsd_tolerance: float = typer.Option(2.0, min=0, help="px tolerance of the normalised surface distance"),
+    nsd_tolerance: float = typer.Option(2.0, min=0, help="NSD tolerance in px, where an image's spacing is unknown"),
+    nsd_tolerance_mm: float = typer.Option(2.0, min=0, help="NSD tolerance in mm, where the pixel spacing is known"),
+    pixel_spacing: str | None = typer.Option(
+        None, help="ROW,COL (or one value) mm for images without their own spacing (PNG; DICOM's own wins)"
+    ),
     points_per_side: int = typer.Option(16, min=1, max=128, help="--prompts auto: grid points per side"),
     lung_only: bool = typer.Option(True, help="--prompts auto: keep only masks inside the lung field"),
     wait: bool = typer.Option(False, help="distributed: wait until every image is done or failed"),
@@ -55,9 +59,15 @@ def submit(
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
     from pixelperfect.pipeline.prompts import Jitter
+    from pixelperfect.pipeline.spacing import parse_spacing_option
     from pixelperfect.producer.annotations import AnnotationError
 
     settings = command_settings()
+    try:
+        spacing = parse_spacing_option(pixel_spacing) if pixel_spacing else None
+    except ValueError as exc:
+        fail(str(exc))
+        return
     req = SubmitRequest(
         source=source,
         run=run,
@@ -76,6 +86,8 @@ def submit(
             min_area=settings.min_area,
             seed=seed,
             nsd_tolerance=nsd_tolerance,
+            nsd_tolerance_mm=nsd_tolerance_mm,
+            pixel_spacing=spacing,
             auto=AutoSettings(points_per_side=points_per_side, lung_only=lung_only),
         ),
     )

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pixelperfect.pipeline.decode import CorruptImageError, DecodedImage, UnsupportedImageError, is_dicom
+from pixelperfect.pipeline.spacing import dicom_spacing_meta
 
 #: Identifiers kept on the image row, hashed (meta key): the hash links images of one patient or study without
 #: revealing them.
@@ -234,7 +235,6 @@ def _metadata(ds: Any, photometric: str, frames: int, frame: int | None) -> dict
         value = str(ds.get(tag, "") or "").strip()
         return value or None
 
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     meta: dict[str, Any] = {
         "format": "dicom",
         "bits": int(ds.get("BitsStored", 0) or 0) or None,
@@ -244,7 +244,7 @@ def _metadata(ds: Any, photometric: str, frames: int, frame: int | None) -> dict
         "modality": text("Modality"),
         "view_position": text("ViewPosition"),
         "body_part": text("BodyPartExamined"),
-        "pixel_spacing": [float(v) for v in spacing] if spacing else None,
+        **dicom_spacing_meta(ds),  # pixel_spacing (raw), spacing_mm, spacing_source[, spacing_warning]
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
         "frames": frames,
     }

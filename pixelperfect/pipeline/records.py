@@ -8,9 +8,12 @@ PNG-encoded) inside an ``ImageResult`` -> the store (mask objects) and the bulk 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pixelperfect.pipeline.metrics import Spacing
 
 
 @dataclass
@@ -23,6 +26,7 @@ class ImageInput:
     boxes: list[list[float]]
     gt_mask: np.ndarray | None = None  # (H, W) bool
     points: list[list[float]] = field(default_factory=list)
+    spacing: Spacing = None  # (row, col) mm, None when unknown (see pipeline/spacing.py)
 
 
 @dataclass
@@ -73,6 +77,8 @@ class SegmentRecord:
     nsd: float | None
     hd95: float | None
     box_dice: float | None
+    # unit of hd95 and of the NSD tolerance: "mm" (the image's pixel spacing was known), "px", None without truth
+    surface_unit: str | None = None
     mask_png: bytes = field(default=b"", repr=False, compare=False)
     mask_key: str | None = None
 
