@@ -93,7 +93,8 @@ def test_every_epoch_after_the_first_pass_reads_embeddings_from_the_cache(traine
     m = trained.result.metrics
     assert m["cache"]["warmup"]["misses"] == n_train + n_val  # each image encoded once ...
     assert m["cache"]["encoded_this_session"] == n_train + n_val
-    for prev, epoch in zip(m["curve"], m["curve"][1:]):  # ... and every later epoch reads them from the cache
+    # ... and every later epoch reads every training embedding from the cache
+    for prev, epoch in zip(m["curve"][:-1], m["curve"][1:], strict=True):
         assert epoch["cache"]["hits"] == n_train * (epoch["epoch"] - prev["epoch"]) and epoch["cache"]["misses"] == 0
     cached = list((trained.root / "store" / "cache" / "embeddings").rglob("*.pt"))
     assert len(cached) == n_train + n_val
