@@ -34,7 +34,10 @@ def submit(
     annotations: str | None = typer.Option(None, help="box annotations file (path or URL)"),
     annotations_format: str = typer.Option("rsna", help="rsna (patientId,x,y,width,height,Target) or csv"),
     gt_masks: str | None = typer.Option(None, help="ground-truth masks named by image stem (URL or dir)"),
-    variant: list[str] = typer.Option(["raw"], "--variant", help="preprocessing variant name or spec; repeat"),
+    variant: list[str] = typer.Option(
+        ["raw"], "--variant", help="preprocessing variant: built-in or saved name, or spec; repeat"
+    ),
+    variants_file: str = typer.Option("pixelperfect-variants.toml", help="saved variants (pixelperfect tune --save)"),
     model: str | None = typer.Option(None, help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny, grabcut"),
     checkpoint: str | None = typer.Option(None, help="model weights: path or s3:// URL"),
     batch_size: int | None = typer.Option(None, min=1, help="images per task"),
@@ -61,10 +64,12 @@ def submit(
     from pixelperfect.pipeline.prompts import Jitter
     from pixelperfect.pipeline.spacing import parse_spacing_option
     from pixelperfect.producer.annotations import AnnotationError
+    from pixelperfect.producer.variants import resolve_variants
 
     settings = command_settings()
     try:
         spacing = parse_spacing_option(pixel_spacing) if pixel_spacing else None
+        variant = resolve_variants(variant, variants_file)
     except ValueError as exc:
         fail(str(exc))
         return
