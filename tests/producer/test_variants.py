@@ -86,8 +86,9 @@ def test_tune_saves_and_submit_runs_the_saved_variant(tmp_path: Path, monkeypatc
     unknown = runner.invoke(app, ["submit", images, "--run", "u", "--model", "grabcut", "--variant", "nosuch"])
     assert unknown.exit_code == 2 and "pixelperfect-variants.toml" in " ".join(unknown.output.split())
 
-    submitted = runner.invoke(app, ["submit", images, "--run", "s", "--model", "grabcut", "--annotations",
-                                    str(tmp_path / "ph" / "labels.csv"), "--variant", "raw", "--variant", "smooth"])  # fmt: skip
+    labels = str(tmp_path / "ph" / "labels.csv")
+    args = ["submit", images, "--run", "s", "--model", "grabcut", "--annotations", labels, "--variant", "raw"]
+    submitted = runner.invoke(app, [*args, "--variant", "smooth"])
     assert submitted.exit_code == 0, submitted.output
     with session_scope(f"sqlite:///{tmp_path / 'pp.db'}") as s:
         run = repo.get_run(s, name="s")
