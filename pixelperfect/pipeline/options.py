@@ -6,13 +6,10 @@ Stored with the run (``runs.settings``), so every worker scores a run the same w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pixelperfect.config import MIN_AREA
 from pixelperfect.pipeline.prompts import Jitter
-
-if TYPE_CHECKING:
-    from pixelperfect.pipeline.metrics import Spacing
 
 PROMPT_MODES = ("boxes", "points", "auto")
 
@@ -68,7 +65,7 @@ class ProcessSettings:
     nsd_tolerance: float = 2.0  # px: NSD tolerance where an image's pixel spacing is unknown
     # mm: NSD tolerance where the spacing is known (pipeline/spacing.py); None: pixels always (runs before 0004)
     nsd_tolerance_mm: float | None = 2.0
-    pixel_spacing: Spacing = None  # (row, col) mm for images that carry none (--pixel-spacing)
+    pixel_spacing: tuple[float, float] | None = None  # (row, col) mm for images that carry none (--pixel-spacing)
     auto: AutoSettings = field(default_factory=AutoSettings)
 
     def __post_init__(self) -> None:

@@ -8,12 +8,9 @@ PNG-encoded) inside an ``ImageResult`` -> the store (mask objects) and the bulk 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from pixelperfect.pipeline.metrics import Spacing
 
 
 @dataclass
@@ -26,7 +23,7 @@ class ImageInput:
     boxes: list[list[float]]
     gt_mask: np.ndarray | None = None  # (H, W) bool
     points: list[list[float]] = field(default_factory=list)
-    spacing: Spacing = None  # (row, col) mm, None when unknown (see pipeline/spacing.py)
+    spacing: tuple[float, float] | None = None  # (row, col) mm, None when unknown (see pipeline/spacing.py)
 
 
 @dataclass

@@ -9,7 +9,9 @@ from pydicom.dataset import Dataset
 
 from pixelperfect.pipeline.decode import decode_image
 from pixelperfect.pipeline.metrics import hd95, nsd
-from pixelperfect.pipeline.process import ImageInput, ProcessSettings, _accuracy
+from pixelperfect.pipeline.options import ProcessSettings
+from pixelperfect.pipeline.records import ImageInput
+from pixelperfect.pipeline.score import prompt_accuracy
 from pixelperfect.pipeline.spacing import (
     dicom_spacing_meta,
     parse_spacing_option,
@@ -105,10 +107,10 @@ def test_box_accuracy_uses_the_image_spacing() -> None:
     box = np.array([5.0, 5.0, 45.0, 45.0])
     settings = ProcessSettings(nsd_tolerance=2.0, nsd_tolerance_mm=2.0)
     image = ImageInput("a.png", truth.astype(np.uint8), [list(box)], gt_mask=truth, spacing=(1.0, 0.25))
-    scores = _accuracy(pred, box, image.gt_mask, settings, image.spacing)
+    scores = prompt_accuracy(pred, box, image.gt_mask, settings, image.spacing)
     assert scores["surface_unit"] == "mm" and scores["hd95"] == pytest.approx(1.0)  # 4 columns x 0.25 mm
     assert scores["nsd"] == 1.0  # every boundary pixel within 1 mm < 2 mm
-    unknown = _accuracy(pred, box, truth, settings, None)
+    unknown = prompt_accuracy(pred, box, truth, settings, None)
     assert unknown["surface_unit"] == "px" and unknown["hd95"] == pytest.approx(4.0) and unknown["nsd"] < 1.0  # type: ignore[operator]
     with pytest.raises(ValueError, match="mm"):
         ProcessSettings(nsd_tolerance_mm=-1.0)
