@@ -90,11 +90,19 @@ def tune(
     sample: int = typer.Option(16, "--sample", min=1, help="images to score (a seeded uniform sample)"),
     seed: int = typer.Option(0, help="sampling seed"),
     max_side: int = typer.Option(1024, help="downscale larger images to this long side first (0: never)"),
+    save: str | None = typer.Option(None, "--save", help="save the best setting under this variant name"),
+    by: str = typer.Option("ssim", "--by", help="with --save: the criterion whose best is saved: ssim or entropy"),
+    variants_file: Path = typer.Option(
+        Path("pixelperfect-variants.toml"), help="where --save writes (submit --variant NAME reads it)"
+    ),
 ) -> None:
-    """Score each setting of one step by SSIM to the original and entropy change, as the research did."""
+    """Score each setting of one step by SSIM to the original and entropy change, as the research did; print each
+    criterion's best as a ready --variant spec, and --save it under a name for submit."""
     from pixelperfect.pipeline.preprocess import parse_value
     from pixelperfect.pipeline.tune import build_grid, parse_param_range, score_steps
 
+    if by not in ("ssim", "entropy"):
+        fail(f"--by must be ssim or entropy, not {by!r}")
     try:
         ranges = [parse_param_range(text) for text in param]
         held = {}
@@ -130,6 +138,24 @@ def tune(
     console.print(table)
     for params, reason in grid.skipped:
         console.print(f"[yellow]invalid setting skipped[/] {params}: {reason}")
+    _print_best({"ssim": best_ssim.spec, "entropy": best_entropy.spec}, save, by, variants_file)
+
+
+def _print_best(best: dict[str, str], save: str | None, by: str, variants_file: Path) -> None:
+    """Each criterion's best as a ``--variant`` argument; with ``save``, the ``by`` one written to the file."""
+    from pixelperfect.producer.variants import VariantsFileError, save_variant, suggested_name
+
+    labels = {"ssim": "best SSIM to original", "entropy": "most entropy added"}
+    for criterion, spec in best.items():
+        console.print(f"{labels[criterion]}: --variant '{suggested_name(spec)}={spec}'", highlight=False)
+    if save is None:
+        return
+    try:
+        replaced = save_variant(variants_file, save, best[by])
+    except VariantsFileError as exc:
+        fail(str(exc))
+    verb = "replaced" if replaced else "saved"
+    console.print(f"{verb} {save} = {best[by]} ({labels[by]}) in {variants_file}; use: submit --variant {save}")
 
 
 def preview(

@@ -34,7 +34,10 @@ def submit(
     annotations: str | None = typer.Option(None, help="box annotations file (path or URL)"),
     annotations_format: str = typer.Option("rsna", help="rsna (patientId,x,y,width,height,Target) or csv"),
     gt_masks: str | None = typer.Option(None, help="ground-truth masks named by image stem (URL or dir)"),
-    variant: list[str] = typer.Option(["raw"], "--variant", help="preprocessing variant name or spec; repeat"),
+    variant: list[str] = typer.Option(
+        ["raw"], "--variant", help="preprocessing variant: built-in or saved name, or spec; repeat"
+    ),
+    variants_file: str = typer.Option("pixelperfect-variants.toml", help="saved variants (pixelperfect tune --save)"),
     model: str | None = typer.Option(None, help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny, grabcut"),
     checkpoint: str | None = typer.Option(None, help="model weights: path or s3:// URL"),
     batch_size: int | None = typer.Option(None, min=1, help="images per task"),
@@ -45,7 +48,11 @@ def submit(
     ),
     points: str | None = typer.Option(None, help="--prompts points: CSV key,x,y[,label] (path or URL)"),
     manifest: str | None = typer.Option(None, help="keys to process, one per line (path or URL), instead of listing"),
-    nsd_tolerance: float = typer.Option(2.0, min=0, help="px tolerance of the normalised surface distance"),
+    nsd_tolerance: float = typer.Option(2.0, min=0, help="NSD tolerance in px, where an image's spacing is unknown"),
+    nsd_tolerance_mm: float = typer.Option(2.0, min=0, help="NSD tolerance in mm, where the pixel spacing is known"),
+    pixel_spacing: str | None = typer.Option(
+        None, help="ROW,COL (or one value) mm for images without their own spacing (PNG; DICOM's own wins)"
+    ),
     points_per_side: int = typer.Option(16, min=1, max=128, help="--prompts auto: grid points per side"),
     lung_only: bool = typer.Option(True, help="--prompts auto: keep only masks inside the lung field"),
     wait: bool = typer.Option(False, help="distributed: wait until every image is done or failed"),
@@ -55,9 +62,17 @@ def submit(
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
     from pixelperfect.pipeline.prompts import Jitter
+    from pixelperfect.pipeline.spacing import parse_spacing_option
     from pixelperfect.producer.annotations import AnnotationError
+    from pixelperfect.producer.variants import resolve_variants
 
     settings = command_settings()
+    try:
+        spacing = parse_spacing_option(pixel_spacing) if pixel_spacing else None
+        variant = resolve_variants(variant, variants_file)
+    except ValueError as exc:
+        fail(str(exc))
+        return
     req = SubmitRequest(
         source=source,
         run=run,
@@ -76,6 +91,8 @@ def submit(
             min_area=settings.min_area,
             seed=seed,
             nsd_tolerance=nsd_tolerance,
+            nsd_tolerance_mm=nsd_tolerance_mm,
+            pixel_spacing=spacing,
             auto=AutoSettings(points_per_side=points_per_side, lung_only=lung_only),
         ),
     )

@@ -34,7 +34,7 @@ def train(
     model: str | None = typer.Option(None, help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny"),
     checkpoint: str | None = typer.Option(None, help="starting weights: path or s3:// URL (PIXELPERFECT_CHECKPOINT)"),
     out: str = typer.Option(..., help="where checkpoints, config.json and metrics.json go (dir or store URL)"),
-    epochs: int = typer.Option(10, min=1, help="passes over the training images"),
+    epochs: int | None = typer.Option(None, min=1, help="passes over the training images (default 10; sam_tiny 50)"),
     max_steps: int | None = typer.Option(None, min=1, help="stop after this many optimizer steps"),
     train_encoder: bool = typer.Option(False, help="also train the image encoder (no embedding cache)"),
     seed: int = typer.Option(0, help="seed of the split, the image order, prompt sampling and box jitter"),
@@ -45,13 +45,16 @@ def train(
     wait: bool = typer.Option(False, help="with --queue: wait for the training and print its metrics"),
     targets_from_run: str | None = typer.Option(None, help="train on the masks of this earlier run (pseudo-labels)"),
     min_consistency_iou: float | None = typer.Option(None, help="with --targets-from-run: keep masks this consistent"),
-    lr: float = typer.Option(1e-4, help="AdamW learning rate (MedSAM: 1e-4)"),
+    lr: float | None = typer.Option(
+        None, help="AdamW learning rate; default 1e-4 (MedSAM) for pretrained SAM, 1e-3 for the random sam_tiny"
+    ),
     weight_decay: float = typer.Option(0.01, help="AdamW weight decay (MedSAM: 0.01)"),
     batch_size: int = typer.Option(4, min=1, help="images per optimizer step"),
     max_prompts: int = typer.Option(8, min=1, help="boxes per image per step"),
     box_shift: int = typer.Option(20, min=0, help="box sides move outward by 0..N px (MedSAM: 20)"),
     iou_loss_weight: float = typer.Option(1.0, help="weight of the IoU-head MSE (0 turns it off)"),
     patience: int = typer.Option(5, min=1, help="validations without a better Dice before stopping early"),
+    val_every: int | None = typer.Option(None, min=1, help="optimizer steps between validations (default: an epoch)"),
     run: str | None = typer.Option(None, "--run", help="name of the training's run row (default: train-<hash>)"),
     cache: str | None = typer.Option(None, help="embedding cache root (default: PIXELPERFECT_STORE_URL/cache)"),
 ) -> None:
@@ -144,6 +147,8 @@ def print_metrics(metrics: dict[str, Any]) -> None:
         f"{metrics['train_seconds']:.1f}s{', stopped early' if metrics['stopped_early'] else ''})"
     )
     console.print(f"best checkpoint: {metrics['best_checkpoint']}")
+    if metrics.get("warning"):
+        console.print(f"[yellow]warning:[/] {metrics['warning']}", highlight=False)
 
 
 def _enqueue(config: TrainConfig, settings: Settings, *, wait: bool) -> None:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -86,6 +87,9 @@ class Image(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255))
     gt_mask_key: Mapped[str | None] = mapped_column(Text)  # full URL of the ground-truth mask, if any
     n_segments: Mapped[int | None] = mapped_column(Integer)
+    # the image appears in the run's annotation file (RSNA: a Target=0 row makes a labelled negative); NULL:
+    # nobody labelled it (or the run predates migration 0004). Only labelled images count in the RSNA metric.
+    labelled: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -124,6 +128,9 @@ class Segment(Base):
     iou: Mapped[float | None] = mapped_column(Float)
     nsd: Mapped[float | None] = mapped_column(Float)
     hd95: Mapped[float | None] = mapped_column(Float)
+    # unit of hd95 and of the NSD tolerance: "mm" (the image's pixel spacing was known) or "px"; NULL without
+    # ground truth, or written before migration 0004 (then px)
+    surface_unit: Mapped[str | None] = mapped_column(String(2))
     box_iou: Mapped[float | None] = mapped_column(Float)
     inside_box: Mapped[float | None] = mapped_column(Float)
     # Dice of the filled prompt box against the same ground truth: what a mask must beat to add to its prompt

@@ -182,6 +182,19 @@ def add_annotations(session: Session, *, run_id: int, boxes: dict[str, list[list
     ])  # fmt: skip
 
 
+def mark_labelled(session: Session, *, run_id: int, keys: Sequence[str]) -> int:
+    """Flag ``keys`` as labelled images of the run (they appear in its annotation file, with or without boxes: an
+    RSNA ``Target=0`` row is a labelled negative). Idempotent; returns the number of rows matched."""
+    total = 0
+    for start in range(0, len(keys), INSERT_CHUNK):
+        chunk = list(keys[start : start + INSERT_CHUNK])
+        result = session.execute(
+            update(Image).where(Image.run_id == run_id, Image.key.in_(chunk)).values(labelled=True)
+        )
+        total += int(getattr(result, "rowcount", 0) or 0)
+    return total
+
+
 def add_points(session: Session, *, run_id: int, points: dict[str, list[list[float]]]) -> int:
     """Store point prompts ``{key: [[x, y, label], ...]}`` as ``kind='point'`` annotations (idempotent)."""
     return _add_annotation_rows(session, [

@@ -13,14 +13,15 @@ from sqlalchemy.orm import Session
 
 from pixelperfect.db import queries, repo
 from pixelperfect.db.models import Run
+from pixelperfect.evaluation.challenge import box_agreement, rsna_challenge
 from pixelperfect.evaluation.forest import consistency_forest
 from pixelperfect.evaluation.stats import calibration, paired_comparison
-from pixelperfect.pipeline.metrics import rsna_map
+from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
 
 #: Measures compared pairwise (before/after preprocessing, run against run), in this order.
 COMPARE_METRICS: tuple[str, ...] = ("consistency_std", "consistency_iou", "score", "dice")
-#: Measures of the summary statistics table.
-SUMMARY_METRICS: tuple[str, ...] = (*queries.METRICS, "nsd", "hd95", "box_iou", "box_dice")
+#: Measures of the summary statistics table (NSD and HD95 are apart, per unit: ``evaluation/units.py``).
+SUMMARY_METRICS: tuple[str, ...] = (*queries.METRICS, "box_iou", "box_dice")
 JSON_MEANS = ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou", "box_dice")
 GALLERY_N = 3  # best and worst cases of each run
 
@@ -47,13 +48,16 @@ class ReportData:
     calibration: list[dict[str, Any]] = field(default_factory=list)
     detection: list[dict[str, Any]] = field(default_factory=list)
     forest: list[dict[str, Any]] = field(default_factory=list)
+    surface: list[dict[str, Any]] = field(default_factory=list)  # per run x variant x unit (mm | px)
+    notes: list[str] = field(default_factory=list)  # shown at the top (e.g. units that differ)
     rank_metric: str = "dice"
     best: list[dict[str, Any]] = field(default_factory=list)
     worst: list[dict[str, Any]] = field(default_factory=list)
 
     def runs_json(self) -> list[dict[str, Any]]:
-        """``[{"run", "model", "variants": [{"variant", "n_segments", "<m>_mean", ..., "box_fallbacks"}]}]`` (the
-        JSON contract; ``box_fallbacks``: GrabCut segments that are their box, ``None`` for other models)."""
+        """``[{"run", "model", "variants": [{"variant", "n_segments", "<m>_mean", ..., "box_fallbacks", "nsd_mean",
+        "hd95_mean", "surface_unit", "surface_by_unit"}]}]`` (the JSON contract; ``box_fallbacks``: GrabCut
+        segments that are their box, ``None`` for other models; the surface keys: :func:`variant_surface`)."""
         by_key = {(s["run"], s["variant"]): s for s in self.summary}
         out = []
         for run in self.runs:
@@ -63,6 +67,7 @@ class ReportData:
                 entry: dict[str, Any] = {"variant": v, "n_segments": int(s.get("n", 0))}
                 entry.update({f"{m}_mean": s.get(f"{m}_mean") for m in JSON_MEANS})
                 entry["box_fallbacks"] = s.get("box_fallbacks")
+                entry.update(variant_surface(self.surface, run.name, v))
                 variants.append(entry)
             out.append({"run": run.name, "model": run.model, "variants": variants})
         return out
@@ -94,6 +99,8 @@ def collect(session: Session, run_names: list[str]) -> ReportData:
         summary=queries.metric_summary(session, run_ids=run_ids, metrics=SUMMARY_METRICS),
         failures=queries.failure_summary(session, run_ids=run_ids),
     )
+    data.surface = surface_summary(session, run_ids=run_ids)
+    data.notes = unit_notes(data.surface)
     _comparisons(session, data)
     data.segments = queries.segment_rows(
         session, run_ids=run_ids, columns=[*queries.METRICS, "box_dice", "perturbations"]
@@ -189,18 +196,22 @@ def _calibration(data: ReportData) -> None:
 
 
 def _detection(session: Session, data: ReportData) -> None:
-    """The RSNA challenge metric per run × variant, from each segment's component boxes and score, wherever the
-    run has ground-truth boxes. Box-prompted runs are prompted by those very boxes: their number is a check of
-    the box-from-mask step, not a detection result (``prompt_mode`` says which)."""
+    """Per run × variant with ground-truth boxes: a run with automatic (or point) prompts gets the RSNA challenge
+    metric over its labelled images, negatives included (``rsna_score``; ``rsna_score_positives`` without the
+    negatives); a box-prompted run, prompted by the very boxes it would be scored against, gets the same formula
+    under its honest name, ``box_agreement`` (:mod:`pixelperfect.evaluation.challenge`)."""
     for run in data.runs:
         if not run.settings.get("annotations"):
             continue
         for v in run.variants:
-            inputs = queries.detection_inputs(session, run_id=run.id, variant=v)
-            value, counted = rsna_map((t, p, s) for _, t, p, s in inputs)
-            data.detection.append(
-                {"run": run.name, "variant": v, "prompt_mode": run.prompt_mode, "map": value, "images": counted}
-            )
+            entry: dict[str, Any] = {"run": run.name, "variant": v, "prompt_mode": run.prompt_mode}
+            if run.prompt_mode == "boxes":
+                entry.update(measure="box_agreement", **box_agreement(session, run_id=run.id, variant=v))
+            else:
+                result = rsna_challenge(session, run_id=run.id, variant=v)
+                entry.update(measure="rsna_challenge", rsna_score=result.pop("score"),
+                             rsna_score_positives=result.pop("score_positives"), **result)  # fmt: skip
+            data.detection.append(entry)
 
 
 def _forest(data: ReportData) -> None:

@@ -22,7 +22,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#22
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.8em 0}
 td,th{border:1px solid #ddd;padding:3px 7px;font-size:13px;text-align:right}th{background:#f3f3f3}
 td.l,th.l{text-align:left}img.fig{max-width:100%}.gallery{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;font-size:12px;max-width:256px}p.note{color:#555;font-size:14px}
+figure{margin:0;font-size:12px;max-width:256px}p.note{color:#555;font-size:14px}p.warn{background:#fff3cd;padding:6px}
 """
 
 
@@ -124,12 +124,46 @@ def _gallery(data: ReportData, settings: Settings) -> str:
     return "".join(parts)
 
 
+def _surface_section(data: ReportData) -> str:
+    """NSD and HD95 per run × variant × unit: mm and px rows apart, with counts, never one mean."""
+    if not data.surface:
+        return ""
+    cols = [("run", "run"), ("variant", "variant"), ("unit", "unit"), ("n", "segments"),
+            ("nsd_tolerance", "NSD tolerance"), ("nsd_mean", "mean NSD"), ("hd95_n", "HD95 defined"),
+            ("hd95_mean", "mean HD95")]  # fmt: skip
+    return (
+        '<h3>Surface distances</h3><p class="note">NSD (surface Dice) at the run\'s tolerance and HD95 (larger of '
+        "the two directed 95th percentiles), in mm where the image's pixel spacing was known (DICOM PixelSpacing, "
+        "else ImagerPixelSpacing over the magnification factor, else --pixel-spacing) and in px where not. "
+        "The two units are never averaged together.</p>" + _table(data.surface, cols, left=3)
+    )
+
+
+def _detection_section(data: ReportData) -> str:
+    """The RSNA challenge metric of runs with automatic prompts; box-prompted runs' box agreement, named so."""
+    head = (
+        '<h2>Detection: RSNA challenge metric</h2><p class="note">Per image the mean over IoU thresholds '
+        "0.40:0.05:0.75 of TP/(TP+FP+FN), the component boxes of the masks ranked by score; the mean over every "
+        "labelled image, labelled negatives (RSNA Target = 0) included: one with a prediction scores 0, one with "
+        "none is skipped; unlabelled images do not count. Only runs with automatic prompts are detection results. "
+        "A box-prompted run was prompted by the very boxes it would be scored against: its number is the "
+        "agreement of the boxes drawn around its masks with their prompts (box agreement), not a mAP.</p>"
+    )
+    rows = [{**d, "value": d.get("rsna_score", d.get("box_agreement"))} for d in data.detection]
+    cols = [("run", "run"), ("variant", "variant"), ("prompt_mode", "prompts"), ("measure", "measure"),
+            ("value", "score"), ("images", "images counted"), ("labelled", "labelled"),
+            ("negatives", "negatives"), ("negatives_predicted", "negatives predicted on"),
+            ("rsna_score_positives", "score without negatives")]  # fmt: skip
+    return head + _table(rows, cols, 4)
+
+
 def render_html(data: ReportData, settings: Settings) -> str:
     runs = ", ".join(f"{r.name} ({r.model}, {r.prompt_mode}: {', '.join(r.variants)})" for r in data.runs)
     body = [
         f"<h1>PixelPerfect report</h1><p>{html.escape(runs)}<br>generated "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}</p>"
     ]
+    body += [f'<p class="warn"><b>Note:</b> {html.escape(note)}</p>' for note in data.notes]
     body.append("<h2>Summary</h2>")
     summary = [{"run": r["run"], "model": r["model"], **v} for r in data.runs_json() for v in r["variants"]]
     cols = [("run", "run"), ("model", "model"), ("variant", "variant"), ("n_segments", "segments")]
@@ -149,6 +183,7 @@ def render_html(data: ReportData, settings: Settings) -> str:
         stat_cols += [(f"{m}_median", f"{m} median"), (f"{m}_p10", "p10"), (f"{m}_p90", "p90")]
     body.append("<details><summary>medians and 10th/90th percentiles</summary>")
     body.append(_table(data.summary, stat_cols, left=2) + "</details>")
+    body.append(_surface_section(data))
     body.append("<h3>Failed images</h3>" + _table(data.failures, [("run", "run"), ("reason", "reason"), ("n", "n")], 2))
 
     body.append(
@@ -254,24 +289,7 @@ def render_html(data: ReportData, settings: Settings) -> str:
     else:
         body.append('<p class="note">No segment has a Dice: submit with --gt-masks to measure calibration.</p>')
 
-    body.append(
-        '<h2>Detection: RSNA challenge metric</h2><p class="note">Mean over images of the precision '
-        "TP/(TP+FP+FN) averaged over IoU thresholds 0.40:0.05:0.75, component boxes of the masks ordered by"
-        " score. Box-prompted runs are prompted by the very boxes they are scored against.</p>"
-    )
-    body.append(
-        _table(
-            data.detection,
-            [
-                ("run", "run"),
-                ("variant", "variant"),
-                ("prompt_mode", "prompts"),
-                ("images", "images counted"),
-                ("map", "mAP"),
-            ],
-            3,
-        )
-    )
+    body.append(_detection_section(data))
 
     body.append(
         '<h2>Random-forest consistency regressor</h2><p class="note">Features: the K perturbed boxes and'

@@ -2,7 +2,9 @@
 
 ``report.json`` is ``{"runs": [{"run", "model", "variants": [{"variant", "n_segments", "score_mean",
 "stability_mean", "consistency_std_mean", "consistency_iou_mean", "dice_mean", "iou_mean", "box_dice_mean",
-"box_fallbacks"}]}], "comparisons": [...]}`` with ``null`` where a measure does not apply; a comparison of kind
+"box_fallbacks", "nsd_mean", "hd95_mean", "surface_unit", "surface_by_unit"}]}], "comparisons": [...],
+"detection": [...], "notes": [...]}`` with ``null`` where a measure does not apply (NSD/HD95 units: mm or px,
+never mixed: :mod:`pixelperfect.evaluation.units`); a comparison of kind
 ``prompt`` pairs a run's Dice with its prompt boxes' own Dice (sides carry ``mask``). ``report.html`` embeds every
 figure and gallery image as a base64 PNG, so the file can be mailed or archived on its own.
 """
@@ -64,7 +66,9 @@ def _clean(value: Any) -> Any:
 
 
 def report_json(data: ReportData) -> dict[str, Any]:
-    return _clean({"runs": data.runs_json(), "comparisons": data.comparisons})
+    return _clean(
+        {"notes": data.notes, "runs": data.runs_json(), "comparisons": data.comparisons, "detection": data.detection}
+    )
 
 
 # --- CSV -------------------------------------------------------------------------------------------------------
@@ -94,9 +98,23 @@ def _flat_comparisons(data: ReportData) -> list[dict[str, Any]]:
     ]
 
 
+_DETECTION_COLUMNS = ["run", "variant", "prompt_mode", "measure", "rsna_score", "box_agreement", "images", "labelled",
+                      "negatives", "negatives_predicted", "skipped", "rsna_score_positives", "positives"]  # fmt: skip
+
+
+_SURFACE_COLUMNS = ["run", "variant", "unit", "n", "nsd_tolerance", "nsd_mean", "hd95_n", "hd95_mean"]
+
+
+_SURFACE_COLUMNS = ["run", "variant", "unit", "n", "nsd_tolerance", "nsd_mean", "hd95_n", "hd95_mean"]
+
+
 def write_csv(data: ReportData, out: Path) -> list[Path]:
     """The report's tables as CSV files in ``out``; returns their paths."""
-    summary = [{"run": r["run"], "model": r["model"], **v} for r in data.runs_json() for v in r["variants"]]
+    summary = [
+        {"run": r["run"], "model": r["model"], **{k: x for k, x in v.items() if k != "surface_by_unit"}}
+        for r in data.runs_json()
+        for v in r["variants"]
+    ]  # the per-unit surface values are surface.csv's rows
     reliability = [{"run": c["run"], "variant": c["variant"], **b} for c in data.calibration for b in c["reliability"]]
     spearman = [
         {"run": c["run"], "variant": c["variant"], "predictor": p, **s, "ece": c["ece"]}
@@ -115,7 +133,8 @@ def write_csv(data: ReportData, out: Path) -> list[Path]:
         "statistics.csv": (data.summary, None),
         "calibration.csv": (spearman, None),
         "reliability.csv": (reliability, None),
-        "detection.csv": (data.detection, None),
+        "detection.csv": (data.detection, _DETECTION_COLUMNS),
+        "surface.csv": (data.surface, _SURFACE_COLUMNS),
         "forest.csv": (forest, None),
         "failures.csv": (data.failures, ["run", "reason", "n"]),
         "cases.csv": (

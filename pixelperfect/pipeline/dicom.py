@@ -30,6 +30,7 @@ from pixelperfect.pipeline.image import (
     UnsupportedImageError,
     is_dicom,
 )
+from pixelperfect.pipeline.spacing import dicom_spacing_meta
 from pixelperfect.pipeline.voi import apply_window, display, first_line
 
 __all__ = ["ParsedDicom", "apply_window", "decode_dicom", "decode_stored", "finish_dicom", "parse_dicom"]
@@ -260,7 +261,6 @@ def _metadata(ds: Any, photometric: str, frames: int, frame: int | None) -> dict
         value = str(ds.get(tag, "") or "").strip()
         return value or None
 
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     meta: dict[str, Any] = {
         "format": "dicom",
         "bits": int(ds.get("BitsStored", 0) or 0) or None,
@@ -270,7 +270,7 @@ def _metadata(ds: Any, photometric: str, frames: int, frame: int | None) -> dict
         "modality": text("Modality"),
         "view_position": text("ViewPosition"),
         "body_part": text("BodyPartExamined"),
-        "pixel_spacing": [float(v) for v in spacing] if spacing else None,
+        **dicom_spacing_meta(ds),  # pixel_spacing (raw), spacing_mm, spacing_source[, spacing_warning]
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
         "frames": frames,
     }

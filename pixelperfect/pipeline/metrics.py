@@ -1,7 +1,25 @@
 """Accuracy metrics beyond overlap: surface distances, the RSNA challenge detection metric, reliability bins.
 
-Pure numpy/scipy. Masks are ``(H, W)`` bool arrays; boxes XYXY pixel coordinates with exclusive ``x2``/``y2``;
-distances are in pixels (multiply by the pixel spacing for millimetres).
+Pure numpy/scipy. Masks are ``(H, W)`` bool arrays; boxes XYXY pixel coordinates with exclusive ``x2``/``y2``.
+Surface distances are in pixels, or in millimetres when a pixel spacing ``(row, col)`` in mm is given (row spacing
+first: the distance between adjacent rows, i.e. vertically, as DICOM's PixelSpacing orders it); an anisotropic
+spacing is applied per axis inside the exact Euclidean distance transform, not as a scalar afterwards.
+
+Conventions, where the references differ (cross-checked against MONAI 1.x ``compute_surface_dice``,
+``compute_hausdorff_distance(percentile=95)``, ``compute_dice``/``compute_iou`` in
+``tests/pipeline/test_metrics_monai.py``):
+
+- boundary: mask pixels with a 4-neighbour outside the mask, the image edge counting as outside (MONAI's
+  ``get_mask_edges`` without sub-voxels: scipy ``binary_erosion`` with its default cross, XOR the mask); the size of
+  a boundary is its pixel count, not DeepMind surface-distance's sub-pixel surfel areas (``use_subvoxels=True``);
+- distances between pixel centres, exact Euclidean;
+- NSD counts distances ``<= tolerance`` (both libraries);
+- HD95: the larger of the two directed 95th percentiles (MONAI's symmetric default), not the percentile of the
+  pooled distances of both directions (DeepMind's ``compute_robust_hausdorff`` also takes the max of the directed
+  percentiles, but with its own sub-pixel surfel weighting); linear interpolation between order statistics
+  (numpy's and ``torch.quantile``'s default);
+- empty masks: MONAI returns NaN for NSD when both are empty and inf/NaN for HD95 when one is; we return values a
+  mean can use (see each function).
 """
 
 from __future__ import annotations
@@ -14,6 +32,9 @@ import numpy as np
 from scipy import ndimage
 
 from pixelperfect.pipeline.scoring import box_iou
+
+#: ``(row, col)`` pixel spacing in mm, or ``None`` for pixel units.
+Spacing = tuple[float, float] | None
 
 #: The RSNA Pneumonia Detection Challenge's IoU thresholds: 0.40, 0.45, ..., 0.75.
 RSNA_THRESHOLDS: tuple[float, ...] = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
@@ -36,54 +57,75 @@ def _crop(pred: np.ndarray, truth: np.ndarray, margin: int) -> tuple[np.ndarray,
     return pred[y1:y2, x1:x2], truth[y1:y2, x1:x2]
 
 
-def surface_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_spacing(spacing: Sequence[float] | None) -> Spacing:
+    """``None`` or a validated ``(row, col)`` spacing in mm (two finite numbers > 0); ``ValueError`` names it."""
+    if spacing is None:
+        return None
+    values = tuple(float(v) for v in spacing)
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"pixel spacing must be two finite numbers > 0 (row, col mm), got {list(spacing)}")
+    return values[0], values[1]
+
+
+def surface_distances(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Directed boundary distances: ``(d(pred boundary -> truth boundary), d(truth boundary -> pred boundary))``.
 
-    Each is a 1-D float64 array with one Euclidean distance (px, between pixel centres) per boundary pixel.
-    Both masks must be non-empty. Computed on the union's bounding box (plus 1 px so edge pixels keep an outside),
-    so the cost follows the objects' size, not the image's.
+    Each is a 1-D float64 array with one Euclidean distance between pixel centres per boundary pixel: in px, or
+    in mm when ``spacing`` ``(row, col)`` mm is given. Both masks must be non-empty. Computed on the union's
+    bounding box (plus 1 px so edge pixels keep an outside), so the cost follows the objects' size, not the
+    image's.
     """
     if pred.shape != truth.shape:
         raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
     if not pred.any() or not truth.any():
         raise ValueError("surface distances need two non-empty masks")
+    sampling = check_spacing(spacing)
     p, t = _crop(pred.astype(bool), truth.astype(bool), 1)
     bp, bt = _boundary(p), _boundary(t)
-    to_truth = ndimage.distance_transform_edt(~bt)  # distance of every pixel to the nearest truth boundary pixel
-    to_pred = ndimage.distance_transform_edt(~bp)
+    # distance of every pixel to the nearest truth (pred) boundary pixel, per-axis spacing inside the transform
+    to_truth = ndimage.distance_transform_edt(~bt, sampling=sampling)
+    to_pred = ndimage.distance_transform_edt(~bp, sampling=sampling)
     return np.asarray(to_truth[bp], np.float64), np.asarray(to_pred[bt], np.float64)
 
 
-def nsd(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0) -> float | None:
-    """Normalised surface distance (surface Dice) at ``tolerance`` px, in [0, 1].
+def nsd(
+    pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0, spacing: Sequence[float] | None = None
+) -> float | None:
+    """Normalised surface distance (surface Dice) at ``tolerance``, in [0, 1]; ``tolerance`` is in px, or in mm
+    when ``spacing`` ``(row, col)`` mm is given.
 
     The fraction of both boundaries that lies within ``tolerance`` of the other boundary (Nikolov et al. 2018,
     "Deep learning to achieve clinically applicable segmentation of head and neck anatomy", arXiv:1809.04430):
-    ``(|{d_pt <= tol}| + |{d_tp <= tol}|) / (|S_p| + |S_t|)``. 1.0 when both masks are empty, 0.0 when exactly one
-    is.
+    ``(|{d_pt <= tol}| + |{d_tp <= tol}|) / (|S_p| + |S_t|)``, boundary sizes in pixels. 1.0 when both masks are
+    empty (MONAI: NaN), 0.0 when exactly one is (as MONAI).
     """
-    if tolerance < 0:
-        raise ValueError(f"NSD tolerance must be >= 0 px, got {tolerance}")
+    unit = "mm" if spacing is not None else "px"
+    if not tolerance >= 0:
+        raise ValueError(f"NSD tolerance must be >= 0 {unit}, got {tolerance}")
     has_p, has_t = bool(pred.any()), bool(truth.any())
     if not has_p and not has_t:
         return 1.0
     if not has_p or not has_t:
         return 0.0
-    d_pt, d_tp = surface_distances(pred, truth)
+    d_pt, d_tp = surface_distances(pred, truth, spacing)
     return float((np.count_nonzero(d_pt <= tolerance) + np.count_nonzero(d_tp <= tolerance)) / (d_pt.size + d_tp.size))
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    """95th-percentile Hausdorff distance (px): the larger of the two directed 95th percentiles of boundary
-    distances (the convention of MONAI's ``compute_hausdorff_distance(percentile=95)``; numpy's linear
-    interpolation). 0.0 when both masks are empty; ``None`` (undefined, infinite) when exactly one is.
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float | None:
+    """95th-percentile Hausdorff distance in px, or in mm when ``spacing`` ``(row, col)`` mm is given: the larger
+    of the two directed 95th percentiles of boundary distances (the convention of MONAI's
+    ``compute_hausdorff_distance(percentile=95)``; not the percentile of both directions pooled; numpy's linear
+    interpolation). 0.0 when both masks are empty (MONAI: 0.0 too); ``None`` (undefined, infinite; MONAI: inf or
+    NaN) when exactly one is.
     """
     has_p, has_t = bool(pred.any()), bool(truth.any())
     if not has_p and not has_t:
         return 0.0
     if not has_p or not has_t:
         return None
-    d_pt, d_tp = surface_distances(pred, truth)
+    d_pt, d_tp = surface_distances(pred, truth, spacing)
     return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
 
 

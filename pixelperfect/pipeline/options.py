@@ -62,7 +62,10 @@ class ProcessSettings:
     seed: int = 0
     png_compression: int = 1  # zlib level: 1 is ~4x faster than 6 on masks and only a few % larger
     prompt_mode: str = "boxes"  # boxes | points | auto: the run's prompt_mode column (see pipeline/auto.py)
-    nsd_tolerance: float = 2.0  # px, normalised surface distance against a ground-truth mask
+    nsd_tolerance: float = 2.0  # px: NSD tolerance where an image's pixel spacing is unknown
+    # mm: NSD tolerance where the spacing is known (pipeline/spacing.py); None: pixels always (runs before 0004)
+    nsd_tolerance_mm: float | None = 2.0
+    pixel_spacing: tuple[float, float] | None = None  # (row, col) mm for images that carry none (--pixel-spacing)
     auto: AutoSettings = field(default_factory=AutoSettings)
 
     def __post_init__(self) -> None:
@@ -70,6 +73,8 @@ class ProcessSettings:
             raise ValueError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, not {self.prompt_mode!r}")
         if not 0 <= self.nsd_tolerance <= 1000:
             raise ValueError(f"NSD tolerance must be in 0..1000 px, got {self.nsd_tolerance}")
+        if self.nsd_tolerance_mm is not None and not 0 <= self.nsd_tolerance_mm <= 1000:
+            raise ValueError(f"NSD tolerance must be in 0..1000 mm, got {self.nsd_tolerance_mm}")
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -79,7 +84,10 @@ class ProcessSettings:
             "min_area": self.min_area,
             "seed": self.seed,
             "nsd_tolerance": self.nsd_tolerance,
+            "nsd_tolerance_mm": self.nsd_tolerance_mm,
         }
+        if self.pixel_spacing is not None:
+            out["pixel_spacing"] = list(self.pixel_spacing)
         if self.prompt_mode == "auto":
             out["auto"] = self.auto.as_dict()
         return out

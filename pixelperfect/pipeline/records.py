@@ -26,6 +26,7 @@ class ImageInput:
     #: (H, W) of the original when ``pixels`` is a reduced-resolution decode of it (boxes, gt_mask and masks are in
     #: the original's grid); None: ``pixels`` is the original
     full_size: tuple[int, int] | None = None
+    spacing: tuple[float, float] | None = None  # (row, col) mm, None when unknown (see pipeline/spacing.py)
 
 
 @dataclass
@@ -76,6 +77,8 @@ class SegmentRecord:
     nsd: float | None
     hd95: float | None
     box_dice: float | None
+    # unit of hd95 and of the NSD tolerance: "mm" (the image's pixel spacing was known), "px", None without truth
+    surface_unit: str | None = None
     mask_png: bytes = field(default=b"", repr=False, compare=False)
     mask_key: str | None = None
 

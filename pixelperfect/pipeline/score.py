@@ -8,11 +8,11 @@ Runs on the worker's post threads, never on the model thread (tests/pipeline/tes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
-from pixelperfect.pipeline.metrics import hd95, nsd
+from pixelperfect.pipeline.metrics import Spacing
 from pixelperfect.pipeline.options import ProcessSettings
 from pixelperfect.pipeline.prediction import Prediction
 from pixelperfect.pipeline.records import ImageInput, SegmentRecord
@@ -27,6 +27,7 @@ from pixelperfect.pipeline.scoring import (
     mask_bbox,
     restrict_to_box,
 )
+from pixelperfect.pipeline.spacing import surface_scores
 
 
 def score_prediction(
@@ -47,9 +48,9 @@ def score_prediction(
         mask, prompt = out.masks[p], prediction.prompts[p]
         jit = slice(n + p * k, n + (p + 1) * k)
         if prediction.kind == "box":
-            accuracy = prompt_accuracy(mask, prompt, image.gt_mask, settings.nsd_tolerance)
+            accuracy = prompt_accuracy(mask, prompt, image.gt_mask, settings, image.spacing)
         else:
-            accuracy = full_image_accuracy(mask, image.boxes, image.gt_mask, settings.nsd_tolerance)
+            accuracy = full_image_accuracy(mask, image.boxes, image.gt_mask, settings, image.spacing)
         jittered = prediction.perturbed[p * k : (p + 1) * k]
         stable = consistency(mask, out.masks[jit], best[jit])
         records.append(
@@ -75,59 +76,87 @@ def score_prediction(
                 nsd=accuracy["nsd"],
                 hd95=accuracy["hd95"],
                 box_dice=accuracy["box_dice"],
+                surface_unit=accuracy["surface_unit"],
             )
         )
     return records
 
 
+class Accuracy(TypedDict):
+    """A segment's accuracy columns; ``None`` where they do not apply or there is no ground truth. ``nsd`` and
+    ``hd95`` are in ``surface_unit`` (``"mm"`` where the image's pixel spacing is known, else ``"px"``)."""
+
+    box_iou: float | None
+    inside_box: float | None
+    dice: float | None
+    iou: float | None
+    nsd: float | None
+    hd95: float | None
+    box_dice: float | None
+    surface_unit: str | None
+
+
 def prompt_accuracy(
-    mask: np.ndarray, box: np.ndarray, gt_mask: np.ndarray | None, tolerance: float
-) -> dict[str, float | None]:
+    mask: np.ndarray, box: np.ndarray, gt_mask: np.ndarray | None, settings: ProcessSettings, spacing: Spacing = None
+) -> Accuracy:
     """Accuracy of a segment prompted by the XYXY ``box``: its tight box's IoU with the prompt, the fraction of it
-    inside the prompt, and overlap with the ground truth inside the prompt box (``None`` without ground truth)."""
+    inside the prompt, and overlap with the ground truth inside the prompt box (``None`` without ground truth).
+    NSD and HD95 in mm where ``spacing`` (row, col mm) is known, else px (see :mod:`pixelperfect.pipeline.spacing`).
+    """
     bbox = mask_bbox(mask)
-    scores: dict[str, float | None] = {
-        "box_iou": box_iou(bbox, box) if bbox else 0.0,
-        "inside_box": fraction_inside(mask, box),
-        "dice": None,
-        "iou": None,
-        "nsd": None,
-        "hd95": None,
-        "box_dice": None,
-    }
+    scores = Accuracy(
+        box_iou=box_iou(bbox, box) if bbox else 0.0,
+        inside_box=fraction_inside(mask, box),
+        dice=None,
+        iou=None,
+        nsd=None,
+        hd95=None,
+        box_dice=None,
+        surface_unit=None,
+    )
     if gt_mask is not None:
         truth = restrict_to_box(gt_mask, box)
         scores["dice"], scores["iou"] = dice(mask, truth), iou(mask, truth)
         scores["box_dice"] = box_dice(box, truth)
-        scores["nsd"], scores["hd95"] = nsd(mask, truth, tolerance), hd95(mask, truth)
+        _add_surface(scores, mask, truth, settings, spacing)
     return scores
 
 
 def full_image_accuracy(
-    mask: np.ndarray, truth_boxes: Sequence[Sequence[float]], gt_mask: np.ndarray | None, tolerance: float
-) -> dict[str, float | None]:
+    mask: np.ndarray,
+    truth_boxes: Sequence[Sequence[float]],
+    gt_mask: np.ndarray | None,
+    settings: ProcessSettings,
+    spacing: Spacing = None,
+) -> Accuracy:
     """Accuracy of a segment that was not prompted by a ground-truth box: overlap with the whole ground-truth
     mask, and ``box_iou`` = the best IoU of the mask's tight box with any ground-truth box (``None`` without
-    boxes; 0.0 for an empty mask). ``inside_box`` and ``box_dice`` do not apply (``None``).
+    boxes; 0.0 for an empty mask). ``inside_box`` and ``box_dice`` do not apply (``None``). NSD and HD95 in mm
+    where ``spacing`` (row, col mm) is known, else px.
     """
     bbox = mask_bbox(mask)
-    out: dict[str, float | None] = {
-        "box_iou": (max(box_iou(bbox, b) for b in truth_boxes) if bbox else 0.0) if len(truth_boxes) else None,
-        "inside_box": None,
-        "dice": None,
-        "iou": None,
-        "nsd": None,
-        "hd95": None,
-        "box_dice": None,  # no prompt box to compare with
-    }
+    out = Accuracy(
+        box_iou=(max(box_iou(bbox, b) for b in truth_boxes) if bbox else 0.0) if len(truth_boxes) else None,
+        inside_box=None,
+        dice=None,
+        iou=None,
+        nsd=None,
+        hd95=None,
+        box_dice=None,  # no prompt box to compare with
+        surface_unit=None,
+    )
     if gt_mask is not None:
-        out.update(
-            dice=dice(mask, gt_mask),
-            iou=iou(mask, gt_mask),
-            nsd=nsd(mask, gt_mask, tolerance),
-            hd95=hd95(mask, gt_mask),
-        )
+        out["dice"], out["iou"] = dice(mask, gt_mask), iou(mask, gt_mask)
+        _add_surface(out, mask, gt_mask, settings, spacing)
     return out
+
+
+def _add_surface(
+    scores: Accuracy, mask: np.ndarray, truth: np.ndarray, settings: ProcessSettings, spacing: Spacing
+) -> None:
+    surface = surface_scores(mask, truth, spacing, settings.nsd_tolerance, settings.nsd_tolerance_mm)
+    scores["nsd"], scores["hd95"] = surface["nsd"], surface["hd95"]
+    scores["surface_unit"] = surface["surface_unit"]
 
 
 def _finite(value: Any) -> float | None:

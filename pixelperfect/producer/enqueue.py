@@ -219,6 +219,7 @@ def submit(
                 if boxes is not None:
                     matched = boxes.match(chunk)
                     repo.add_annotations(session, run_id=run_id, boxes=matched)
+                    repo.mark_labelled(session, run_id=run_id, keys=list(matched))  # negatives: no boxes, labelled
                     annotated += len(matched)
                 if points is not None:
                     repo.add_points(session, run_id=run_id, points=points.match(chunk))

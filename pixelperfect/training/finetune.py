@@ -17,7 +17,6 @@ from ``(seed, step)``, so a training resumed from a step checkpoint continues ex
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pixelperfect.training.cache import CachedEmbedding, CacheStats, EmbeddingCa
 from pixelperfect.training.checkpoints import BEST, CONFIG, LAST, METRICS, CheckpointStore, model_bytes, state_dict_of
 from pixelperfect.training.config import TrainConfig
 from pixelperfect.training.data import TrainImage, jitter_boxes, load_images
+from pixelperfect.training.schedule import Schedule, no_improvement_warning
 from pixelperfect.training.setup import TrainError, TrainSetup, describe, prepare
 
 #: Progress callbacks (database row, Celery events) fire at most this often, and at every validation.
@@ -262,90 +262,80 @@ class _Trainer:
         )
 
     def fit(self, train_imgs: list[TrainImage], val_imgs: list[TrainImage], started: float) -> dict[str, Any]:
+        """Train until the step budget is spent or ``patience`` validations bring no better Dice."""
         cfg = self.config
         params = [p for p in self.sam.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        per_epoch = math.ceil(len(train_imgs) / cfg.batch_size)
-        total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.epochs * per_epoch, cfg.max_steps)
-        st: dict[str, Any] = {
-            "step": 0,
-            "best": -1.0,
-            "best_step": 0,
-            "since_best": 0,
-            "curve": [],
-            "losses": [],
-            "before": None,
-            "stopped": False,
-            "seconds": 0.0,
-            "resumed_from": None,
-        }
-        last = self.ckpts.load_last() if cfg.resume else None
-        if last is not None:
-            step, weights, saved = last
-            self.sam.load_state_dict(state_dict_of(weights))
-            self.optimizer.load_state_dict(saved["optimizer"])
-            st.update({k: saved[k] for k in st if k in saved}, resumed_from=step)
-            st["stopped"] = st["since_best"] >= cfg.patience and step < total  # --patience may have changed
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        plan = Schedule.of(cfg, len(train_imgs))
+        st = self._start(plan)
+        st["val_every"] = plan.val_every
         session_start = time.monotonic() - float(st["seconds"])
         if st["before"] is None:
             st["before"] = st["best"] = self.validate(val_imgs)
             self.ckpts.save_best(model_bytes(cfg.model, self.sam), {"step": 0, "epoch": 0, "val_dice": st["best"]})
-        self.report(
-            force=True,
-            phase="training",
-            step=st["step"],
-            total_steps=total,
-            val_dice_before=st["before"],
-            best_val_dice=st["best"],
-            resumed_from=st["resumed_from"],
-        )
-        epoch_stats = self.cache.stats.copy() if self.cache else CacheStats()
-        step = int(st["step"])
-        while step < total and not st["stopped"]:
-            epoch, pos = divmod(step, per_epoch)
-            order = np.random.default_rng([cfg.seed, epoch, 0xE0C]).permutation(len(train_imgs))
-            batch = [train_imgs[i] for i in order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]]
-            st["losses"].append(self.step(batch, np.random.default_rng([cfg.seed, step, 0x57E9])))
-            step += 1
-            st["step"] = step
-            if self.on_step:
-                self.on_step(step)
-            if step % per_epoch == 0 or step == total:
-                cache = self.cache.stats.minus(epoch_stats) if self.cache else {}
-                val = self.validate(val_imgs)
-                st["curve"].append(
-                    {
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "train_loss": float(np.mean(st["losses"])),
-                        "val_dice": val,
-                        "cache": cache,
-                        "seconds": round(time.monotonic() - session_start, 3),
-                    }
-                )
-                st["losses"] = []
-                if val > st["best"]:
-                    st.update(best=val, best_step=step, since_best=0)
-                    self.ckpts.save_best(
-                        model_bytes(cfg.model, self.sam), {"step": step, "epoch": epoch + 1, "val_dice": val}
-                    )
-                else:
-                    st["since_best"] += 1
-                st["stopped"] = st["since_best"] >= cfg.patience and step < total
-                st["seconds"] = time.monotonic() - session_start
-                self.ckpts.write_json(METRICS, self.metrics(st, total))
-                self.report(force=True, step=step, epoch=epoch + 1, val_dice=val, best_val_dice=st["best"])
-                epoch_stats = self.cache.stats.copy() if self.cache else CacheStats()
-            if step % cfg.checkpoint_every == 0 or step == total or st["stopped"]:
+        before = {"val_dice_before": st["before"], "best_val_dice": st["best"], "resumed_from": st["resumed_from"]}
+        self.report(force=True, phase="training", step=st["step"], total_steps=plan.total, **before)
+        self._since = self.cache.stats.copy() if self.cache else CacheStats()
+        while st["step"] < plan.total and not st["stopped"]:
+            step = self._train_step(st, train_imgs, plan)
+            if plan.validates(step):
+                self._validation(st, val_imgs, plan, session_start)
+            if step % cfg.checkpoint_every == 0 or step == plan.total or st["stopped"]:
                 st["seconds"] = time.monotonic() - session_start
                 state = {**st, "optimizer": self.optimizer.state_dict(), "identity_hash": cfg.identity_hash()}
                 self.ckpts.save_step(step, model_bytes(cfg.model, self.sam), state)
             self.report(step=step, loss=st["losses"][-1] if st["losses"] else st["curve"][-1]["train_loss"])
         st["seconds"] = time.monotonic() - session_start
-        metrics = self.metrics(st, total)
+        metrics = self.metrics(st, plan.total)
         metrics["wall_seconds"] = round(time.monotonic() - started, 3)
         self.ckpts.write_json(METRICS, metrics)
         return metrics
+
+    def _start(self, plan: Schedule) -> dict[str, Any]:
+        """The loop's state: fresh, or the last step checkpoint's when resuming (weights and optimizer loaded)."""
+        st: dict[str, Any] = {"step": 0, "best": -1.0, "best_step": 0, "since_best": 0, "curve": [], "losses": [],
+                              "before": None, "stopped": False, "seconds": 0.0, "resumed_from": None}  # fmt: skip
+        last = self.ckpts.load_last() if self.config.resume else None
+        if last is not None:
+            step, weights, saved = last
+            self.sam.load_state_dict(state_dict_of(weights))
+            self.optimizer.load_state_dict(saved["optimizer"])
+            st.update({k: saved[k] for k in st if k in saved}, resumed_from=step)
+            st["stopped"] = st["since_best"] >= self.config.patience and step < plan.total  # --patience may change
+        return st
+
+    def _train_step(self, st: dict[str, Any], train_imgs: list[TrainImage], plan: Schedule) -> int:
+        """One optimizer step on the step's batch (the epoch's seeded order); returns the steps done."""
+        cfg, step = self.config, int(st["step"])
+        epoch, pos = divmod(step, plan.per_epoch)
+        order = np.random.default_rng([cfg.seed, epoch, 0xE0C]).permutation(len(train_imgs))
+        batch = [train_imgs[i] for i in order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]]
+        st["losses"].append(self.step(batch, np.random.default_rng([cfg.seed, step, 0x57E9])))
+        st["step"] = step + 1
+        if self.on_step:
+            self.on_step(step + 1)
+        return step + 1
+
+    def _validation(self, st: dict[str, Any], val_imgs: list[TrainImage], plan: Schedule, session_start: float) -> None:
+        """Validate, extend the curve, keep the best weights, count towards early stopping, write metrics.json."""
+        cfg, step = self.config, int(st["step"])
+        epoch = plan.epoch_of(step)
+        cache = self.cache.stats.minus(self._since) if self.cache else {}
+        val = self.validate(val_imgs)
+        seconds = round(time.monotonic() - session_start, 3)
+        st["curve"].append({"epoch": epoch, "step": step, "train_loss": float(np.mean(st["losses"])),
+                            "val_dice": val, "cache": cache, "seconds": seconds})  # fmt: skip
+        st["losses"] = []
+        if val > st["best"]:
+            st.update(best=val, best_step=step, since_best=0)
+            self.ckpts.save_best(model_bytes(cfg.model, self.sam), {"step": step, "epoch": epoch, "val_dice": val})
+        else:
+            st["since_best"] += 1
+        st["stopped"] = st["since_best"] >= cfg.patience and step < plan.total
+        st["seconds"] = time.monotonic() - session_start
+        self.ckpts.write_json(METRICS, self.metrics(st, plan.total))
+        self.report(force=True, step=step, epoch=epoch, val_dice=val, best_val_dice=st["best"])
+        self._since = self.cache.stats.copy() if self.cache else CacheStats()
 
     def metrics(self, st: dict[str, Any], total: int) -> dict[str, Any]:
         curve = st["curve"]
@@ -366,4 +356,7 @@ class _Trainer:
             "cache": {"warmup": self.warmup_cache, "encoded_this_session": self.encoded},
             "pseudo_labels": self.config.pseudo_labels,
             "run": self.s.run_name,
+            "lr": self.config.learning_rate,
+            "val_every": st.get("val_every"),
+            "warning": no_improvement_warning(st, self.config),
         }

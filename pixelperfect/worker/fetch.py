@@ -18,6 +18,7 @@ import numpy as np
 from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
 from pixelperfect.pipeline.prediction import model_input_side
 from pixelperfect.pipeline.records import ImageInput, PreparedImage
+from pixelperfect.pipeline.spacing import resolve_spacing
 from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, read_url
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
@@ -97,7 +98,8 @@ def fetch_image(
         out.fail("decode_error", f"{key}: {type(exc).__name__}: {exc}")
         return out
     height, width = decoded.full_shape  # the original's size, also after a reduced-resolution decode
-    out.fields.update(width=width, height=height, meta=decoded.meta)
+    spacing, spacing_meta = resolve_spacing(decoded.meta, run.process.pixel_spacing)
+    out.fields.update(width=width, height=height, meta={**decoded.meta, **spacing_meta})
     gt = None
     if todo.gt_url:
         try:
@@ -109,7 +111,7 @@ def fetch_image(
             out.fail("gt_mask_invalid", f"{todo.gt_url}: {exc}")
             return out
     out.timings = {"download": t1 - t0, "decode": time.perf_counter() - t1}
-    out.input = ImageInput(key=key, pixels=decoded.pixels, boxes=boxes, gt_mask=gt, points=points)
+    out.input = ImageInput(key=key, pixels=decoded.pixels, boxes=boxes, gt_mask=gt, points=points, spacing=spacing)
     out.input.full_size = decoded.full_shape if decoded.reduced else None
     return out
 

@@ -69,6 +69,9 @@ class RunSpec:
                 seed=int(s.get("seed", 0)),
                 prompt_mode=run.prompt_mode or "boxes",
                 nsd_tolerance=float(s.get("nsd_tolerance", 2.0)),
+                # a run from before millimetres has no mm tolerance: its segments stay in px, as they were
+                nsd_tolerance_mm=None if s.get("nsd_tolerance_mm") is None else float(s["nsd_tolerance_mm"]),
+                pixel_spacing=tuple(s["pixel_spacing"]) if s.get("pixel_spacing") else None,  # type: ignore[arg-type]
                 auto=AutoSettings.from_dict(s.get("auto")),
             ),
         )

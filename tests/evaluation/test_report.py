@@ -34,6 +34,10 @@ VARIANT_KEYS = {
     "iou_mean",
     "box_dice_mean",
     "box_fallbacks",
+    "nsd_mean",
+    "hd95_mean",
+    "surface_unit",
+    "surface_by_unit",
 }
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Written into the page by the test only: after load, count the images that did not decode.
@@ -97,7 +101,8 @@ def test_json_and_csv_report(workdir: Path) -> None:
     settings = _settings(workdir)
     path = build_report(["r-sam_tiny", "r-grabcut"], workdir / "out", settings=settings, fmt="json")
     report = json.loads(path.read_text())
-    assert set(report) == {"runs", "comparisons"}
+    assert set(report) == {"runs", "comparisons", "detection", "notes"}
+    assert report["notes"] == []  # PNG phantoms without --pixel-spacing: every surface metric in px
     assert [(r["run"], r["model"]) for r in report["runs"]] == [("r-sam_tiny", "sam_tiny"), ("r-grabcut", "grabcut")]
     for run in report["runs"]:
         assert set(run) == {"run", "model", "variants"} and [v["variant"] for v in run["variants"]] == ["raw", "clahe"]
@@ -108,6 +113,9 @@ def test_json_and_csv_report(workdir: Path) -> None:
     assert grab_raw["score_mean"] is None and grab_raw["stability_mean"] is None  # GrabCut has no confidence
     assert sam_raw["box_fallbacks"] is None and 0 <= grab_raw["box_fallbacks"] <= grab_raw["n_segments"]
     assert 0 < sam_raw["box_dice_mean"] <= 1 and sam_raw["box_dice_mean"] == grab_raw["box_dice_mean"]  # same boxes
+    assert sam_raw["surface_unit"] == "px" and 0 <= sam_raw["nsd_mean"] <= 1 and sam_raw["hd95_mean"] >= 0
+    assert sam_raw["surface_by_unit"]["px"]["n"] == sam_raw["n_segments"]
+    assert sam_raw["surface_by_unit"]["px"]["nsd_mean"] == sam_raw["nsd_mean"]
     prompt = [c for c in report["comparisons"] if c["kind"] == "prompt"]
     assert {(c["a"]["run"], c["a"]["variant"], c["a"]["mask"], c["b"]["mask"]) for c in prompt} == {
         (run, v, "prompt box", model) for run, model in (("r-sam_tiny", "sam_tiny"), ("r-grabcut", "grabcut"))
@@ -133,10 +141,21 @@ def test_json_and_csv_report(workdir: Path) -> None:
         ("r-grabcut", "clahe"),
     ]
     assert rows[2]["score_mean"] == ""  # null -> empty cell
-    for name in ("comparisons", "statistics", "calibration", "reliability", "detection", "cases", "failures"):
+    assert rows[0]["surface_unit"] == "px" and "surface_by_unit" not in rows[0]  # per unit: surface.csv
+    for name in (
+        "comparisons",
+        "statistics",
+        "calibration",
+        "reliability",
+        "detection",
+        "surface",
+        "cases",
+        "failures",
+    ):
         assert (out / f"{name}.csv").exists()
     detection = list(csv.DictReader((out / "detection.csv").open()))
-    assert len(detection) == 4 and all(0 <= float(d["map"]) <= 1 for d in detection)
+    assert len(detection) == 4 and all(0 <= float(d["box_agreement"]) <= 1 for d in detection)  # box runs: no mAP
+    assert {d["measure"] for d in detection} == {"box_agreement"} and not any(d["rsna_score"] for d in detection)
 
 
 def test_html_report_opens_in_chromium_with_every_image(workdir: Path, tmp_path: Path) -> None:

@@ -267,10 +267,12 @@ def test_embedded_auto_and_points_runs(tmp_path: Path, phantom_dir: Path, tiny_c
         stored = session.scalars(select(Annotation.label).where(Annotation.run_id == points.run_id)).all()
         assert sorted(stored) == [0, 1, 1]
         assert repo.status_counts(session, run_id=points.run_id)["done"] == 12
-        # detection level: the RSNA metric of the automatic masks' component boxes against the annotations
+        # detection level: the RSNA challenge metric of the automatic masks' component boxes over the labelled
+        # images (all 12 are in labels.csv, negatives included: predicted on, they count as 0)
         (detection,) = collect(session, ["auto"]).detection
-        assert detection["prompt_mode"] == "auto" and detection["images"] == 12  # something predicted everywhere
-        assert 0.0 <= detection["map"] <= 1.0
+        assert detection["prompt_mode"] == "auto" and detection["measure"] == "rsna_challenge"
+        assert detection["labelled"] == detection["images"] == 12  # something predicted everywhere
+        assert 0.0 <= detection["rsna_score"] <= 1.0
 
     runner = CliRunner()
     refused = runner.invoke(app, ["submit", str(phantom_dir / "images"), "--run", "x", "--prompts", "points"])

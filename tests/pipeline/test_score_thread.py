@@ -16,7 +16,7 @@ from pixelperfect.db import repo
 from pixelperfect.db.models import Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
-from pixelperfect.pipeline import process, score
+from pixelperfect.pipeline import process, score, spacing
 from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
 from pixelperfect.pipeline.sam import SamSegmenter
 from tests.conftest import embedded_settings
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 #: The scoring entry points: the row builder, its metrics, and the mask PNG encoder.
 SCORING = {
     process: ["score_prediction", "encode_mask_png"],
-    score: ["consistency", "boxes_from_mask", "dice", "iou", "nsd", "hd95", "box_iou", "box_dice", "mask_bbox"],
+    score: ["consistency", "boxes_from_mask", "dice", "iou", "surface_scores", "box_iou", "box_dice", "mask_bbox"],
+    spacing: ["nsd", "hd95"],  # surface_scores' metrics, in mm or px
 }
 MODEL = ["encode", "predict_boxes", "predict_points"]
 

@@ -55,7 +55,7 @@ def test_identity_hash_ignores_schedule_and_runtime_only() -> None:
     assert replace(base, max_steps=500, epochs=3, resume=True, cache_url="x", run="n").identity_hash() == (
         base.identity_hash()
     )
-    assert replace(base, lr=1e-3).identity_hash() != base.identity_hash()
+    assert replace(base, lr=2e-3).identity_hash() != base.identity_hash()
     assert replace(base, seed=1).identity_hash() != base.identity_hash()
     assert TrainConfig.from_dict(base.as_dict()) == base
     with pytest.raises(ValueError, match="unknown training option"):
