@@ -10,6 +10,7 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P5 ``p5_producer.py``  producer keys/s for a million keys; S3 listing rate
 * P7 ``p7_rss.py``       worker RSS drift over 1,000 images
 * P8 ``p8_cpu_bf16.py``  ViT-B encoder on the CPU, bf16 ÷ fp32 time per image, and bf16-vs-fp32 mask IoU
+* P15 ``p15_control.py`` cancel of 100,000 queued images (s); delete rate of a run's objects (objects/s, S3)
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
@@ -35,6 +36,7 @@ BENCHES = [
     ("P5", "p5_producer.py", ["--keys", "1000000"], ["--keys", "50000"]),
     ("P7", "p7_rss.py", ["--images", "1000"], ["--images", "200"]),
     ("P8", "p8_cpu_bf16.py", [], ["--images", "1", "--repeats", "1"]),
+    ("P15", "p15_control.py", ["--images", "100000", "--objects", "5000"], ["--images", "10000", "--objects", "1000"]),
 ]
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, select, text
+from sqlalchemy import MetaData, inspect, select, text
 
-from pixelperfect.db import repo
 from pixelperfect.db.migrate import alembic_config, current, upgrade
-from pixelperfect.db.models import Segment
+from pixelperfect.db.models import Segment, utcnow
 from pixelperfect.db.session import get_engine, session_scope
 from tests.db.test_repo import RUN_FIELDS
 
@@ -38,15 +37,20 @@ def _downgrade(url: str, revision: str) -> None:
 def test_box_dice_migration_keeps_existing_results(db_url: str) -> None:
     upgrade(db_url, "0001")
     assert current(db_url) == "0001" and "box_dice" not in _columns(db_url)
-    with session_scope(db_url) as s:  # results written by the 0001 code: no box_dice key
-        run = repo.create_run(s, name="old", fields=RUN_FIELDS)
-        repo.add_images(s, run_id=run.id, keys=["a.png"])
-        image = repo.images_by_key(s, run_id=run.id, keys=["a.png"])["a.png"]
-        row = {"run_id": run.id, "image_id": image.id, "variant": "raw", "prompt_index": 0, "prompt_kind": "box",
-               "prompt": [0, 0, 4, 4], "dice": 0.75}  # fmt: skip
-        repo.mark_done(s, image_id=image.id, segments=[row], fields={})
+    meta = MetaData()
+    meta.reflect(get_engine(db_url))  # results written by the 0001 code, through 0001's own tables
+    runs, images, segments = (meta.tables[t] for t in ("runs", "images", "segments"))
+    with get_engine(db_url).begin() as conn:
+        now = utcnow()
+        run_id = conn.execute(runs.insert().values(name="old", created_at=now, kind="segment", **RUN_FIELDS))
+        run_pk = run_id.inserted_primary_key[0]
+        image = conn.execute(images.insert().values(run_id=run_pk, key="a.png", status="done", attempts=1,
+                                                    created_at=now))  # fmt: skip
+        image_id = image.inserted_primary_key[0]
+        conn.execute(segments.insert().values(run_id=run_pk, image_id=image_id, variant="raw", prompt_index=0,
+                                              prompt_kind="box", prompt=[0, 0, 4, 4], dice=0.75))  # fmt: skip
 
-    upgrade(db_url)
+    upgrade(db_url, "0002")
     assert current(db_url) == "0002" and "box_dice" in _columns(db_url)
     with session_scope(db_url) as s:
         assert s.execute(select(Segment.dice, Segment.box_dice)).all() == [(0.75, None)]
@@ -57,7 +61,7 @@ def test_box_dice_migration_keeps_existing_results(db_url: str) -> None:
     assert current(db_url) == "0001" and "box_dice" not in _columns(db_url)
     with get_engine(db_url).connect() as conn:
         assert conn.execute(text("SELECT dice FROM segments")).scalars().all() == [0.75]
-    upgrade(db_url)
+    upgrade(db_url, "0002")
     assert "box_dice" in _columns(db_url)
 
 
