@@ -125,7 +125,6 @@ def _isolate(task: Task, run_id: int, keys: list[str], lost: int) -> dict[str, A
             len(keys),
         )
         try:
-            from pixelperfect.config import get_settings
             from pixelperfect.worker.leases import release_keys
 
             release_keys(get_settings().database_url, run_id, keys, str(task.request.id))  # the new tasks take over
