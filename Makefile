@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-gpu clean
+.PHONY: install demo test lint typecheck unit bench bench-gpu soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 
 bench-gpu:
 	bash bench/gpu.sh
+
+# The long fault runs (issue 15): producer SIGKILLed while publishing 200,000 keys, then a chaos soak of 2,000
+# images (pool SIGKILLs, Redis and PostgreSQL restarts, S3 5xx); `make test` runs them at 2,000 keys / 200 images.
+soak: $(STAMP)
+	bash scripts/services.sh
+	PP_SOAK=1 $(VENV)/bin/pytest -q -s -p no:cacheprovider tests/faults/test_producer_crash.py tests/faults/test_chaos_soak.py
 
 clean:
 	rm -rf pixelperfect-demo pixelperfect-store pixelperfect.db .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

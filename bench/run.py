@@ -12,6 +12,7 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P8 ``p8_cpu_bf16.py``  ViT-B encoder on the CPU, bf16 ÷ fp32 time per image, and bf16-vs-fp32 mask IoU
 * P11 ``p11_decode.py``  DICOM decode per transfer syntax ÷ the fastest single-thread decoder + numpy VOI
 * P12 ``p12_reduced.py`` decode at the model's input size ÷ full decode; reduced-vs-full mask Dice
+* P15 ``p15_control.py`` cancel of 100,000 queued images (s); delete rate of a run's objects (objects/s, S3)
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
@@ -39,6 +40,7 @@ BENCHES = [
     ("P8", "p8_cpu_bf16.py", [], ["--images", "1", "--repeats", "1"]),
     ("P11", "p11_decode.py", ["--images", "2", "--repeats", "10"], ["--images", "1", "--repeats", "2"]),
     ("P12", "p12_reduced.py", ["--images", "2", "--repeats", "5"], ["--images", "1", "--repeats", "1", "--no-dice"]),
+    ("P15", "p15_control.py", ["--images", "100000", "--objects", "5000"], ["--images", "10000", "--objects", "1000"]),
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,10 @@ class ObjectStore(ABC):
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{validate_key(key)}"
 
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete the objects at ``keys`` (missing ones are no error); returns how many were asked for."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete objects")
+
 
 class LocalStore(ObjectStore):
     """A directory. Writes are atomic (temporary file, then rename), so a reader never sees half a mask."""
@@ -99,6 +103,22 @@ class LocalStore(ObjectStore):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Unlink the files, then the directories the deletions left empty (never the root)."""
+        parents = set()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            parents.add(path.parent)
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            while parent != self.root and self.root in parent.parents:
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty (or gone): stop climbing
+                    break
+                parent = parent.parent
+        return len(keys)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         if prefix:
@@ -165,6 +185,24 @@ class S3Store(ObjectStore):
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise
+
+    #: S3's ``DeleteObjects`` takes at most this many keys per request.
+    DELETE_BATCH = 1000
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """``DeleteObjects`` in requests of :data:`DELETE_BATCH` keys (quiet mode: only errors come back); raises
+        ``RuntimeError`` naming the first key S3 refused."""
+        for start in range(0, len(keys), self.DELETE_BATCH):
+            objects = [{"Key": self._key(k)} for k in keys[start : start + self.DELETE_BATCH]]
+            reply = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+            errors = reply.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RuntimeError(
+                    f"S3 refused to delete {len(errors)} object(s), e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
+        return len(keys)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         full = join_key(self.prefix, prefix)

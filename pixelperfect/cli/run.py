@@ -56,8 +56,15 @@ def submit(
     points_per_side: int = typer.Option(16, min=1, max=128, help="--prompts auto: grid points per side"),
     lung_only: bool = typer.Option(True, help="--prompts auto: keep only masks inside the lung field"),
     wait: bool = typer.Option(False, help="distributed: wait until every image is done or failed"),
+    republish: bool = typer.Option(
+        False, help="publish every queued image again, also those with a message (after a broker lost its data)"
+    ),
 ) -> None:
-    """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset)."""
+    """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset).
+
+    Re-submitting a run resumes it: finished images are skipped, and images whose message is still in the broker
+    are not published twice. Submitting a cancelled run (`pixelperfect cancel`) resumes it: its cancelled images
+    are queued again."""
     from pixelperfect.embedded import SubmitError, SubmitRequest
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
@@ -86,6 +93,7 @@ def submit(
         prompts=prompts,
         points=points,
         manifest=manifest,
+        republish=republish,
         process=ProcessSettings(
             jitter=Jitter(k=consistency_k),
             min_area=settings.min_area,

@@ -24,11 +24,17 @@ MAX_KEYS = 20_000
 
 
 def register_images(
-    session: Session, *, run_id: int, keys: Sequence[str], gt_masks: dict[str, str] | None = None
+    session: Session,
+    *,
+    run_id: int,
+    keys: Sequence[str],
+    gt_masks: dict[str, str] | None = None,
+    unpublished_only: bool = False,
 ) -> tuple[int, list[str]]:
     """Register ``keys`` (at most :data:`MAX_KEYS`) as queued images of run ``run_id``; existing rows are left as
     they are. Returns the number of rows inserted and the keys among ``keys`` that are queued now (new ones and
-    unfinished ones of an earlier submission), in the order of ``keys``, each once."""
+    unfinished ones of an earlier submission), in the order of ``keys``, each once. ``unpublished_only``: of the
+    earlier ones only those no message was published for (``Image.published_at`` unset)."""
     if len(keys) > MAX_KEYS:
         raise ValueError(f"register at most {MAX_KEYS} keys per call, got {len(keys)}")
     if not keys:
@@ -49,13 +55,12 @@ def register_images(
     queued = set(new)
     old = [k for k in dict.fromkeys(keys) if k not in new]
     if old:  # a resumed run: which of the keys registered before are still unfinished (one index lookup each)
-        queued.update(
-            session.scalars(
-                select(Image.key).where(
-                    Image.run_id == run_id, Image.status == ImageStatus.queued.value, Image.key.in_(old)
-                )
-            )
+        stmt = select(Image.key).where(
+            Image.run_id == run_id, Image.status == ImageStatus.queued.value, Image.key.in_(old)
         )
+        if unpublished_only:
+            stmt = stmt.where(Image.published_at.is_(None))
+        queued.update(session.scalars(stmt))
     return len(new), [k for k in dict.fromkeys(keys) if k in queued]
 
 

@@ -35,6 +35,13 @@ class ImageStatus(str, enum.Enum):
     queued = "queued"
     done = "done"
     failed = "failed"
+    cancelled = "cancelled"  # its run was cancelled before a worker took it; submitting the run queues it again
+
+
+class RunState(str, enum.Enum):
+    active = "active"
+    cancelled = "cancelled"  # workers acknowledge its batches without model work; submit resumes it
+    deleting = "deleting"  # ``pixelperfect delete`` began removing it (re-run delete to finish)
 
 
 class Base(DeclarativeBase):
@@ -60,6 +67,8 @@ class Run(Base):
     code_version: Mapped[str] = mapped_column(String(40))
     config_hash: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(20), default="segment")  # segment | train
+    state: Mapped[str] = mapped_column(String(12), default=RunState.active.value, server_default="active")
+    state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     images: Mapped[list[Image]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -92,6 +101,13 @@ class Image(Base):
     labelled: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Leases (worker/leases.py): the message (Celery task id) whose batch holds the image, the worker process,
+    # and until when; a lease past its expiry belongs to nobody. published_at: a message naming the image was
+    # handed to the broker (a re-submit publishes only images without one).
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_worker: Mapped[str | None] = mapped_column(String(255))
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     run: Mapped[Run] = relationship(back_populates="images")
     segments: Mapped[list[Segment]] = relationship(back_populates="image", cascade="all, delete-orphan")
@@ -155,3 +171,17 @@ class Annotation(Base):
     x2: Mapped[float | None] = mapped_column(Float)
     y2: Mapped[float | None] = mapped_column(Float)
     label: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ModelWork(Base):
+    """Append-only: one row per image handed to the image encoder, committed *before* the encoder runs, so the
+    work of a process killed mid-batch is counted too. Rows per image above one are model work done twice."""
+
+    __tablename__ = "model_work"
+    __table_args__ = (Index("ix_model_work_run", "run_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(Integer)  # no foreign key: the record outlives nothing, costs no lock
+    worker: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

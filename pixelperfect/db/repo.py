@@ -95,11 +95,11 @@ def images_by_key(session: Session, *, run_id: int, keys: Sequence[str]) -> dict
 
 
 def requeue(session: Session, *, run_id: int, keys: Sequence[str]) -> int:
-    """Mark failed images queued again (for ``retry``)."""
+    """Mark failed images queued again (for ``retry``), free of the leases of the messages that failed them."""
     result = session.execute(
         update(Image)
         .where(Image.run_id == run_id, Image.key.in_(list(keys)), Image.status == ImageStatus.failed.value)
-        .values(status=ImageStatus.queued.value, error=None, error_reason=None)
+        .values(status=ImageStatus.queued.value, error=None, error_reason=None, lease_owner=None, lease_expires=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -239,8 +239,9 @@ def count_annotations(session: Session, *, run_id: int) -> int:
 
 
 def status_counts(session: Session, *, run_id: int) -> dict[str, int]:
+    """Images by status: ``queued``, ``done`` and ``failed`` always, ``cancelled`` when the run has any."""
     rows = session.execute(select(Image.status, func.count()).where(Image.run_id == run_id).group_by(Image.status))
-    counts = {s.value: 0 for s in ImageStatus}
+    counts = {s.value: 0 for s in ImageStatus if s is not ImageStatus.cancelled}
     counts.update({status: int(n) for status, n in rows})
     return counts
 

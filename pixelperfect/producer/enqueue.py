@@ -22,8 +22,9 @@ from typing import Any
 
 from pixelperfect import __version__
 from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
-from pixelperfect.db import bulk, repo
+from pixelperfect.db import bulk, control, repo
 from pixelperfect.db.migrate import upgrade
+from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.auto import parse_points_csv
 from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings
@@ -70,6 +71,8 @@ class SubmitRequest:
     manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
     process: ProcessSettings = field(default_factory=ProcessSettings)
+    # publish every queued image again, even those a message was published for (after a broker lost its data)
+    republish: bool = False
 
 
 @dataclass
@@ -82,6 +85,8 @@ class SubmitResult:
     pending: int
     batches: int
     annotated: int
+    resumed: int = 0  # cancelled images queued again (submit on a cancelled run resumes it)
+    stopped: bool = False  # the run was cancelled while this submission was publishing: it stopped
 
 
 def parse_variants(texts: Sequence[str]) -> list[Variant]:
@@ -207,15 +212,22 @@ def submit(
             session, name=req.run, fields={**config, "code_version": __version__, "config_hash": digest}
         )
         run_id = run.id
+        resumed = _resume(session, run)
 
     sink = _Sink(run_id, req.run, settings, on_progress, run_batches) if execute else None
     batcher = Batcher(batch_size)
     images = new = pending = batches = annotated = 0
+    stopped = False
     try:
         for chunk in chunks:
             gt = {k: masks[stem(k)] for k in chunk if stem(k) in masks} if masks else {}
             with session_scope(settings.database_url) as session:  # one transaction per chunk
-                inserted, queued = bulk.register_images(session, run_id=run_id, keys=chunk, gt_masks=gt)
+                if control.run_state(session, run_id=run_id) != RunState.active.value:
+                    stopped = True  # `pixelperfect cancel` (or delete) while we were publishing: stop here
+                    break
+                inserted, queued = bulk.register_images(
+                    session, run_id=run_id, keys=chunk, gt_masks=gt, unpublished_only=not req.republish
+                )
                 if boxes is not None:
                     matched = boxes.match(chunk)
                     repo.add_annotations(session, run_id=run_id, boxes=matched)
@@ -228,7 +240,7 @@ def submit(
             batches += len(ready)
             if sink is not None:
                 sink.send(ready, known_images=pending, known_batches=batches)
-        rest = batcher.flush()
+        rest = [] if stopped else batcher.flush()
         batches += len(rest)
         if sink is not None:
             sink.send(rest, known_images=pending, known_batches=batches)
@@ -237,7 +249,20 @@ def submit(
             sink.close()
     if points is not None and not points.matched:
         log.warning("no point in %s matches an image key or stem", req.points)
-    return SubmitResult(run_id, req.run, created, images, new, pending, batches, annotated)
+    if stopped:
+        log.warning("run %s was cancelled while it was being submitted: publishing stopped", req.run)
+    return SubmitResult(run_id, req.run, created, images, new, pending, batches, annotated, resumed, stopped)
+
+
+def _resume(session: Any, run: Any) -> int:
+    """A cancelled run becomes active again, its cancelled images queued; a run being deleted is refused."""
+    if run.state == RunState.deleting.value:
+        raise SubmitError(f"run {run.name!r} is being deleted: finish with `pixelperfect delete {run.name} --yes`")
+    if run.state == RunState.cancelled.value:
+        n = control.resume_run(session, run_id=run.id)
+        log.info("run %s was cancelled: resumed, %d cancelled images queued again", run.name, n)
+        return n
+    return 0
 
 
 def _listing(req: SubmitRequest, settings: Settings) -> Iterator[str]:
@@ -317,7 +342,11 @@ class _Sink:
         """Publish or run ``batches``; progress counts batches published (distributed) or images run (embedded)."""
         report = self.on_progress
         if self.publisher is not None:
-            self.publisher.publish(batches)
+            for start in range(0, len(batches), PUBLISH_CHUNK):  # each group noted in SQL once it is in the broker
+                group = batches[start : start + PUBLISH_CHUNK]
+                self.publisher.publish(group)
+                with session_scope(self.settings.database_url) as session:
+                    control.mark_published(session, run_id=self.run_id, keys=[k for b in group for k in b])
             self.done = self.publisher.published
             if report and batches:
                 report(self.done, known_batches)

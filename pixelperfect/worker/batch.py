@@ -1,6 +1,7 @@
 """``run_batch``: one batch of a run's images, top to bottom. Celery and embedded mode both call it.
 
-1. read: the batch's image rows and prompts (one short transaction);
+1. lease: the batch's queued images nobody else holds (``worker/leases.py``; a cancelled run's end ``cancelled``),
+   then their prompts;
 2. fetch -> decode -> preprocess -> encode -> prompt -> segment -> score -> store: the overlapped stages of
    :class:`~pixelperfect.worker.flow.BatchFlow` (I/O threads, the model on this thread, post and upload threads);
 3. persist: every row of the batch in one transaction, after every mask object exists
@@ -19,8 +20,8 @@ import time
 from collections.abc import Sequence
 
 from pixelperfect.db import repo
-from pixelperfect.db.models import ImageStatus
 from pixelperfect.db.session import session_scope
+from pixelperfect.worker import leases
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
 from pixelperfect.worker.metrics import observe_batch
@@ -33,34 +34,57 @@ __all__ = ["BatchSummary", "run_batch"]
 
 
 def run_batch(
-    run_id: int, keys: Sequence[str], runtime: Runtime | None = None, *, worker_host: str | None = None
+    run_id: int,
+    keys: Sequence[str],
+    runtime: Runtime | None = None,
+    *,
+    worker_host: str | None = None,
+    lease: str | None = None,
 ) -> BatchSummary:
     """Process the images ``keys`` of run ``run_id`` (already registered as image rows).
 
     ``worker_host`` goes into ``Image.worker_host``: the Celery node name (``gpu0@host``) inside a worker, so two
-    workers on one machine stay apart; the machine's hostname when not given (embedded runs).
+    workers on one machine stay apart; the machine's hostname when not given (embedded runs). ``lease``: the
+    message's id (the Celery task id) that owns the images' leases (``worker/leases.py``); None makes one up.
+    Only the images this call leases are processed: finished, failed, cancelled and other-leased ones are skipped
+    without model work (a cancelled run's queued images end ``cancelled``).
     """
     rt = runtime or get_runtime()
-    run = rt.run_spec(run_id)
     summary = BatchSummary(run_id)
     t_start = time.perf_counter()
-    with session_scope(rt.settings.database_url) as session:
-        rows = repo.images_by_key(session, run_id=run_id, keys=keys)
-        boxes = repo.boxes_for(session, run_id=run_id, keys=keys)
-        points = repo.points_for(session, run_id=run_id, keys=keys) if run.process.prompt_mode == "points" else {}
-        todo = [ImageTodo(k, rows[k].id, rows[k].gt_mask_key)
-                for k in keys if k in rows and rows[k].status != ImageStatus.done.value]  # fmt: skip
-    read_s = time.perf_counter() - t_start
-    summary.skipped = len(keys) - len(todo)
-    if not todo:
+    host = worker_host or socket.gethostname()
+    hold = leases.acquire(
+        rt.settings.database_url, run_id, list(keys), owner=lease, host=host, ttl_s=rt.settings.visibility_timeout
+    )
+    summary.cancelled = hold.cancelled
+    summary.skipped = len(keys) - len(hold.todo) - hold.cancelled
+    if not hold.todo:
         return summary
+    try:
+        return _run_held(rt, hold, summary, host, t_start)
+    except BaseException:
+        if hold.generated:  # no message comes back under a made-up owner: let the caller's retry in at once
+            hold.release_now()
+        raise
+
+
+def _run_held(rt: Runtime, hold: leases.Hold, summary: BatchSummary, host: str, t_start: float) -> BatchSummary:
+    """The leased images of the batch: read, flow, persist (leases released in the persisting transaction)."""
+    run = rt.run_spec(hold.run_id)
+    keys = [key for _, key, _ in hold.todo]
+    with session_scope(rt.settings.database_url) as session:
+        boxes = repo.boxes_for(session, run_id=run.id, keys=keys)
+        points = repo.points_for(session, run_id=run.id, keys=keys) if run.process.prompt_mode == "points" else {}
+    todo = [ImageTodo(key, image_id, gt) for image_id, key, gt in hold.todo]
+    read_s = time.perf_counter() - t_start
     segmenter = rt.segmenter(run)  # loaded once per process; raises (-> batch retry) if the model cannot load
-    flow = BatchFlow(rt, run, segmenter, rt.store(run.store_url), boxes, points)
+    flow = BatchFlow(rt, run, segmenter, rt.store(run.store_url), boxes, points, before_model=hold.before_model)
     fetched, results = flow.run(todo)
 
     t0 = time.perf_counter()
-    host = worker_host or socket.gethostname()
-    persist_batch(rt.settings.database_url, summary, fetched, results, host=host, read_s=read_s)
+    persist_batch(
+        rt.settings.database_url, summary, fetched, results, host=host, read_s=read_s, in_transaction=hold.release
+    )
     observe_batch(
         done=summary.done,
         failures=summary.failures,

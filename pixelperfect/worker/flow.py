@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import Any
 
@@ -58,9 +58,14 @@ class BatchFlow:
         store: ObjectStore,
         boxes: dict[str, list[list[float]]],
         points: dict[str, list[list[float]]],
+        before_model: Callable[[list[int], list[int]], None] | None = None,
     ) -> None:
         self.rt, self.run_spec, self.segmenter, self.store = rt, run, segmenter, store
         self.boxes, self.points = boxes, points
+        # (image ids about to enter the encoder, every image id of the batch): the durable model-work record and
+        # the lease renewal (worker/leases.py), called before each encoder group
+        self.before_model = before_model
+        self.image_ids: list[int] = []
         self.pools = pools.worker_pools()
         self.group_size = rt.settings.encoder_batch
         self.slots = threading.BoundedSemaphore(POST_GROUPS * self.group_size)
@@ -75,6 +80,7 @@ class BatchFlow:
         that finished, its masks stored. A failed upload or an out-of-memory error raises after every thread of
         this batch stopped."""
         groups = iter([todo[i : i + self.group_size] for i in range(0, len(todo), self.group_size)])
+        self.image_ids = [item.image_id for item in todo]
         try:
             for _ in range(1 + PREFETCH_GROUPS):
                 self._prefetch(groups)
@@ -111,6 +117,8 @@ class BatchFlow:
 
     def _segment(self, ready: list[FetchedImage]) -> None:
         pairs = [(f, f.prepared) for f in ready if f.prepared is not None]
+        if pairs and self.before_model is not None:  # images with prompts go through the encoder
+            self.before_model([f.todo.image_id for f, prep in pairs if prep.inputs], self.image_ids)
         predictions = predict_group([prep for _, prep in pairs], self.run_spec, self.segmenter)
         for (f, prep), prediction in zip(pairs, predictions, strict=True):
             f.prepared = f.input = None  # the post thread owns the pixels now; freed when it is done

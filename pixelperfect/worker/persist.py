@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from pixelperfect.db import bulk, repo
 from pixelperfect.db.session import session_scope
@@ -18,7 +20,8 @@ class BatchSummary:
     run_id: int
     done: int = 0
     failed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # finished, failed, or held by another message's lease: no model work here
+    cancelled: int = 0  # its run was cancelled: acknowledged without model work
     segments: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     timings: list[dict[str, float]] = field(default_factory=list)  # per finished image, seconds per stage
@@ -29,6 +32,7 @@ class BatchSummary:
             "done": self.done,
             "failed": self.failed,
             "skipped": self.skipped,
+            "cancelled": self.cancelled,
             "segments": self.segments,
         }
 
@@ -41,10 +45,12 @@ def persist_batch(
     *,
     host: str,
     read_s: float,
+    in_transaction: Callable[[Session], None] | None = None,
 ) -> None:
     """Write every image of the batch — finished ones with their segment rows, failed ones with their reason —
     and the stage timings, in one transaction; counts go into ``summary``. ``read_s``: the batch's earlier
-    database reads, shared out with the writes into each image's ``db`` timing."""
+    database reads, shared out with the writes into each image's ``db`` timing. ``in_transaction(session)``: more
+    writes of the caller in the same transaction (the batch's leases released)."""
     t0 = time.perf_counter()
     done: list[bulk.DoneImage] = []
     done_timings: dict[int, dict[str, float]] = {}
@@ -69,6 +75,8 @@ def persist_batch(
         for timings in done_timings.values():
             timings["db"] = db_each
         repo.set_timings(session, timings={i: _rounded(t) for i, t in done_timings.items()})
+        if in_transaction is not None:
+            in_transaction(session)
     summary.timings = list(done_timings.values())
 
 

@@ -75,7 +75,8 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
     if lost >= MAX_WORKER_LOSSES:
         return _isolate(self, run_id, keys, lost)
     try:
-        return run_batch(run_id, keys, worker_host=self.request.hostname).as_dict()  # node name, e.g. gpu0@host
+        # node name, e.g. gpu0@host; the task id owns the images' leases (a redelivery or retry keeps it)
+        return run_batch(run_id, keys, worker_host=self.request.hostname, lease=self.request.id).as_dict()
     except Exception as exc:
         if retries < self.max_retries:
             raise  # Celery's autoretry publishes retry number retries + 1 after the policy's backoff
@@ -124,6 +125,9 @@ def _isolate(task: Task, run_id: int, keys: list[str], lost: int) -> dict[str, A
             len(keys),
         )
         try:
+            from pixelperfect.worker.leases import release_keys
+
+            release_keys(get_settings().database_url, run_id, keys, str(task.request.id))  # the new tasks take over
             for key in keys:
                 segment_batch.apply_async((run_id, [key]), argsrepr=f"(run={run_id}, key={key!r}, isolated)")
         except Exception as exc:

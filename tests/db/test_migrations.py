@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect, select, text
+from sqlalchemy import MetaData, inspect, select, text
 
 from pixelperfect.db import repo
 from pixelperfect.db.migrate import alembic_config, current, upgrade
-from pixelperfect.db.models import Image, Segment
+from pixelperfect.db.models import Segment, utcnow
 from pixelperfect.db.session import get_engine, session_scope
 from tests.db.test_repo import RUN_FIELDS
 
@@ -38,13 +38,7 @@ def _downgrade(url: str, revision: str) -> None:
 def test_box_dice_migration_keeps_existing_results(db_url: str) -> None:
     upgrade(db_url, "0001")
     assert current(db_url) == "0001" and "box_dice" not in _columns(db_url)
-    with session_scope(db_url) as s:  # results written by the 0001 code: no box_dice key
-        run = repo.create_run(s, name="old", fields=RUN_FIELDS)
-        repo.add_images(s, run_id=run.id, keys=["a.png"])
-        image_id = s.scalar(select(Image.id).where(Image.key == "a.png"))  # columns of 0001 only
-        row = {"run_id": run.id, "image_id": image_id, "variant": "raw", "prompt_index": 0, "prompt_kind": "box",
-               "prompt": [0, 0, 4, 4], "dice": 0.75}  # fmt: skip
-        repo.mark_done(s, image_id=image_id, segments=[row], fields={})
+    _write_old_result(db_url, dice=0.75)  # results written by the 0001 code, through 0001's own tables
 
     upgrade(db_url, "0002")
     assert current(db_url) == "0002" and "box_dice" in _columns(db_url)
@@ -66,22 +60,18 @@ def test_units_and_negatives_migration_keeps_results_in_px(db_url: str) -> None:
     """0004: segments written before it keep NULL ``surface_unit`` (their NSD/HD95 were px) and images NULL
     ``labelled``; both columns take values after it, and go back down."""
     upgrade(db_url, "0002")
-    with session_scope(db_url) as s:
-        run = repo.create_run(s, name="old", fields=RUN_FIELDS)
-        repo.add_images(s, run_id=run.id, keys=["a.png"])
-        image_id = s.scalar(select(Image.id).where(Image.key == "a.png"))
-        row = {"run_id": run.id, "image_id": image_id, "variant": "raw", "prompt_index": 0, "prompt_kind": "box",
-               "prompt": [0, 0, 4, 4], "nsd": 0.5, "hd95": 3.0}  # fmt: skip
-        repo.mark_done(s, image_id=image_id, segments=[row], fields={})
+    run_pk = _write_old_result(db_url, nsd=0.5, hd95=3.0)  # through 0002's own tables: the ORM is newer
     upgrade(db_url, "0004")
     assert "surface_unit" in _columns(db_url)
+    with get_engine(db_url).begin() as conn:
+        assert conn.execute(text("SELECT hd95, surface_unit FROM segments")).all() == [(3.0, None)]
+        assert conn.execute(text("SELECT labelled FROM images")).scalar() is None
     with session_scope(db_url) as s:
-        assert s.execute(select(Segment.hd95, Segment.surface_unit)).all() == [(3.0, None)]
-        assert s.scalar(select(Image.labelled)) is None
-        assert repo.mark_labelled(s, run_id=run.id, keys=["a.png", "absent.png"]) == 1
-        s.execute(Segment.__table__.update().values(surface_unit="mm"))
-    with session_scope(db_url) as s:
-        assert s.scalar(select(Image.labelled)) is True and s.scalar(select(Segment.surface_unit)) == "mm"
+        assert repo.mark_labelled(s, run_id=run_pk, keys=["a.png", "absent.png"]) == 1
+    with get_engine(db_url).begin() as conn:
+        conn.execute(text("UPDATE segments SET surface_unit = 'mm'"))
+        assert conn.execute(text("SELECT labelled FROM images")).scalar() in (True, 1)
+        assert conn.execute(text("SELECT surface_unit FROM segments")).scalar() == "mm"
     _downgrade(db_url, "0002")
     assert "surface_unit" not in _columns(db_url)
     with get_engine(db_url).connect() as conn:
@@ -100,3 +90,20 @@ def test_migrations_build_exactly_the_models_schema(db_url: str) -> None:
     with get_engine(db_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], diff
+
+
+def _write_old_result(db_url: str, **metrics: float) -> int:
+    """One done image with one segment written through the tables as the database has them now (reflected)."""
+    meta = MetaData()
+    meta.reflect(get_engine(db_url))
+    runs, images, segments = (meta.tables[t] for t in ("runs", "images", "segments"))
+    with get_engine(db_url).begin() as conn:
+        now = utcnow()
+        run_pk = conn.execute(runs.insert().values(name="old", created_at=now, kind="segment", **RUN_FIELDS))
+        run_id = run_pk.inserted_primary_key[0]
+        image = conn.execute(images.insert().values(run_id=run_id, key="a.png", status="done", attempts=1,
+                                                    created_at=now))  # fmt: skip
+        segment = {"run_id": run_id, "image_id": image.inserted_primary_key[0], "variant": "raw", "prompt_index": 0,
+                   "prompt_kind": "box", "prompt": [0, 0, 4, 4], **metrics}  # fmt: skip
+        conn.execute(segments.insert().values(**segment))
+    return int(run_id)

@@ -1,0 +1,287 @@
+"""Run control in SQL: run state (cancel, resume, delete), image leases, what was published, the model-work record.
+
+Keyword-only functions taking a session, as ``repo.py``. Times are the caller's clock in UTC (``utcnow``): lease
+expiries are compared with the clock of the worker that reads them, so the machines' clocks must agree to well
+within a lease (NTP does; a lease lasts ``Settings.visibility_timeout`` seconds, an hour by default).
+
+A lease is ``(lease_owner, lease_worker, lease_expires)`` on the image row: the owner is the message that holds
+the image — the Celery task id, which a redelivery and a retry keep — so the same message delivered again after
+its pool process died takes its images back at once, while a *different* message for the same image (a re-submit,
+a duplicate publish) finds them leased and leaves them alone. A lease past its expiry belongs to nobody.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from pixelperfect.db.models import Annotation, Image, ImageStatus, ModelWork, Run, RunState, Segment, utcnow
+
+#: Rows per DELETE while a run is removed: each chunk is its own transaction, so an interrupted delete resumes.
+DELETE_CHUNK = 5_000
+_NO_SYNC = {"synchronize_session": False}
+
+
+def _free(now: datetime, owner: str | None = None) -> Any:
+    """The lease condition of an image that may be taken: none, expired, or already ``owner``'s."""
+    terms = [Image.lease_owner.is_(None), Image.lease_expires.is_(None), Image.lease_expires < now]
+    if owner is not None:
+        terms.append(Image.lease_owner == owner)
+    return or_(*terms)
+
+
+# --- run state ------------------------------------------------------------------------------------------------
+
+
+def run_state(session: Session, *, run_id: int) -> str | None:
+    """``active``, ``cancelled`` or ``deleting``; None when the run does not exist (deleted)."""
+    return session.scalar(select(Run.state).where(Run.id == run_id))
+
+
+def set_run_state(session: Session, *, run_id: int, state: RunState) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(state=state.value, state_changed_at=utcnow()))
+
+
+def cancel_run(session: Session, *, run_id: int) -> int:
+    """Mark the run cancelled and its queued images without a live lease ``cancelled``: one UPDATE over the
+    run's queued images (index ``ix_images_run_status``), however many there are. Images under a live lease are in
+    a worker's batch right now and finish. Returns the images cancelled."""
+    set_run_state(session, run_id=run_id, state=RunState.cancelled)
+    result = session.execute(
+        update(Image)
+        .where(Image.run_id == run_id, Image.status == ImageStatus.queued.value, _free(utcnow()))
+        .values(status=ImageStatus.cancelled.value, published_at=None)
+        .execution_options(**_NO_SYNC)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def cancel_images(session: Session, *, run_id: int, keys: Sequence[str]) -> int:
+    """A worker holding a message of a cancelled run: its queued, unleased images become ``cancelled`` (those a
+    producer registered after the cancel, too). Returns how many."""
+    result = session.execute(
+        update(Image)
+        .where(Image.run_id == run_id, Image.key.in_(list(keys)), Image.status == ImageStatus.queued.value)
+        .where(_free(utcnow()))
+        .values(status=ImageStatus.cancelled.value, published_at=None)
+        .execution_options(**_NO_SYNC)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def resume_run(session: Session, *, run_id: int) -> int:
+    """``submit`` on a cancelled run: active again, its cancelled images queued and unpublished (so the producer
+    publishes them). Returns the images queued again."""
+    set_run_state(session, run_id=run_id, state=RunState.active)
+    result = session.execute(
+        update(Image)
+        .where(Image.run_id == run_id, Image.status == ImageStatus.cancelled.value)
+        .values(status=ImageStatus.queued.value, published_at=None, lease_owner=None, lease_expires=None)
+        .execution_options(**_NO_SYNC)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- leases ---------------------------------------------------------------------------------------------------
+
+
+def claim(
+    session: Session, *, run_id: int, keys: Sequence[str], owner: str, worker: str, ttl_s: float
+) -> list[tuple[int, str, str | None]]:
+    """Lease the queued images among ``keys`` that nobody else holds; returns ``(image id, key, ground-truth mask
+    URL)`` of those now held by ``owner``. Finished, failed, cancelled and other-leased images are not returned.
+
+    PostgreSQL: a concurrent claim of the same row waits for this one's commit and then re-checks the condition,
+    so of two workers exactly one gets an image. SQLite serialises writers.
+    """
+    if not keys:
+        return []
+    now = utcnow()
+    rows = session.execute(
+        update(Image)
+        .where(Image.run_id == run_id, Image.key.in_(list(keys)), Image.status == ImageStatus.queued.value)
+        .where(_free(now, owner))
+        .values(lease_owner=owner, lease_worker=worker[:255], lease_expires=now + timedelta(seconds=ttl_s))
+        .returning(Image.id, Image.key, Image.gt_mask_key)
+        .execution_options(**_NO_SYNC)
+    ).all()
+    return [(int(i), str(k), g) for i, k, g in rows]
+
+
+def renew(session: Session, *, image_ids: Sequence[int], owner: str, ttl_s: float) -> int:
+    """Extend ``owner``'s leases on ``image_ids``; returns how many it still held (fewer: one expired and was
+    taken over by another message, whose result will be the same)."""
+    if not image_ids:
+        return 0
+    result = session.execute(
+        update(Image)
+        .where(Image.id.in_(list(image_ids)), Image.lease_owner == owner)
+        .values(lease_expires=utcnow() + timedelta(seconds=ttl_s))
+        .execution_options(**_NO_SYNC)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def release(
+    session: Session, *, run_id: int, owner: str, keys: Sequence[str] = (), image_ids: Sequence[int] = ()
+) -> int:
+    """Drop ``owner``'s leases on the images named by ``keys`` or ``image_ids`` (index lookups, no scan)."""
+    if not keys and not image_ids:
+        return 0
+    stmt = update(Image).where(Image.run_id == run_id, Image.lease_owner == owner)
+    if keys:
+        stmt = stmt.where(Image.key.in_(list(keys)))
+    if image_ids:
+        stmt = stmt.where(Image.id.in_(list(image_ids)))
+    result = session.execute(
+        stmt.values(lease_owner=None, lease_worker=None, lease_expires=None).execution_options(**_NO_SYNC)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def live_leases(session: Session, *, run_id: int) -> int:
+    """Queued images of the run in a worker's batch right now (a lease not yet expired)."""
+    stmt = select(func.count()).where(
+        Image.run_id == run_id,
+        Image.status == ImageStatus.queued.value,
+        Image.lease_owner.is_not(None),
+        Image.lease_expires >= utcnow(),
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+# --- publishing and model work --------------------------------------------------------------------------------
+
+
+def mark_published(session: Session, *, run_id: int, keys: Sequence[str]) -> None:
+    """Note that a message naming each of ``keys`` is now in the broker (a re-submit skips them)."""
+    if keys:
+        session.execute(
+            update(Image)
+            .where(Image.run_id == run_id, Image.key.in_(list(keys)))
+            .values(published_at=utcnow())
+            .execution_options(**_NO_SYNC)
+        )
+
+
+def record_model_work(session: Session, *, run_id: int, image_ids: Sequence[int], worker: str) -> None:
+    """Append one ``model_work`` row per image about to enter the encoder (commit before the encoder runs)."""
+    if image_ids:
+        now = utcnow()
+        rows = [{"run_id": run_id, "image_id": i, "worker": worker[:255], "created_at": now} for i in image_ids]
+        session.execute(insert(ModelWork), rows)
+
+
+def model_work(session: Session, *, run_id: int) -> tuple[int, int]:
+    """(encoder records, distinct images) of the run: records ÷ images is the model work per image."""
+    n, distinct = session.execute(
+        select(func.count(), func.count(func.distinct(ModelWork.image_id))).where(ModelWork.run_id == run_id)
+    ).one()
+    return int(n or 0), int(distinct or 0)
+
+
+# --- all runs -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOverview:
+    """One line of ``pixelperfect runs``: ``images_per_s`` over the run's life (first to last finished image)."""
+
+    name: str
+    model: str
+    variants: list[str]
+    created_at: datetime
+    state: str
+    counts: dict[str, int]
+    images_per_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.name,
+            "model": self.model,
+            "variants": self.variants,
+            "created": self.created_at.isoformat(),
+            "state": self.state,
+            "images": self.counts,
+            "images_per_s": self.images_per_s,
+        }
+
+
+def runs_overview(session: Session) -> list[RunOverview]:
+    """Every run with its image counts by status and images/s: two queries (the runs; the images grouped by run
+    and status), whatever the number of runs."""
+    runs = session.execute(
+        select(Run.id, Run.name, Run.model, Run.variants, Run.created_at, Run.state).order_by(Run.id)
+    ).all()
+    grouped = session.execute(
+        select(
+            Image.run_id,
+            Image.status,
+            func.count(),
+            func.min(Image.finished_at),
+            func.max(Image.finished_at),
+            func.count(Image.finished_at),
+        ).group_by(Image.run_id, Image.status)
+    ).all()
+    counts: dict[int, dict[str, int]] = {}
+    window: dict[int, list[Any]] = {}
+    for run_id, status, n, first, last, finished in grouped:
+        counts.setdefault(run_id, {s.value: 0 for s in ImageStatus})[status] = int(n)
+        w = window.setdefault(run_id, [None, None, 0])
+        if first is not None:
+            w[0] = first if w[0] is None else min(w[0], first)
+            w[1] = last if w[1] is None else max(w[1], last)
+            w[2] += int(finished)
+    out = []
+    for run_id, name, model, variants, created, state in runs:
+        first, last, finished = window.get(run_id, [None, None, 0])
+        rate = None
+        if first is not None and last is not None and finished > 1 and last > first:
+            rate = (finished - 1) / (last - first).total_seconds()
+        out.append(
+            RunOverview(
+                name=name,
+                model=model,
+                variants=[v["name"] for v in variants],
+                created_at=created,
+                state=state,
+                counts=counts.get(run_id, {s.value: 0 for s in ImageStatus}),
+                images_per_s=rate,
+            )
+        )
+    return out
+
+
+# --- deleting a run -------------------------------------------------------------------------------------------
+
+
+def mask_keys_page(session: Session, *, run_id: int, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """``(segment id, mask URL)`` of the run's segments with ids above ``after_id``, in id order (keyset paging)."""
+    rows = session.execute(
+        select(Segment.id, Segment.mask_key)
+        .where(Segment.run_id == run_id, Segment.id > after_id, Segment.mask_key.is_not(None))
+        .order_by(Segment.id)
+        .limit(limit)
+    ).all()
+    return [(int(i), str(k)) for i, k in rows]
+
+
+def delete_rows_chunk(session: Session, *, run_id: int) -> int:
+    """Delete up to :data:`DELETE_CHUNK` of the run's rows, children first (segments, model work, annotations,
+    then images); 0 when none is left. The run row itself goes last, with :func:`delete_run_row`."""
+    for model in (Segment, ModelWork, Annotation, Image):
+        ids = select(model.id).where(model.run_id == run_id).limit(DELETE_CHUNK).scalar_subquery()  # type: ignore[attr-defined]
+        result = session.execute(delete(model).where(model.id.in_(ids)).execution_options(**_NO_SYNC))  # type: ignore[attr-defined]
+        deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if deleted:
+            return deleted
+    return 0
+
+
+def delete_run_row(session: Session, *, run_id: int) -> None:
+    session.execute(delete(Run).where(Run.id == run_id).execution_options(**_NO_SYNC))

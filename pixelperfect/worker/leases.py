@@ -1,0 +1,103 @@
+"""A batch's hold on its images: leases in SQL instead of duplicate model work, and the durable model-work record.
+
+``run_batch`` first *acquires*: in one transaction it reads the run's state and leases the batch's queued images
+that no other message holds (``db/control.py``). A cancelled run's images are marked ``cancelled`` instead, and
+images that are finished, failed or held by another live message are left alone — that message is acknowledged
+without model work. Before each encoder group the batch appends one ``model_work`` row per image and renews its
+leases, in one committed transaction: a process killed right after still has its work counted, and a lease never
+expires while its batch is alive.
+
+The lease lasts ``Settings.visibility_timeout`` seconds: a batch whose worker died comes back from the broker after
+that long (or at once, when only its pool process died), under the same task id, which owns the lease; any other
+message finds the lease expired by then and may take the images over. The owner being the task id, a batch that
+runs longer than the visibility timeout is handed out a second time by Redis *under the same id* and runs twice
+(upserts keep the result single): the visibility timeout must exceed the longest batch (config.py says how).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pixelperfect.db import control
+from pixelperfect.db.models import RunState
+from pixelperfect.db.session import session_scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hold:
+    """What a batch holds: ``todo`` as ``(image id, key, ground-truth mask URL)``; ``state`` is the run's state
+    (None: the run no longer exists)."""
+
+    run_id: int
+    owner: str
+    worker: str
+    ttl_s: float
+    database_url: str
+    state: str | None
+    todo: list[tuple[int, str, str | None]] = field(default_factory=list)
+    cancelled: int = 0
+    generated: bool = False  # the owner was made up for this call (embedded): released if the batch fails
+
+    def before_model(self, image_ids: list[int], renew_ids: list[int]) -> None:
+        """Record ``image_ids`` as entering the encoder now and renew the leases on ``renew_ids`` (committed)."""
+        with session_scope(self.database_url) as session:
+            control.record_model_work(session, run_id=self.run_id, image_ids=image_ids, worker=self.worker)
+            held = control.renew(session, image_ids=renew_ids, owner=self.owner, ttl_s=self.ttl_s)
+        if held < len(renew_ids):
+            log.warning(
+                "batch %s lost %d of its leases (expired and taken over): those images may be segmented twice",
+                self.owner,
+                len(renew_ids) - held,
+            )
+
+    def release(self, session: Any) -> None:
+        """Drop the leases inside the caller's (final) transaction."""
+        control.release(session, run_id=self.run_id, owner=self.owner, image_ids=[i for i, _, _ in self.todo])
+
+    def release_now(self) -> None:
+        """Drop the leases in a transaction of their own; errors are logged (the leases then expire)."""
+        try:
+            with session_scope(self.database_url) as session:
+                self.release(session)
+        except Exception as exc:
+            log.warning("could not release the leases of batch %s (%s); they expire in %.0fs", self.owner, exc,
+                        self.ttl_s)  # fmt: skip
+
+
+def acquire(database_url: str, run_id: int, keys: list[str], *, owner: str | None, host: str, ttl_s: float) -> Hold:
+    """Lease the batch's images (see the module docstring). ``owner``: the message's id (Celery task id); None
+    makes one up for this call."""
+    hold = Hold(
+        run_id=run_id,
+        owner=owner or f"local-{uuid.uuid4()}",
+        worker=f"{host}:{os.getpid()}",
+        ttl_s=ttl_s,
+        database_url=database_url,
+        state=None,
+        generated=owner is None,
+    )
+    with session_scope(database_url) as session:
+        hold.state = control.run_state(session, run_id=run_id)
+        if hold.state == RunState.cancelled.value:
+            hold.cancelled = control.cancel_images(session, run_id=run_id, keys=keys)
+        elif hold.state == RunState.active.value:
+            claimed = control.claim(
+                session, run_id=run_id, keys=keys, owner=hold.owner, worker=hold.worker, ttl_s=ttl_s
+            )
+            order = {key: i for i, key in reversed(list(enumerate(keys)))}
+            hold.todo = sorted(claimed, key=lambda row: order[row[1]])  # the batch's order, not the database's
+    if hold.state != RunState.active.value:
+        log.info("run %s is %s: batch %s acknowledged without model work", run_id, hold.state or "gone", hold.owner)
+    return hold
+
+
+def release_keys(database_url: str, run_id: int, keys: list[str], owner: str) -> None:
+    """Drop ``owner``'s leases on ``keys`` (a batch split into new messages hands its images over to them)."""
+    with session_scope(database_url) as session:
+        control.release(session, run_id=run_id, owner=owner, keys=keys)
