@@ -10,6 +10,9 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P5 ``p5_producer.py``  producer keys/s for a million keys; S3 listing rate
 * P7 ``p7_rss.py``       worker RSS drift over 1,000 images
 * P8 ``p8_cpu_bf16.py``  ViT-B encoder on the CPU, bf16 ÷ fp32 time per image, and bf16-vs-fp32 mask IoU
+* P9 ``p9_dicomweb.py``  QIDO-RS keys/s and WADO-RS ms/image against the local Orthanc, beside S3 (moto)
+* P10 ``p10_seg.py``     e2e time per image, --output png,dicom-seg ÷ png
+* P10 ``p10_export.py``  COCO export of 2,000 images: images/s, peak RSS against a quarter of the run
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
@@ -35,6 +38,9 @@ BENCHES = [
     ("P5", "p5_producer.py", ["--keys", "1000000"], ["--keys", "50000"]),
     ("P7", "p7_rss.py", ["--images", "1000"], ["--images", "200"]),
     ("P8", "p8_cpu_bf16.py", [], ["--images", "1", "--repeats", "1"]),
+    ("P9", "p9_dicomweb.py", ["--images", "200"], ["--images", "20"]),
+    ("P10", "p10_seg.py", ["--images", "16", "--repeats", "6"], ["--images", "4", "--repeats", "1"]),
+    ("P10", "p10_export.py", ["--images", "2000"], ["--images", "200"]),
 ]
 
 

@@ -29,6 +29,7 @@ from pixelperfect.pipeline.auto import parse_points_csv
 from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
 from pixelperfect.producer.annotations import match_to_keys, parse_annotations, stem
+from pixelperfect.producer.dicomweb import DicomwebListing, PatientMatcher, archive_settings, is_dicomweb_url
 from pixelperfect.producer.sources import absolute_url, iter_manifest, list_image_keys, open_source
 from pixelperfect.producer.stream import (
     PUBLISH_CHUNK,
@@ -69,6 +70,9 @@ class SubmitRequest:
     points: str | None = None  # points mode: CSV key,x,y[,label] (path or URL)
     manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
+    outputs: Sequence[str] = ("png",)  # png | png,dicom-seg
+    stow_to: str | None = None  # dicomweb+http://…: STOW-RS target of the DICOM-SEG objects
+    filters: Sequence[str] = ()  # DICOMweb sources: QIDO-RS attribute filters, e.g. Modality=CR,DX
     process: ProcessSettings = field(default_factory=ProcessSettings)
 
 
@@ -124,6 +128,10 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
         raise SubmitError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
     checkpoint, sha = _checkpoint(model, req.checkpoint or settings.checkpoint, settings)
     process = replace(req.process, prompt_mode=prompt_mode(req, model))
+    try:
+        archive = archive_settings(req.source, req.outputs, req.stow_to, req.filters)
+    except ValueError as exc:
+        raise SubmitError(str(exc)) from None
     return {
         "source_url": absolute_url(req.source),
         "store_url": absolute_url(settings.store_url),
@@ -137,6 +145,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
             "annotations": bool(req.annotations),
             "points": bool(req.points),
             "gt_masks": absolute_url(req.gt_masks) if req.gt_masks else None,
+            **archive,
         },
     }
 
@@ -181,14 +190,15 @@ def submit(
     variants = parse_variants(req.variants)
     config = run_config(req, settings, variants)
     batch_size = req.batch_size or settings.batch_size
-    chunks = chunked(_listing(req, settings), REGISTER_CHUNK)
+    listing = _source_listing(req, settings, config["settings"].get("filters"))
+    chunks = chunked(_listing(req, settings, listing), REGISTER_CHUNK)
     first = next(chunks, [])
     if not first:
         raise SubmitError(f"no images under {req.source}")
     second = next(chunks, [])
     whole = not second  # the listing fits one chunk: matches can be checked against all of it before registering
     chunks = itertools.chain([first], [second] if second else [], chunks)
-    boxes = KeyMatcher(_read_boxes(req, req.annotations, settings)) if req.annotations else None
+    boxes = _box_matcher(req, settings, listing) if req.annotations else None
     points = KeyMatcher(_read_points(req.points, settings)) if req.points else None
     masks = _mask_index(req.gt_masks, settings) if req.gt_masks else None
     if whole and points is not None and not match_to_keys(points.values, first):
@@ -239,7 +249,28 @@ def submit(
     return SubmitResult(run_id, req.run, created, images, new, pending, batches, annotated)
 
 
-def _listing(req: SubmitRequest, settings: Settings) -> Iterator[str]:
+def _source_listing(req: SubmitRequest, settings: Settings, filters: Any) -> DicomwebListing | None:
+    if req.manifest or not is_dicomweb_url(req.source):
+        return None
+    track = bool(req.annotations) and req.annotations_format == "rsna"
+    return DicomwebListing(req.source, settings, filters, track_patients=track)
+
+
+def _box_matcher(req: SubmitRequest, settings: Settings, listing: DicomwebListing | None) -> Any:
+    """Boxes by key or stem; for a DICOMweb source with RSNA annotations, by hashed PatientID."""
+    values = _read_boxes(req, req.annotations or "", settings)
+    if listing is not None and listing.track_patients:
+        return PatientMatcher(values, listing)
+    return KeyMatcher(values)
+
+
+def _listing(req: SubmitRequest, settings: Settings, listing: DicomwebListing | None = None) -> Iterator[str]:
+    if listing is not None:
+        try:
+            yield from listing
+        except OSError as exc:  # SourceUnavailableError, or an HTTP error such as 401
+            raise SubmitError(f"cannot list {req.source}: {exc}") from None
+        return
     if req.manifest:
         url = req.manifest if "://" in req.manifest else absolute_url(req.manifest)
         try:

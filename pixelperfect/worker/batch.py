@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pixelperfect.db import repo
 from pixelperfect.db.models import ImageStatus
 from pixelperfect.db.session import session_scope
+from pixelperfect.worker import segout
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
 from pixelperfect.worker.metrics import observe_batch
@@ -57,10 +58,11 @@ def run_batch(
     segmenter = rt.segmenter(run)  # loaded once per process; raises (-> batch retry) if the model cannot load
     flow = BatchFlow(rt, run, segmenter, rt.store(run.store_url), boxes, points)
     fetched, results = flow.run(todo)
+    seg_rows = segout.finish_segs(rt, run, fetched)  # DICOM-SEG rows (and STOW-RS), when the run writes SEGs
 
     t0 = time.perf_counter()
     host = worker_host or socket.gethostname()
-    persist_batch(rt.settings.database_url, summary, fetched, results, host=host, read_s=read_s)
+    persist_batch(rt.settings.database_url, summary, fetched, results, host=host, read_s=read_s, seg_rows=seg_rows)
     observe_batch(
         done=summary.done,
         failures=summary.failures,
