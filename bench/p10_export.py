@@ -42,7 +42,6 @@ def make_run(work: Path, n: int, size: int) -> str:
         keys = [f"images/{i:07d}.dcm" for i in range(n)]
         bulk.register_images(s, run_id=run.id, keys=keys)
         ids = repo.images_by_key(s, run_id=run.id, keys=keys)
-        done = []
         for key in keys:
             segs = []
             for p in range(2):
@@ -51,8 +50,7 @@ def make_run(work: Path, n: int, size: int) -> str:
                 segs.append({"run_id": run.id, "image_id": ids[key].id, "variant": "raw", "prompt_index": p,
                              "prompt_kind": "box", "prompt": [0, 0, 9, 9], "score": 0.9, "stability": 0.8,
                              "mask_key": store.url_for(mk)})  # fmt: skip
-            done.append((ids[key].id, segs, {"width": size, "height": size}))
-        bulk.mark_done_many(s, images=done)
+            repo.mark_done(s, image_id=ids[key].id, segments=segs, fields={"width": size, "height": size})
     return url
 
 
