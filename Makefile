@@ -30,8 +30,8 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy pixelperfect
 
 test: $(STAMP) lint typecheck
-	bash scripts/services.sh
 	bash scripts/system-deps.sh
+	bash scripts/services.sh
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: $(STAMP)

@@ -13,6 +13,9 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P11 ``p11_decode.py``  DICOM decode per transfer syntax ÷ the fastest single-thread decoder + numpy VOI
 * P12 ``p12_reduced.py`` decode at the model's input size ÷ full decode; reduced-vs-full mask Dice
 * P15 ``p15_control.py`` cancel of 100,000 queued images (s); delete rate of a run's objects (objects/s, S3)
+* P9 ``p9_dicomweb.py``  QIDO-RS keys/s and WADO-RS ms/image against the local Orthanc, beside S3 (moto)
+* P10 ``p10_seg.py``     e2e time per image, --output png,dicom-seg ÷ png
+* P10 ``p10_export.py``  COCO export of 2,000 images: images/s, peak RSS against a quarter of the run
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
@@ -41,6 +44,9 @@ BENCHES = [
     ("P11", "p11_decode.py", ["--images", "2", "--repeats", "10"], ["--images", "1", "--repeats", "2"]),
     ("P12", "p12_reduced.py", ["--images", "2", "--repeats", "5"], ["--images", "1", "--repeats", "1", "--no-dice"]),
     ("P15", "p15_control.py", ["--images", "100000", "--objects", "5000"], ["--images", "10000", "--objects", "1000"]),
+    ("P9", "p9_dicomweb.py", ["--images", "200"], ["--images", "20"]),
+    ("P10", "p10_seg.py", ["--images", "16", "--repeats", "6"], ["--images", "4", "--repeats", "1"]),
+    ("P10", "p10_export.py", ["--images", "2000"], ["--images", "200"]),
 ]
 
 

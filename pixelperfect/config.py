@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ModelName = Literal["sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny"]
@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     # input size (SAM: 1024): a 2800x2300 JPEG 2000 costs a quarter of its full decode. Masks and boxes stay in
     # the original's pixel grid either way (pipeline/codecs.py, bench/p12_reduced.py).
     decode_full_resolution: bool = False
+    # DICOMweb sources and STOW-RS targets (dicomweb+http://host:port/path): basic auth or a bearer token, from the
+    # environment only, never from the URL (which goes into the run row and logs). Requests that fail with a
+    # connection error, a timeout, 408, 429 or 5xx are tried dicomweb_attempts times, waiting dicomweb_backoff_s,
+    # doubling; QIDO-RS lists dicomweb_page_size instances per request.
+    dicomweb_username: str | None = None
+    dicomweb_password: SecretStr | None = None
+    dicomweb_token: SecretStr | None = None
+    dicomweb_attempts: int = Field(default=4, ge=1, le=20)
+    dicomweb_backoff_s: float = Field(default=0.5, ge=0)
+    dicomweb_timeout_s: float = Field(default=60.0, gt=0)
+    dicomweb_page_size: int = Field(default=500, ge=1, le=10_000)
 
     @field_validator("device")
     @classmethod

@@ -24,8 +24,16 @@ class InvalidKeyError(ValueError):
 class ObjectNotFoundError(KeyError):
     """No object at the key."""
 
+    reason = "missing"  # the image's failure reason
+
     def __str__(self) -> str:
         return f"no object at {self.args[0]}"
+
+
+class SourceUnavailableError(OSError):
+    """The service holding the object did not answer (down, timing out, 5xx) after its retries."""
+
+    reason = "source_unavailable"
 
 
 def validate_key(key: str) -> str:
@@ -246,8 +254,12 @@ def parse_url(url: str) -> tuple[str, str, str]:
         return "s3", bucket, prefix.strip("/")
     if url.startswith("file://"):
         return "file", "", url[7:] or "."
+    if url.startswith(("dicomweb+http://", "dicomweb+https://")):
+        return "dicomweb", "", url
     if "://" in url:
-        raise ValueError(f"unsupported store URL {url!r}: use s3://bucket/prefix or file://dir")
+        raise ValueError(
+            f"unsupported store URL {url!r}: use s3://bucket/prefix, file://dir or dicomweb+http://host/path"
+        )
     return "file", "", url
 
 
@@ -260,6 +272,8 @@ def open_store(url: str, *, endpoint_url: str | None = None) -> ObjectStore:
 
             endpoint_url = get_settings().s3_endpoint_url
         return S3Store(bucket, path, endpoint_url=endpoint_url)
+    if scheme == "dicomweb":  # a layer above this one: the worker's runtime opens it (pixelperfect.dicomweb)
+        raise ValueError(f"{url}: a DICOMweb service is opened with pixelperfect.dicomweb.DicomwebStore")
     return LocalStore(path)
 
 

@@ -1,9 +1,9 @@
 """The ``pixelperfect`` command line, one module per command group, on top of every other layer.
 
 ``run`` (submit, worker, status, retry), ``runs`` (runs, cancel, delete), ``imaging`` (phantoms, tune, preview),
-``archive`` (archive-phantoms), ``train``, ``report``, ``db`` and ``demo``; ``common`` holds the consoles, ``fail``
-and the settings helper. Each group module exposes ``register(app)``; importing this package loads no torch and no
-OpenCV (commands import what they need).
+``archive`` (archive-phantoms, export; retry's SEG repairs), ``train``, ``report``, ``db`` and ``demo``; ``common``
+holds the consoles, ``fail`` and the settings helper. Each group module exposes ``register(app)``; importing this
+package loads no torch and no OpenCV (commands import what they need).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def submit(
-    source: str = typer.Argument(..., help="images: s3://bucket/prefix or file://dir"),
+    source: str = typer.Argument(..., help="images: s3://bucket/prefix, file://dir or dicomweb+http://host/path"),
     run: str = typer.Option(..., "--run", help="run name (re-submitting a run resumes it)"),
     annotations: str | None = typer.Option(None, help="box annotations file (path or URL)"),
     annotations_format: str = typer.Option("rsna", help="rsna (patientId,x,y,width,height,Target) or csv"),
@@ -59,6 +59,9 @@ def submit(
     republish: bool = typer.Option(
         False, help="publish every queued image again, also those with a message (after a broker lost its data)"
     ),
+    output: str = typer.Option("png", "--output", help="png or png,dicom-seg (DICOM sources: one SEG per image)"),
+    stow_to: str | None = typer.Option(None, help="send the SEGs to dicomweb+http://HOST:PORT/PATH (STOW-RS)"),
+    filter_: list[str] = typer.Option([], "--filter", help="DICOMweb source: QIDO filter, e.g. Modality=CR,DX"),
 ) -> None:
     """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset).
 
@@ -94,6 +97,9 @@ def submit(
         points=points,
         manifest=manifest,
         republish=republish,
+        outputs=(output,),
+        stow_to=stow_to,
+        filters=filter_,
         process=ProcessSettings(
             jitter=Jitter(k=consistency_k),
             min_area=settings.min_area,
@@ -288,11 +294,18 @@ def retry(
     ),
     batch_size: int | None = typer.Option(None, min=1, help="images per task (default: PIXELPERFECT_BATCH_SIZE)"),
     wait: bool = typer.Option(False, help="distributed: wait until the retried images are done or failed"),
+    seg: bool = typer.Option(False, "--seg", help="rebuild missing DICOM-SEGs from the stored masks (no model)"),
 ) -> None:
-    """Re-enqueue the failed images of RUN, after fixing what failed them; they end done (or failed again)."""
+    """Re-enqueue the failed images of RUN, after fixing what failed them; they end done (or failed again).
+    Refused STOW-RS sends are sent again; --seg rebuilds missing DICOM-SEGs instead."""
+    from pixelperfect.cli import archive
+
     settings = command_settings()
     try:
+        if seg:
+            return archive.retry_segs(run, settings)
         result = retry_failed(run, settings, reason=reason, batch_size=batch_size)
+        archive.restow_refused(run, settings)
     except (LookupError, ValueError) as exc:
         fail(str(exc))
         return

@@ -185,3 +185,26 @@ class ModelWork(Base):
     image_id: Mapped[int] = mapped_column(Integer)  # no foreign key: the record outlives nothing, costs no lock
     worker: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SegObject(Base):
+    """The DICOM-SEG of one image and variant (migration 0005): where it is stored, or why it could not be built,
+    and whether the STOW-RS target has it (``stored`` | ``failed`` | NULL when the run sends none)."""
+
+    __tablename__ = "seg_objects"
+    __table_args__ = (
+        UniqueConstraint("image_id", "variant", name="uq_seg_objects_image_variant"),
+        Index("ix_seg_objects_run", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    variant: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str | None] = mapped_column(Text)  # full URL of the .dcm; NULL while seg_error is set
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    segments: Mapped[int | None] = mapped_column(Integer)
+    seg_error: Mapped[str | None] = mapped_column(Text)
+    stow_status: Mapped[str | None] = mapped_column(String(10))
+    stow_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

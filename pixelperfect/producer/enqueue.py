@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,11 +26,13 @@ from pixelperfect.db import bulk, control, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
-from pixelperfect.pipeline.auto import parse_points_csv
 from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings
 from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.producer.annotations import match_to_keys, parse_annotations, stem
-from pixelperfect.producer.sources import absolute_url, iter_manifest, list_image_keys, open_source
+from pixelperfect.producer import inputs
+from pixelperfect.producer.annotations import match_to_keys, stem
+from pixelperfect.producer.dicomweb import archive_settings
+from pixelperfect.producer.inputs import SubmitError
+from pixelperfect.producer.sources import absolute_url
 from pixelperfect.producer.stream import (
     PUBLISH_CHUNK,
     REGISTER_CHUNK,
@@ -52,10 +54,6 @@ __all__ = ["PUBLISH_CHUNK", "BatchRunner", "SubmitError", "SubmitRequest", "Subm
 BatchRunner = Callable[..., None]
 
 
-class SubmitError(ValueError):
-    """A submission that cannot run; nothing was enqueued."""
-
-
 @dataclass
 class SubmitRequest:
     source: str
@@ -70,6 +68,9 @@ class SubmitRequest:
     points: str | None = None  # points mode: CSV key,x,y[,label] (path or URL)
     manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
+    outputs: Sequence[str] = ("png",)  # png | png,dicom-seg
+    stow_to: str | None = None  # dicomweb+http://…: STOW-RS target of the DICOM-SEG objects
+    filters: Sequence[str] = ()  # DICOMweb sources: QIDO-RS attribute filters, e.g. Modality=CR,DX
     process: ProcessSettings = field(default_factory=ProcessSettings)
     # publish every queued image again, even those a message was published for (after a broker lost its data)
     republish: bool = False
@@ -129,6 +130,10 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
         raise SubmitError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
     checkpoint, sha = _checkpoint(model, req.checkpoint or settings.checkpoint, settings)
     process = replace(req.process, prompt_mode=prompt_mode(req, model))
+    try:
+        archive = archive_settings(req.source, req.outputs, req.stow_to, req.filters)
+    except ValueError as exc:
+        raise SubmitError(str(exc)) from None
     return {
         "source_url": absolute_url(req.source),
         "store_url": absolute_url(settings.store_url),
@@ -142,6 +147,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
             "annotations": bool(req.annotations),
             "points": bool(req.points),
             "gt_masks": absolute_url(req.gt_masks) if req.gt_masks else None,
+            **archive,
         },
     }
 
@@ -186,16 +192,19 @@ def submit(
     variants = parse_variants(req.variants)
     config = run_config(req, settings, variants)
     batch_size = req.batch_size or settings.batch_size
-    chunks = chunked(_listing(req, settings), REGISTER_CHUNK)
+    rsna = bool(req.annotations) and req.annotations_format == "rsna"
+    filters = config["settings"].get("filters")
+    listing = inputs.source_listing(req.source, req.manifest, settings, filters, track_patients=rsna)
+    chunks = chunked(inputs.list_keys(req.source, req.manifest, settings, listing), REGISTER_CHUNK)
     first = next(chunks, [])
     if not first:
         raise SubmitError(f"no images under {req.source}")
     second = next(chunks, [])
     whole = not second  # the listing fits one chunk: matches can be checked against all of it before registering
     chunks = itertools.chain([first], [second] if second else [], chunks)
-    boxes = KeyMatcher(_read_boxes(req, req.annotations, settings)) if req.annotations else None
-    points = KeyMatcher(_read_points(req.points, settings)) if req.points else None
-    masks = _mask_index(req.gt_masks, settings) if req.gt_masks else None
+    boxes = inputs.box_matcher(req.annotations, req.annotations_format, settings, listing) if req.annotations else None
+    points = KeyMatcher(inputs.read_points(req.points, settings)) if req.points else None
+    masks = inputs.mask_index(req.gt_masks, settings) if req.gt_masks else None
     if whole and points is not None and not match_to_keys(points.values, first):
         raise SubmitError(f"no point in {req.points} matches an image key or stem")
     if whole and masks is not None and not any(stem(k) in masks for k in first):
@@ -263,46 +272,6 @@ def _resume(session: Any, run: Any) -> int:
         log.info("run %s was cancelled: resumed, %d cancelled images queued again", run.name, n)
         return n
     return 0
-
-
-def _listing(req: SubmitRequest, settings: Settings) -> Iterator[str]:
-    if req.manifest:
-        url = req.manifest if "://" in req.manifest else absolute_url(req.manifest)
-        try:
-            yield from iter_manifest(url, settings.s3_endpoint_url)
-        except (OSError, KeyError) as exc:
-            raise SubmitError(f"cannot read manifest {req.manifest}: {exc}") from None
-        return
-    yield from list_image_keys(open_source(req.source, settings.s3_endpoint_url))
-
-
-def _read_text(what: str, where: str, settings: Settings) -> str:
-    try:
-        url = where if "://" in where else absolute_url(where)
-        return read_url(url, endpoint_url=settings.s3_endpoint_url).decode("utf-8-sig")
-    except Exception as exc:
-        raise SubmitError(f"cannot read {what} {where}: {exc}") from None
-
-
-def _read_boxes(req: SubmitRequest, where: str, settings: Settings) -> dict[str, list[list[float]]]:
-    return parse_annotations(_read_text("annotations", where, settings), req.annotations_format, where)
-
-
-def _read_points(where: str, settings: Settings) -> dict[str, list[list[float]]]:
-    text = _read_text("points", where, settings)
-    try:
-        return parse_points_csv(text, where)
-    except ValueError as exc:
-        raise SubmitError(str(exc)) from None
-
-
-def _mask_index(where: str, settings: Settings) -> dict[str, str]:
-    """``{stem: mask URL}`` of the ground-truth masks (memory: one entry per mask, not per image)."""
-    mask_store = open_source(where, settings.s3_endpoint_url)
-    index: dict[str, str] = {}
-    for key in list_image_keys(mask_store):
-        index[stem(key)] = mask_store.url_for(key)  # as match_masks: the last mask listed for a stem wins
-    return index
 
 
 def _check_runner(settings: Settings, run_batches: BatchRunner | None) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
-from pixelperfect.worker import leases
+from pixelperfect.worker import leases, segout
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
 from pixelperfect.worker.metrics import observe_batch
@@ -80,10 +80,18 @@ def _run_held(rt: Runtime, hold: leases.Hold, summary: BatchSummary, host: str, 
     segmenter = rt.segmenter(run)  # loaded once per process; raises (-> batch retry) if the model cannot load
     flow = BatchFlow(rt, run, segmenter, rt.store(run.store_url), boxes, points, before_model=hold.before_model)
     fetched, results = flow.run(todo)
+    seg_rows = segout.finish_segs(rt, run, fetched)  # DICOM-SEG rows (and STOW-RS), when the run writes SEGs
 
     t0 = time.perf_counter()
     persist_batch(
-        rt.settings.database_url, summary, fetched, results, host=host, read_s=read_s, in_transaction=hold.release
+        rt.settings.database_url,
+        summary,
+        fetched,
+        results,
+        host=host,
+        read_s=read_s,
+        in_transaction=hold.release,
+        seg_rows=seg_rows,
     )
     observe_batch(
         done=summary.done,

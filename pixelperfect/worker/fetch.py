@@ -19,7 +19,7 @@ from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
 from pixelperfect.pipeline.prediction import model_input_side
 from pixelperfect.pipeline.records import ImageInput, PreparedImage
 from pixelperfect.pipeline.spacing import resolve_spacing
-from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, read_url
+from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, SourceUnavailableError, read_url
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
 
@@ -48,6 +48,11 @@ class FetchedImage:
     error: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # --output dicom-seg (worker/segout.py): the source file until its header is taken, the SEGs to build after
+    # the model, and their outcomes
+    source: bytes | None = None
+    seg_jobs: list[Any] = field(default_factory=list)
+    seg_outcomes: list[Any] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -81,13 +86,14 @@ def fetch_image(
     t0 = time.perf_counter()
     try:
         data = rt.store(run.source_url).get(key)
-    except ObjectNotFoundError as exc:
-        out.fail("missing", str(exc))
+    except (ObjectNotFoundError, SourceUnavailableError) as exc:  # missing | not_found | source_unavailable
+        out.fail(exc.reason, str(exc))
         return out
     except InvalidKeyError as exc:
         out.fail("invalid_key", str(exc))
         return out
     t1 = time.perf_counter()
+    out.source = data if "dicom-seg" in run.outputs else None
     out.fields = {"content_sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
     try:
         decoded = decode_image(data, key, max_pixels=rt.settings.max_pixels, model_side=model_side)

@@ -26,7 +26,7 @@ from pixelperfect.pipeline.prediction import Prediction, Segmenter
 from pixelperfect.pipeline.process import finish_image, predict_images, prepare_image
 from pixelperfect.pipeline.records import ImageResult, PreparedImage
 from pixelperfect.storage import ObjectStore, join_key, validate_key
-from pixelperfect.worker import pools
+from pixelperfect.worker import pools, segout
 from pixelperfect.worker.fetch import FetchedImage, ImageTodo, decode_side, fetch_image
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
@@ -157,6 +157,7 @@ class BatchFlow:
                 f.fail("segmentation_error", result)
             else:
                 results[f.key] = result
+                segout.submit_segs(self.run_spec, self.store, f, result)  # DICOM-SEG: queued, built after the model
         t0 = time.perf_counter()
         for put in uploads:
             put.result()

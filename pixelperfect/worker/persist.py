@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from pixelperfect.db import bulk, repo
+from pixelperfect.db import segs as seg_repo
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.records import ImageResult
 from pixelperfect.worker.fetch import FetchedImage
@@ -46,6 +47,7 @@ def persist_batch(
     host: str,
     read_s: float,
     in_transaction: Callable[[Session], None] | None = None,
+    seg_rows: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Write every image of the batch — finished ones with their segment rows, failed ones with their reason —
     and the stage timings, in one transaction; counts go into ``summary``. ``read_s``: the batch's earlier
@@ -77,6 +79,8 @@ def persist_batch(
         repo.set_timings(session, timings={i: _rounded(t) for i, t in done_timings.items()})
         if in_transaction is not None:
             in_transaction(session)
+        if seg_rows:  # --output dicom-seg: one row per image and variant (worker/segout.py)
+            seg_repo.upsert_segs(session, run_id=summary.run_id, rows=seg_rows)
     summary.timings = list(done_timings.values())
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, Settings, get_settings
+from pixelperfect.dicomweb import DicomwebStore, is_dicomweb_url
 from pixelperfect.pipeline.builder import build_segmenter
 from pixelperfect.pipeline.models import sha256_hex
 from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
@@ -38,6 +39,8 @@ class RunSpec:
     checkpoint_sha256: str | None
     variants: tuple[Variant, ...]
     process: ProcessSettings
+    outputs: tuple[str, ...] = ("png",)  # png | png + dicom-seg
+    stow_to: str | None = None  # DICOMweb STOW-RS target of the SEGs
 
     @classmethod
     def from_row(cls, run: Any) -> RunSpec:
@@ -74,6 +77,8 @@ class RunSpec:
                 pixel_spacing=tuple(s["pixel_spacing"]) if s.get("pixel_spacing") else None,  # type: ignore[arg-type]
                 auto=AutoSettings.from_dict(s.get("auto")),
             ),
+            outputs=tuple(s.get("outputs") or ("png",)),
+            stow_to=s.get("stow_to"),
         )
 
 
@@ -87,9 +92,14 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self, url: str) -> ObjectStore:
+        """The store at ``url`` (``s3://``, ``file://``, or a ``dicomweb+http(s)://`` PACS with this runtime's
+        DICOMweb credentials), opened once per process."""
         with self._lock:
             if url not in self._stores:
-                self._stores[url] = open_store(url, endpoint_url=self.settings.s3_endpoint_url)
+                if is_dicomweb_url(url):
+                    self._stores[url] = DicomwebStore(url, self.settings)
+                else:
+                    self._stores[url] = open_store(url, endpoint_url=self.settings.s3_endpoint_url)
             return self._stores[url]
 
     def segmenter(self, run: RunSpec) -> Segmenter:

@@ -1,0 +1,105 @@
+"""Repairing a run's DICOM-SEG output without the model: ``retry RUN --seg`` rebuilds the SEGs that are missing
+(never built, or recorded with ``seg_error``) from the stored mask PNGs and the source instance; ``retry RUN`` also
+sends again the SEGs its STOW-RS target refused. Both run in the calling process, a few threads wide."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pixelperfect.config import Settings
+from pixelperfect.db import repo
+from pixelperfect.db import segs as seg_repo
+from pixelperfect.db.session import session_scope
+from pixelperfect.storage import ObjectStore, read_url
+from pixelperfect.worker.runtime import RunSpec, Runtime
+from pixelperfect.worker.segout import SegOutcome, build_and_store, rebuild_error, stow
+
+#: Parallel SEG rebuilds (each: one source fetch, K mask reads, one build, one put).
+REBUILD_THREADS = 4
+
+
+@dataclass
+class SegRepair:
+    rebuilt: int = 0
+    failed: int = 0
+    stowed: int = 0
+    stow_failed: int = 0
+
+
+def _run(settings: Settings, name: str) -> RunSpec:
+    with session_scope(settings.database_url) as session:
+        row = repo.get_run(session, name=name)
+        if row is None:
+            raise LookupError(f"no run named {name!r} in the database")
+        return RunSpec.from_row(row)
+
+
+def _read(store: ObjectStore, url: str) -> bytes:
+    root = store.url.rstrip("/") + "/"
+    return store.get(url[len(root) :]) if url.startswith(root) else read_url(url)
+
+
+def rebuild_segs(name: str, settings: Settings) -> SegRepair:
+    """Build, store (and STOW, when the run has a target) every missing SEG of run ``name``; record each."""
+    run = _run(settings, name)
+    if "dicom-seg" not in run.outputs:
+        raise ValueError(f"run {name!r} was not submitted with --output png,dicom-seg")
+    with session_scope(settings.database_url) as session:
+        missing = seg_repo.missing_segs(session, run_id=run.id)
+    rt = Runtime(settings)
+    source, store = rt.store(run.source_url), rt.store(run.store_url)
+
+    def one(item: tuple[int, str, str, list[str]]) -> SegOutcome:
+        image_id, key, variant, masks = item
+        try:
+            data = source.get(key)
+            pngs = [_read(store, url) for url in masks]
+        except Exception as exc:
+            return rebuild_error(image_id, variant, exc)
+        return build_and_store(run, store, key, image_id, data, variant, pngs)
+
+    report = SegRepair()
+    with ThreadPoolExecutor(REBUILD_THREADS) as pool:
+        outcomes = list(pool.map(one, missing))
+    if run.stow_to:
+        stow(rt.store(run.stow_to), outcomes)
+    with session_scope(settings.database_url) as session:
+        seg_repo.upsert_segs(session, run_id=run.id, rows=[o.row() for o in outcomes])
+    for o in outcomes:
+        report.rebuilt += o.error is None
+        report.failed += o.error is not None
+        report.stowed += o.stow_status == "stored"
+        report.stow_failed += o.stow_status == "failed"
+    return report
+
+
+def restow(name: str, settings: Settings) -> SegRepair:
+    """Send again the stored SEGs of run ``name`` that its STOW-RS target refused; record the new state."""
+    run = _run(settings, name)
+    report = SegRepair()
+    if not run.stow_to:
+        return report
+    with session_scope(settings.database_url) as session:
+        failed = seg_repo.failed_stows(session, run_id=run.id)
+    if not failed:
+        return report
+    import io
+
+    import pydicom
+
+    rt = Runtime(settings)
+    store = rt.store(run.store_url)
+    outcomes = []
+    for image_id, variant, url in failed:
+        data = _read(store, url)
+        uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+        outcomes.append(SegOutcome(image_id, variant, 0, url=url, sop_uid=uid, data=data))
+    stow(rt.store(run.stow_to), outcomes)
+    rows = [{"image_id": o.image_id, "variant": o.variant, "stow_status": o.stow_status,
+             "stow_error": o.stow_error} for o in outcomes]  # fmt: skip
+    with session_scope(settings.database_url) as session:
+        seg_repo.upsert_segs(session, run_id=run.id, rows=rows)
+    report.stowed = sum(o.stow_status == "stored" for o in outcomes)
+    report.stow_failed = len(outcomes) - report.stowed
+    return report
