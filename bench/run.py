@@ -16,6 +16,8 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P9 ``p9_dicomweb.py``  QIDO-RS keys/s and WADO-RS ms/image against the local Orthanc, beside S3 (moto)
 * P10 ``p10_seg.py``     e2e time per image, --output png,dicom-seg ÷ png
 * P10 ``p10_export.py``  COCO export of 2,000 images: images/s, peak RSS against a quarter of the run
+* P13 ``p13_report.py``  ``report`` time and peak RSS at 10k, 100k, 1M synthesized images (JSON and HTML)
+* P14 ``p14_status.py``  ``status`` time and peak RSS at 1M synthesized images
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict]`` (``--strict``: exit 1 when a goal is missed).
@@ -47,6 +49,8 @@ BENCHES = [
     ("P9", "p9_dicomweb.py", ["--images", "200"], ["--images", "20"]),
     ("P10", "p10_seg.py", ["--images", "16", "--repeats", "6"], ["--images", "4", "--repeats", "1"]),
     ("P10", "p10_export.py", ["--images", "2000"], ["--images", "200"]),
+    ("P13", "p13_report.py", ["--sizes", "10000,100000,1000000"], ["--sizes", "1000,10000"]),
+    ("P14", "p14_status.py", ["--images", "1000000"], ["--images", "20000"]),
 ]
 
 

@@ -78,7 +78,7 @@ def run_status(run: str, settings: Settings) -> dict[str, Any]:
     and variant names, read from the database. Raises ``LookupError`` for an unknown run or an empty database."""
     from sqlalchemy import inspect
 
-    from pixelperfect.db import repo
+    from pixelperfect.db import queries, repo
     from pixelperfect.db.session import get_engine, session_scope
 
     if not inspect(get_engine(settings.database_url)).has_table("runs"):
@@ -87,16 +87,16 @@ def run_status(run: str, settings: Settings) -> dict[str, Any]:
         row = repo.get_run(session, name=run)
         if row is None:
             raise LookupError(f"no run named {run!r} in {settings.database_url}")
-        counts = repo.status_counts(session, run_id=row.id)
-        first, last, finished = repo.progress_window(session, run_id=row.id)
+        progress = queries.run_progress(session, run_id=row.id)  # two indexed queries over the run's images
+        counts, first, last, finished = progress["images"], progress["first"], progress["last"], progress["finished"]
         rate = None
         if first and last and finished > 1 and last > first:
             rate = (finished - 1) / (last - first).total_seconds()
         return {
             "run": run,
             "images": counts,
-            "segments": repo.segment_count(session, run_id=row.id),
-            "failures": repo.failure_counts(session, run_id=row.id),
+            "segments": progress["segments"],
+            "failures": progress["failures"],
             "images_per_s": rate,
             "eta_s": counts["queued"] / rate if rate and counts["queued"] else (0.0 if not counts["queued"] else None),
             "model": row.model,

@@ -1,29 +1,41 @@
 """Everything the report shows, gathered from the database once: summaries, comparisons, calibration,
-detection, the forest and the gallery cases. No rendering here (see :mod:`pixelperfect.evaluation.report`)."""
+detection, the forest and the gallery cases. No rendering here (see :mod:`pixelperfect.evaluation.report`).
+
+Memory does not grow with the run: aggregates come from ``GROUP BY`` queries (:mod:`pixelperfect.db.queries`);
+paired comparisons and rank correlations stream only their columns into float arrays that live for one
+comparison (:mod:`pixelperfect.db.streams`); what a figure keeps is a seeded sample of at most
+:data:`SCATTER_POINTS` points with the full count beside it.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from pixelperfect.db import queries, repo
+from pixelperfect.db import queries, repo, streams
 from pixelperfect.db.models import Run
+from pixelperfect.evaluation import forest
 from pixelperfect.evaluation.challenge import box_agreement, rsna_challenge
-from pixelperfect.evaluation.forest import consistency_forest
-from pixelperfect.evaluation.stats import calibration, paired_comparison
+from pixelperfect.evaluation.detection import array_precisions
+from pixelperfect.evaluation.stats import PREDICTORS, calibration, paired_comparison
 from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
 
 #: Measures compared pairwise (before/after preprocessing, run against run), in this order.
 COMPARE_METRICS: tuple[str, ...] = ("consistency_std", "consistency_iou", "score", "dice")
-#: Measures of the summary statistics table (NSD and HD95 are apart, per unit: ``evaluation/units.py``).
+#: Measures of the summary statistics table (NSD and HD95 are apart, per unit: ``evaluation/units.py``). A new
+#: measure is a segments column named here and, for the JSON contract's means, in :data:`JSON_MEANS`; its label
+#: and unit go in ``figures.LABELS``.
 SUMMARY_METRICS: tuple[str, ...] = (*queries.METRICS, "box_iou", "box_dice")
 JSON_MEANS = ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou", "box_dice")
 GALLERY_N = 3  # best and worst cases of each run
+#: PostgreSQL ``work_mem`` for the report's transaction (per sort or hash, on the server).
+WORK_MEM = "64MB"
+#: Points a scatter plot draws at most: a seeded sample above it (the title gives the full count).
+SCATTER_POINTS = 20_000
 
 
 @dataclass
@@ -38,14 +50,28 @@ class RunInfo:
 
 
 @dataclass
+class Pairs:
+    """What a paired figure needs from one comparison: ``a``/``b`` float32 values of at most
+    :data:`SCATTER_POINTS` seeded pairs, ``n`` pairs in all, and ``box_a``/``box_b`` box-plot statistics of all
+    pairs (``med``, ``q1``, ``q3``, ``whislo`` = p10, ``whishi`` = p90)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    n: int
+    box_a: dict[str, float]
+    box_b: dict[str, float]
+
+
+@dataclass
 class ReportData:
     runs: list[RunInfo]
     summary: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     comparisons: list[dict[str, Any]] = field(default_factory=list)
-    pairs: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = field(default_factory=list)
-    segments: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[tuple[dict[str, Any], Pairs]] = field(default_factory=list)
     calibration: list[dict[str, Any]] = field(default_factory=list)
+    #: (run, variant) -> (scores, Dice) of at most SCATTER_POINTS seeded segments, and the count they stand for
+    calibration_points: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
     detection: list[dict[str, Any]] = field(default_factory=list)
     forest: list[dict[str, Any]] = field(default_factory=list)
     surface: list[dict[str, Any]] = field(default_factory=list)  # per run x variant x unit (mm | px)
@@ -53,6 +79,8 @@ class ReportData:
     rank_metric: str = "dice"
     best: list[dict[str, Any]] = field(default_factory=list)
     worst: list[dict[str, Any]] = field(default_factory=list)
+    #: section -> sentences explaining what a section leaves out (runs without shared variants, auto prompts, ...)
+    section_notes: dict[str, list[str]] = field(default_factory=dict)
 
     def runs_json(self) -> list[dict[str, Any]]:
         """``[{"run", "model", "variants": [{"variant", "n_segments", "<m>_mean", ..., "box_fallbacks", "nsd_mean",
@@ -72,43 +100,40 @@ class ReportData:
             out.append({"run": run.name, "model": run.model, "variants": variants})
         return out
 
+    def note(self, section: str, text: str) -> None:
+        self.section_notes.setdefault(section, []).append(text)
 
-def collect(session: Session, run_names: list[str]) -> ReportData:
-    """Read the runs ``run_names`` (in that order; the first is the baseline of run comparisons)."""
+
+def collect(session: Session, run_names: list[str], *, full: bool = True) -> ReportData:
+    """Read the runs ``run_names`` (in that order; the first is the baseline of run comparisons).
+
+    ``full=False`` reads only what ``report.json`` carries (summaries, surface distances, comparisons, detection)
+    and leaves calibration, the forest and the gallery cases out."""
     if not run_names:
         raise ValueError("give at least one run")
     ids = queries.run_ids_by_name(session, names=run_names)
+    if queries.is_postgresql(session):  # sorts and hashes of a large run in memory, not in temporary files
+        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     runs = []
     for name, rid in ids.items():
         row = session.get(Run, rid)
-        assert row is not None  # run_ids_by_name found it in this session
-        runs.append(
-            RunInfo(
-                rid,
-                name,
-                row.model,
-                [v["name"] for v in row.variants],
-                row.prompt_mode,
-                row.source_url,
-                dict(row.settings or {}),
-            )
-        )
+        if row is None:  # pragma: no cover - run_ids_by_name found it in this session
+            raise LookupError(f"no run named {name!r}")
+        variants = [v["name"] for v in row.variants]
+        runs.append(RunInfo(rid, name, row.model, variants, row.prompt_mode, row.source_url, dict(row.settings or {})))
     run_ids = [r.id for r in runs]
-    data = ReportData(
-        runs=runs,
-        summary=queries.metric_summary(session, run_ids=run_ids, metrics=SUMMARY_METRICS),
-        failures=queries.failure_summary(session, run_ids=run_ids),
-    )
+    summary = queries.metric_summary(session, run_ids=run_ids, metrics=SUMMARY_METRICS)
+    groups = [(s.pop("run_id"), s["run"], s["variant"], s) for s in summary]
+    data = ReportData(runs=runs, summary=summary, failures=queries.failure_summary(session, run_ids=run_ids))
     data.surface = surface_summary(session, run_ids=run_ids)
     data.notes = unit_notes(data.surface)
     _comparisons(session, data)
-    data.segments = queries.segment_rows(
-        session, run_ids=run_ids, columns=[*queries.METRICS, "box_dice", "perturbations"]
-    )
-    _prompt_comparisons(data)
-    _calibration(data)
+    _prompt_comparisons(session, data, groups)
     _detection(session, data)
-    _forest(data)
+    if not full:
+        return data
+    _calibration(session, data, groups)
+    _forest(session, data, groups)
     has_dice = any(s.get("dice_n") for s in data.summary)
     data.rank_metric = "dice" if has_dice else "score"
     for rid in run_ids:  # per run, so one poor model does not fill the whole gallery
@@ -119,26 +144,23 @@ def collect(session: Session, run_names: list[str]) -> ReportData:
     return data
 
 
-def _compare(session: Session, data: ReportData, kind: str, a: tuple[RunInfo, str], b: tuple[RunInfo, str]) -> None:
-    for metric in COMPARE_METRICS:
-        pairs = queries.paired_values(session, a=(a[0].id, a[1]), b=(b[0].id, b[1]), metric=metric)
-        if not pairs:
-            continue
-        side_a, side_b = {"run": a[0].name, "variant": a[1]}, {"run": b[0].name, "variant": b[1]}
-        _add_comparison(data, kind, metric, side_a, side_b, [p[2] for p in pairs], [p[3] for p in pairs])
+def _box(values: np.ndarray) -> dict[str, float]:
+    p10, q1, med, q3, p90 = (float(v) for v in np.percentile(values, [10, 25, 50, 75, 90]))
+    return {"med": med, "q1": q1, "q3": q3, "whislo": p10, "whishi": p90}
+
+
+def sample_index(n: int, k: int = SCATTER_POINTS, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded sample of ``min(n, k)`` of ``n`` items (all of them when ``n <= k``)."""
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
 def _add_comparison(
-    data: ReportData,
-    kind: str,
-    metric: str,
-    side_a: dict[str, str],
-    side_b: dict[str, str],
-    values_a: Sequence[float],
-    values_b: Sequence[float],
+    data: ReportData, kind: str, metric: str, side_a: dict[str, str], side_b: dict[str, str], va: Any, vb: Any
 ) -> None:
-    """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' pairs."""
-    va, vb = np.asarray(values_a, np.float64), np.asarray(values_b, np.float64)
+    """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' sample."""
+    va, vb = np.asarray(va), np.asarray(vb)
     entry = {
         "kind": kind,
         "metric": metric,
@@ -147,7 +169,23 @@ def _add_comparison(
         **paired_comparison(va, vb, lower_is_better=metric in queries.LOWER_IS_BETTER),
     }
     data.comparisons.append(entry)
-    data.pairs.append((entry, va, vb))
+    keep = sample_index(len(va))
+    data.pairs.append((entry, Pairs(va[keep].copy(), vb[keep].copy(), len(va), _box(va), _box(vb))))
+
+
+def _compare(session: Session, data: ReportData, kind: str, a: tuple[RunInfo, str], b: tuple[RunInfo, str]) -> None:
+    found = False
+    pairs = streams.paired_columns(session, a=(a[0].id, a[1]), b=(b[0].id, b[1]), metrics=COMPARE_METRICS)
+    for metric in COMPARE_METRICS:
+        va, vb = pairs.pop(metric)
+        if not len(va):
+            continue
+        found = True
+        side_a, side_b = {"run": a[0].name, "variant": a[1]}, {"run": b[0].name, "variant": b[1]}
+        _add_comparison(data, kind, metric, side_a, side_b, va, vb)
+    if not found:
+        why = "; automatic prompts are not paired" if "auto" in (a[0].prompt_mode, b[0].prompt_mode) else ""
+        data.note(kind, f"{a[0].name} / {a[1]} and {b[0].name} / {b[1]} share no segmented prompt{why}.")
 
 
 def _comparisons(session: Session, data: ReportData) -> None:
@@ -160,39 +198,45 @@ def _comparisons(session: Session, data: ReportData) -> None:
                 _compare(session, data, "variant", (run, base), (run, v))
     first = data.runs[0]
     for other in data.runs[1:]:
-        for v in first.variants:
-            if v in other.variants:
-                _compare(session, data, "run", (first, v), (other, v))
+        shared = [v for v in first.variants if v in other.variants]
+        if not shared:
+            data.note("run", f"{other.name} shares no variant with {first.name}: "
+                             f"{', '.join(other.variants)} against {', '.join(first.variants)}.")  # fmt: skip
+        for v in shared:
+            _compare(session, data, "run", (first, v), (other, v))
 
 
-def _prompt_comparisons(data: ReportData) -> None:
+def _prompt_comparisons(session: Session, data: ReportData, groups: list[tuple[int, str, str, dict[str, Any]]]) -> None:
     """Per run × variant with ground truth: the model's Dice against its own prompt box's Dice on the same
     segments (kind ``prompt``) — does the mask add anything to the box it was given?"""
-    groups = _groups(data)
-    for run in data.runs:
-        for v in run.variants:
-            rows = [
-                r for r in groups.get((run.name, v), []) if r.get("dice") is not None and r.get("box_dice") is not None
-            ]
-            if not rows:
+    by_group = {(run_id, variant): s for run_id, _, variant, s in groups}
+    for run in data.runs:  # in the order of the runs and their variants
+        for variant in run.variants:
+            s = by_group.get((run.id, variant), {})
+            if not (s.get("dice_n") and s.get("box_dice_n")):
                 continue
-            side_a = {"run": run.name, "variant": v, "mask": "prompt box"}
-            side_b = {"run": run.name, "variant": v, "mask": run.model}
-            _add_comparison(data, "prompt", "dice", side_a, side_b, [r["box_dice"] for r in rows],
-                            [r["dice"] for r in rows])  # fmt: skip
+            box_dice, dice = streams.own_pairs(session, run_id=run.id, variant=variant, a="box_dice", b="dice")
+            side_a = {"run": run.name, "variant": variant, "mask": "prompt box"}
+            side_b = {"run": run.name, "variant": variant, "mask": run.model}
+            _add_comparison(data, "prompt", "dice", side_a, side_b, box_dice, dice)
 
 
-def _groups(data: ReportData) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in data.segments:
-        groups[(row["run"], row["variant"])].append(row)
-    return groups
-
-
-def _calibration(data: ReportData) -> None:
-    for (run, variant), rows in _groups(data).items():
-        if any(r["dice"] is not None for r in rows):
-            data.calibration.append({"run": run, "variant": variant, **calibration(rows)})
+def _calibration(session: Session, data: ReportData, groups: list[tuple[int, str, str, dict[str, Any]]]) -> None:
+    """Reliability bins in the database; the Spearman correlations of each predictor with the Dice from the
+    group's predictor columns (float64, one group at a time); a seeded sample of (score, Dice) for the figure."""
+    for run_id, name, variant, s in groups:
+        if not s.get("dice_n"):
+            continue
+        bins = queries.reliability_bins(session, run_id=run_id, variant=variant)
+        cols = streams.metric_columns(
+            session, run_id=run_id, variant=variant, metrics=[*PREDICTORS, "dice"], required="dice"
+        )
+        data.calibration.append({"run": name, "variant": variant, **calibration(bins, cols)})
+        score, dice = cols[:, 0], cols[:, -1]
+        has = np.isfinite(score)
+        keep = sample_index(int(has.sum()))
+        data.calibration_points[(name, variant)] = (score[has][keep], dice[has][keep], int(has.sum()))
+        del cols
 
 
 def _detection(session: Session, data: ReportData) -> None:
@@ -202,11 +246,16 @@ def _detection(session: Session, data: ReportData) -> None:
     under its honest name, ``box_agreement`` (:mod:`pixelperfect.evaluation.challenge`)."""
     for run in data.runs:
         if not run.settings.get("annotations"):
+            data.note("detection", f"{run.name} has no ground-truth boxes (submit with --annotations).")
             continue
+        fast = None  # PostgreSQL, box prompts: every variant in one windowed pass of flat float arrays
+        if run.prompt_mode == "boxes" and queries.is_postgresql(session):
+            fast = _box_agreement_windows(session, run.id, run.variants)
         for v in run.variants:
             entry: dict[str, Any] = {"run": run.name, "variant": v, "prompt_mode": run.prompt_mode}
             if run.prompt_mode == "boxes":
-                entry.update(measure="box_agreement", **box_agreement(session, run_id=run.id, variant=v))
+                found = fast.get(v) if fast is not None else None
+                entry.update(measure="box_agreement", **(found or box_agreement(session, run_id=run.id, variant=v)))
             else:
                 result = rsna_challenge(session, run_id=run.id, variant=v)
                 entry.update(measure="rsna_challenge", rsna_score=result.pop("score"),
@@ -214,8 +263,28 @@ def _detection(session: Session, data: ReportData) -> None:
             data.detection.append(entry)
 
 
-def _forest(data: ReportData) -> None:
-    for (run, variant), rows in _groups(data).items():
-        result = consistency_forest(rows)
+def _box_agreement_windows(session: Session, run_id: int, variants: list[str]) -> dict[str, dict[str, Any]]:
+    """:func:`box_agreement` of every variant from :func:`streams.detection_windows`: the challenge formula over
+    the done images that have a ground-truth box, scored a window of images at a time
+    (:func:`array_precisions`, checked against the per-image definition in ``tests/evaluation``)."""
+    sums = {v: [0.0, 0] for v in variants}
+    for truth, preds in streams.detection_windows(session, run_id=run_id, variants=variants):
+        annotated = np.unique(truth[:, 0])
+        for v, pred in preds.items():
+            images = np.union1d(truth[:, 0], pred[:, 0])
+            values = array_precisions(truth, pred)[np.isin(images, annotated)]
+            values = values[np.isfinite(values)]
+            sums[v][0] += float(values.sum())
+            sums[v][1] += int(values.size)
+    return {v: {"box_agreement": (t / n if n else None), "images": int(n)} for v, (t, n) in sums.items()}
+
+
+def _forest(session: Session, data: ReportData, groups: list[tuple[int, str, str, dict[str, Any]]]) -> None:
+    prompts = {r.id: r.prompt_mode for r in data.runs}
+    for run_id, name, variant, s in groups:
+        # box-prompted runs: every segment with a consistency std has its perturbations (no count over the group)
+        known = s.get("consistency_std_n") if prompts[run_id] == "boxes" else None
+        rows, total = streams.forest_rows(session, run_id=run_id, variant=variant, cap=forest.MAX_ROWS, total=known)
+        result = forest.consistency_forest(rows, total=total)
         if result["n"]:
-            data.forest.append({"run": run, "variant": variant, **result})
+            data.forest.append({"run": name, "variant": variant, **result})

@@ -1,7 +1,10 @@
 """The report's figures as ``data:image/png;base64`` URIs (matplotlib's Agg canvas, no pyplot global state).
 
 Every function takes plain arrays and returns a string that can go straight into an ``<img src>``, so the HTML
-report is one self-contained file.
+report is one self-contained file. Sizes do not grow with the run: scatter plots get a seeded sample of at most
+``collect.SCATTER_POINTS`` points (their titles give the full count), box plots are drawn from precomputed
+statistics (quartiles, whiskers at the 10th and 90th percentiles) with :meth:`Axes.bxp`, never from raw values.
+OpenCV is imported by the gallery tiles only.
 """
 
 from __future__ import annotations
@@ -11,13 +14,11 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pixelperfect.pipeline.steps import to_uint8
-
+#: Axis labels of the measures (with their unit where they have one); a new measure adds its line here.
 LABELS = {
     "score": "predicted IoU (score)",
     "stability": "stability",
@@ -43,35 +44,44 @@ def _grid(n: int, per_row: int = 3, size: tuple[float, float] = (4.2, 3.4)) -> t
     return fig, axes
 
 
-def paired_figure(pairs: Sequence[tuple[str, str, str, np.ndarray, np.ndarray]], metric: str) -> str:
-    """One panel per comparison ``(title, label a, label b, values a, values b)``: each prompt a point at
-    ``(a, b)`` with the diagonal (below it = ``b`` lower), and beside it the box plots of ``a`` and ``b``."""
+def _bxp(ax: Any, stats: Sequence[dict[str, float]], labels: Sequence[str]) -> None:
+    """Box plots from statistics (``med``, ``q1``, ``q3``, ``whislo``, ``whishi``): no raw values, no fliers."""
+    ax.bxp([{**s, "label": lab, "fliers": []} for s, lab in zip(stats, labels, strict=True)], widths=0.6,
+           showfliers=False)  # fmt: skip
+
+
+def paired_figure(pairs: Sequence[tuple[str, str, str, Any]], metric: str) -> str:
+    """One panel per comparison ``(title, label a, label b, collect.Pairs)``: each sampled prompt a point at
+    ``(a, b)`` with the diagonal (below it = ``b`` lower), and beside it the box plots of all ``a`` and ``b``."""
     per_row = 2
     rows = (len(pairs) + per_row - 1) // per_row
     cols = min(len(pairs), per_row)
     fig = Figure(figsize=(6.0 * cols, 4.0 * rows), layout="constrained")
     grid = fig.add_gridspec(rows, 2 * cols, width_ratios=[3, 1] * cols)
-    for i, (title, la, lb, a, b) in enumerate(pairs):
+    for i, (title, la, lb, p) in enumerate(pairs):
         r, c = divmod(i, per_row)
         ax, box = fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])
-        lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+        lo = float(min(p.a.min(), p.b.min(), p.box_a["whislo"], p.box_b["whislo"]))
+        hi = float(max(p.a.max(), p.b.max(), p.box_a["whishi"], p.box_b["whishi"]))
         pad = (hi - lo) * 0.05 or 0.01
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--")
-        ax.scatter(a, b, s=10, alpha=0.6)
-        ax.set(xlabel=la, ylabel=lb, title=f"{title} (n={len(a)})")
-        box.boxplot([a, b], tick_labels=["a", "b"], widths=0.6)
+        ax.scatter(p.a, p.b, s=10 if len(p.a) < 2000 else 2, alpha=0.6 if len(p.a) < 2000 else 0.25)
+        shown = f"n={p.n:,}" if len(p.a) == p.n else f"{len(p.a):,} of n={p.n:,} shown"
+        ax.set(xlabel=la, ylabel=lb, title=f"{title} ({shown})")
+        _bxp(box, [p.box_a, p.box_b], ["a", "b"])
         box.tick_params(labelsize=8)
     fig.suptitle(LABELS.get(metric, metric))
     return _uri(fig)
 
 
-def distributions_figure(groups: dict[str, dict[str, np.ndarray]], metrics: Sequence[str]) -> str:
-    """A box plot per metric with one box per group (``run / variant``); empty groups are left out."""
-    shown = [m for m in metrics if any(len(g.get(m, [])) for g in groups.values())]
+def distributions_figure(groups: dict[str, dict[str, dict[str, float]]], metrics: Sequence[str]) -> str:
+    """A box plot per metric with one box per group (``run / variant``) from its statistics (``med``, ``q1``,
+    ``q3``, ``whislo``, ``whishi``); groups without the metric are left out."""
+    shown = [m for m in metrics if any(m in g for g in groups.values())]
     fig, axes = _grid(max(len(shown), 1), per_row=3)
     for ax, metric in zip(axes, shown, strict=False):
-        names = [name for name, g in groups.items() if len(g.get(metric, []))]
-        ax.boxplot([groups[n][metric] for n in names], tick_labels=names, widths=0.6, showfliers=True)
+        names = [name for name, g in groups.items() if metric in g]
+        _bxp(ax, [groups[n][metric] for n in names], names)
         ax.set_title(LABELS.get(metric, metric), fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     if not shown:
@@ -79,16 +89,17 @@ def distributions_figure(groups: dict[str, dict[str, np.ndarray]], metrics: Sequ
     return _uri(fig)
 
 
-def calibration_figure(entries: Sequence[tuple[str, np.ndarray, np.ndarray, list[dict[str, Any]]]]) -> str:
-    """Dice against predicted IoU per ``(label, scores, dice, reliability bins)``, with the bins' mean Dice and the
-    diagonal a calibrated score would follow."""
+def calibration_figure(entries: Sequence[tuple[str, np.ndarray, np.ndarray, int, list[dict[str, Any]]]]) -> str:
+    """Dice against predicted IoU per ``(label, sampled scores, their Dice, segments in all, reliability bins)``,
+    with the bins' mean Dice (over all segments) and the diagonal a calibrated score would follow."""
     fig, axes = _grid(len(entries), per_row=3)
-    for ax, (label, score, dice, bins) in zip(axes, entries, strict=True):
+    for ax, (label, score, dice, n, bins) in zip(axes, entries, strict=True):
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-        ax.scatter(score, dice, s=8, alpha=0.5)
+        ax.scatter(score, dice, s=8 if len(score) < 2000 else 2, alpha=0.5 if len(score) < 2000 else 0.2)
         full = [b for b in bins if b["n"]]
         ax.plot([b["score_mean"] for b in full], [b["dice_mean"] for b in full], "o-", color="C3", label="bin mean")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="predicted IoU", ylabel="Dice", title=label)
+        shown = f"n={n:,}" if len(score) == n else f"{len(score):,} of n={n:,} shown"
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="predicted IoU", ylabel="Dice", title=f"{label} ({shown})")
         ax.legend(loc="lower right", fontsize=7)
     return _uri(fig)
 
@@ -113,6 +124,10 @@ def overlay_tile(
 ) -> str:
     """An image with the segment (red fill), its prompt (yellow box or cross), the ground-truth mask (green
     outline) and boxes (green rectangles), scaled to :data:`TILE_SIZE` on the long side, as a PNG data URI."""
+    import cv2
+
+    from pixelperfect.pipeline.steps import to_uint8
+
     grey = to_uint8(np.asarray(pixels))
     height, width = grey.shape
     scale = TILE_SIZE / max(height, width)

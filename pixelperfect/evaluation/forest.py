@@ -5,6 +5,10 @@ its K perturbed boxes) from the perturbed boxes and their scores. Here: features
 segment (XYXY, px) followed by their K best scores, target = ``consistency_std``, a seeded train/test split and
 the held-out R². Because the target is the standard deviation of K of the features, a high R² is expected; the
 section shows how much of it the forest recovers.
+
+At archive scale the forest trains on a seeded sample of at most :data:`MAX_ROWS` segments (drawn in the database,
+:func:`pixelperfect.db.streams.forest_rows`), and the result says so: 200 fully grown trees cost
+O(n log n) each, about 2 s on one core for 2,000 segments, and R² settles long before a million.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 
 #: Fewer usable segments than this and the section reports "not enough data" instead of a number.
 MIN_SEGMENTS = 20
+#: The most segments the forest sees per run × variant (a seeded sample above it).
+MAX_ROWS = 2_000
 
 
 def forest_features(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -43,17 +49,26 @@ def forest_features(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.n
 
 
 def consistency_forest(
-    rows: Sequence[Mapping[str, Any]], *, test_size: float = 0.25, seed: int = 0, n_estimators: int = 200
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    test_size: float = 0.25,
+    seed: int = 0,
+    n_estimators: int = 200,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """Fit and score the regressor. Returns ``n``, ``n_train``, ``n_test``, ``r2`` (held out, ``None`` when there
     are fewer than :data:`MIN_SEGMENTS` usable segments), ``importance_boxes`` / ``importance_scores`` (the
     forest's impurity importances summed per feature group), ``y_test`` and ``y_pred`` (for the figure), and
-    ``note`` explaining a missing result.
+    ``note`` explaining a missing result or the sample; ``n_total``: the usable segments of the group when ``rows``
+    is a sample of them (``total``), else ``n``.
     """
     if not 0 < test_size < 1:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
     X, y = forest_features(rows)
     out: dict[str, Any] = {"n": len(y), "n_train": 0, "n_test": 0, "r2": None, "note": None}
+    out["n_total"] = max(total or 0, len(y))
+    sampled = f"trained on a seeded sample of {len(y):,} of {total:,} segments" if total and total > len(rows) else None
+    out["note"] = sampled
     if len(y) < MIN_SEGMENTS:
         out["note"] = f"{len(y)} segments with K perturbed box scores; at least {MIN_SEGMENTS} are needed"
         return out

@@ -1,54 +1,59 @@
-"""The HTML report: tables, figures and the gallery of one :class:`ReportData`, in one self-contained page."""
+"""The HTML report: one :class:`ReportData` through Jinja2 templates (``evaluation/templates``) into one
+self-contained page.
+
+Each section is a small function returning its template's context; :data:`SECTIONS` lists them in page order,
+so a new section (say the RSNA challenge metric with labelled negatives) is a function, a template and a line.
+Figures are PNG data URIs from :mod:`pixelperfect.evaluation.figures`; their size does not depend on the run's.
+"""
 
 from __future__ import annotations
 
-import html
 import logging
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-import cv2
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from pixelperfect.config import Settings
 from pixelperfect.evaluation import figures
 from pixelperfect.evaluation.collect import SUMMARY_METRICS, ReportData
+from pixelperfect.evaluation.forest import MAX_ROWS
+from pixelperfect.evaluation.stats import BOOTSTRAP_MAX_PAIRS
 
 log = logging.getLogger(__name__)
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.8em 0}
 td,th{border:1px solid #ddd;padding:3px 7px;font-size:13px;text-align:right}th{background:#f3f3f3}
 td.l,th.l{text-align:left}img.fig{max-width:100%}.gallery{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;font-size:12px;max-width:256px}p.note{color:#555;font-size:14px}p.warn{background:#fff3cd;padding:6px}
+figure{margin:0;font-size:12px;max-width:256px}p.note{color:#555;font-size:14px}p.warn{background:#fff3cd;padding:6px}p.warn{background:#fff3cd;padding:6px}
 """
+COMPARISON_COLUMNS = [
+    ("metric", "metric"),
+    ("a", "a"),
+    ("b", "b"),
+    ("n", "n"),
+    ("mean_a", "mean a"),
+    ("mean_b", "mean b"),
+    ("mean_diff", "mean b−a"),
+    ("fraction_improved", "b better"),
+    ("wilcoxon_p", "Wilcoxon p"),
+    ("ci_low", "95% CI low"),
+    ("ci_high", "CI high"),
+]
+PAIRED_FIGURES = ("consistency_std", "dice")  # metrics drawn as paired scatter plots, at most 8 panels each
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: ``–`` for a missing value, floats to ``digits`` decimals (small ones in ``g`` form)."""
     if value is None:
         return "–"
-    if isinstance(value, float):
+    if isinstance(value, float | np.floating):
+        value = float(value)
         return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
-    return html.escape(str(value))
-
-
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], left: int = 0) -> str:
-    if not rows:
-        return '<p class="note">nothing to show</p>'
-    head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(t)}</th>' for i, (_, t) in enumerate(columns))
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{"l" if i < left else ""}">{_fmt(r.get(k))}</td>' for i, (k, _) in enumerate(columns))
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _img(uri: str, alt: str) -> str:
-    return f'<img class="fig" alt="{html.escape(alt)}" src="{uri}">'
+    return str(value)
 
 
 def _side(side: dict[str, Any]) -> str:
@@ -57,288 +62,291 @@ def _side(side: dict[str, Any]) -> str:
     return f"{label} ({side['mask']})" if "mask" in side else label
 
 
-def _comparison_section(data: ReportData, kind: str) -> str:
-    cols = [
-        ("metric", "metric"),
-        ("a", "a"),
-        ("b", "b"),
-        ("n", "n"),
-        ("mean_a", "mean a"),
-        ("mean_b", "mean b"),
-        ("mean_diff", "mean b−a"),
-        ("fraction_improved", "b better"),
-        ("wilcoxon_p", "Wilcoxon p"),
-        ("ci_low", "95% CI low"),
-        ("ci_high", "CI high"),
+def summary_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    grabcut = any(r.model == "grabcut" for r in data.runs)
+    cols = [("run", "run"), ("model", "model"), ("variant", "variant"), ("n_segments", "segments")]
+    cols += [
+        (f"{m}_mean", f"mean {m}") for m in ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou")
     ]
-    rows = [{**c, "a": _side(c["a"]), "b": _side(c["b"])} for c in data.comparisons if c["kind"] == kind]
-    parts = [_table(rows, cols, left=3)]
+    if grabcut:
+        cols.append(("box_fallbacks", "GrabCut box fallbacks"))
+    stat_cols = [("run", "run"), ("variant", "variant")]
+    for m in SUMMARY_METRICS:
+        stat_cols += [(f"{m}_median", f"{m} median"), (f"{m}_p10", "p10"), (f"{m}_p90", "p90")]
+    segmented = {s["run"] for s in data.summary if s["n"]}
+    failed = {f["run"] for f in data.failures}
+    return {
+        "rows": [{"run": r["run"], "model": r["model"], **v} for r in data.runs_json() for v in r["variants"]],
+        "columns": cols,
+        "grabcut": grabcut,
+        "stats": data.summary,
+        "stat_columns": stat_cols,
+        "failures": data.failures,
+        "only_failed": [
+            f"{r.name}: every finished image failed; no segment to evaluate."
+            for r in data.runs
+            if r.name in failed and r.name not in segmented
+        ],
+    }
+
+
+def _comparison(data: ReportData, kind: str, intro: list[str]) -> dict[str, Any]:
     titles = {
         "variant": lambda c: f"{c['a']['run']}: {c['a']['variant']} → {c['b']['variant']}",
         "run": lambda c: f"{c['a']['variant']}: {c['a']['run']} → {c['b']['run']}",
         "prompt": lambda c: f"{c['a']['run']} / {c['a']['variant']}: box → {c['b']['mask']}",
     }
-    for metric in ("consistency_std", "dice"):
+    entries = [c for c in data.comparisons if c["kind"] == kind]
+    shown = []
+    for metric in PAIRED_FIGURES:
         pairs = [
-            (titles[kind](c), _side(c["a"]), _side(c["b"]), a, b)
-            for c, a, b in data.pairs
+            (titles[kind](c), _side(c["a"]), _side(c["b"]), p)
+            for c, p in data.pairs
             if c["kind"] == kind and c["metric"] == metric
         ]
         if pairs:
-            parts.append(_img(figures.paired_figure(pairs[:8], metric), f"{kind} comparison of {metric}"))
-    return "".join(parts)
+            shown.append((figures.paired_figure(pairs[:8], metric), f"{kind} comparison of {metric}"))
+    big = [c for c in entries if c.get("bootstrap_n") and c["bootstrap_n"] < c["n"]]
+    subsampled = (
+        f"{len(big)} comparison(s) have more than {BOOTSTRAP_MAX_PAIRS:,} pairs: their bootstrap CI resamples a "
+        f"seeded subsample of {BOOTSTRAP_MAX_PAIRS:,} pairs; means, shares and Wilcoxon p use every pair."
+        if big
+        else ""
+    )
+    return {
+        "intro": intro,
+        "show": bool(entries),
+        "rows": [{**c, "a": _side(c["a"]), "b": _side(c["b"])} for c in entries],
+        "columns": COMPARISON_COLUMNS,
+        "figures": shown,
+        "subsampled": subsampled,
+        "notes": data.section_notes.get(kind, []),
+    }
 
 
-def _gallery(data: ReportData, settings: Settings) -> str:
-    from pixelperfect.pipeline.decode import decode_image
-    from pixelperfect.storage import open_store, read_url
-
-    def load(url: str) -> np.ndarray | None:
-        try:
-            raw = cv2.imdecode(np.frombuffer(read_url(url, endpoint_url=settings.s3_endpoint_url), np.uint8), 0)
-        except Exception as exc:  # a missing object must not break the report: the tile says so
-            log.warning("gallery: cannot read %s: %s", url, exc)
-            return None
-        return None if raw is None else raw > 0
-
-    parts = []
-    for title, cases in (("worst", data.worst), ("best", data.best)):
-        tiles = []
-        for case in cases:
-            try:
-                data_bytes = open_store(case["source_url"], endpoint_url=settings.s3_endpoint_url).get(case["key"])
-                pixels = decode_image(data_bytes, case["key"]).pixels
-            except Exception as exc:
-                log.warning("gallery: cannot read image %s: %s", case["key"], exc)
-                tiles.append(f"<figure>image {html.escape(case['key'])} unavailable</figure>")
-                continue
-            mask = load(case["mask_key"]) if case.get("mask_key") else None
-            truth = load(case["gt_mask_key"]) if case.get("gt_mask_key") else None
-            uri = figures.overlay_tile(pixels, mask, case["prompt"], truth, case.get("truth_boxes", []))
-            caption = (
-                f"{case['run']} / {case['variant']} — {case['key']} #{case['prompt_index']}: "
-                f"{data.rank_metric} {_fmt(case['value'])}, score {_fmt(case['score'])}"
-            )
-            tiles.append(f"<figure>{_img(uri, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")
-        parts.append(f'<h3>{title} {len(cases)} by {data.rank_metric}</h3><div class="gallery">{"".join(tiles)}</div>')
-    return "".join(parts)
-
-
-def _surface_section(data: ReportData) -> str:
-    """NSD and HD95 per run × variant × unit: mm and px rows apart, with counts, never one mean."""
-    if not data.surface:
-        return ""
-    cols = [("run", "run"), ("variant", "variant"), ("unit", "unit"), ("n", "segments"),
-            ("nsd_tolerance", "NSD tolerance"), ("nsd_mean", "mean NSD"), ("hd95_n", "HD95 defined"),
-            ("hd95_mean", "mean HD95")]  # fmt: skip
-    return (
-        '<h3>Surface distances</h3><p class="note">NSD (surface Dice) at the run\'s tolerance and HD95 (larger of '
-        "the two directed 95th percentiles), in mm where the image's pixel spacing was known (DICOM PixelSpacing, "
-        "else ImagerPixelSpacing over the magnification factor, else --pixel-spacing) and in px where not. "
-        "The two units are never averaged together.</p>" + _table(data.surface, cols, left=3)
+def variant_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    return _comparison(
+        data,
+        "variant",
+        [
+            "Each point is one prompt, paired across variants of the same run (same "
+            "image, same prompt, same jitter). Below the diagonal = lower consistency std (more consistent)"
+            " after preprocessing."
+        ],
     )
 
 
-def _detection_section(data: ReportData) -> str:
-    """The RSNA challenge metric of runs with automatic prompts; box-prompted runs' box agreement, named so."""
-    head = (
-        '<h2>Detection: RSNA challenge metric</h2><p class="note">Per image the mean over IoU thresholds '
-        "0.40:0.05:0.75 of TP/(TP+FP+FN), the component boxes of the masks ranked by score; the mean over every "
-        "labelled image, labelled negatives (RSNA Target = 0) included: one with a prediction scores 0, one with "
-        "none is skipped; unlabelled images do not count. Only runs with automatic prompts are detection results. "
-        "A box-prompted run was prompted by the very boxes it would be scored against: its number is the "
-        "agreement of the boxes drawn around its masks with their prompts (box agreement), not a mAP.</p>"
+def run_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    if len(data.runs) < 2:
+        return {
+            **_comparison(data, "run", ["Give a second run (e.g. a fine-tuned model on the same images) to compare."]),
+            "show": False,
+        }
+    intro = f"Every further run against the first ({data.runs[0].name}) on the same images and prompts."
+    return _comparison(data, "run", [intro])
+
+
+def prompt_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    if not any(c["kind"] == "prompt" for c in data.comparisons):
+        return {
+            **_comparison(data, "prompt", ["No segment has both a box prompt and a ground-truth mask."]),
+            "show": False,
+        }
+    return _comparison(
+        data,
+        "prompt",
+        [
+            "Dice of each mask against the Dice of its own prompt box, filled, on the "
+            "same ground truth: a model that returned its box unchanged would score the box's Dice. b "
+            "better = the mask beats its box."
+        ],
     )
-    rows = [{**d, "value": d.get("rsna_score", d.get("box_agreement"))} for d in data.detection]
-    cols = [("run", "run"), ("variant", "variant"), ("prompt_mode", "prompts"), ("measure", "measure"),
-            ("value", "score"), ("images", "images counted"), ("labelled", "labelled"),
-            ("negatives", "negatives"), ("negatives_predicted", "negatives predicted on"),
-            ("rsna_score_positives", "score without negatives")]  # fmt: skip
-    return head + _table(rows, cols, 4)
 
 
-def render_html(data: ReportData, settings: Settings) -> str:
-    runs = ", ".join(f"{r.name} ({r.model}, {r.prompt_mode}: {', '.join(r.variants)})" for r in data.runs)
-    body = [
-        f"<h1>PixelPerfect report</h1><p>{html.escape(runs)}<br>generated "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}</p>"
-    ]
-    body += [f'<p class="warn"><b>Note:</b> {html.escape(note)}</p>' for note in data.notes]
-    body.append("<h2>Summary</h2>")
-    summary = [{"run": r["run"], "model": r["model"], **v} for r in data.runs_json() for v in r["variants"]]
-    cols = [("run", "run"), ("model", "model"), ("variant", "variant"), ("n_segments", "segments")]
-    cols += [
-        (f"{m}_mean", f"mean {m}") for m in ("score", "stability", "consistency_std", "consistency_iou", "dice", "iou")
-    ]
-    if any(r.model == "grabcut" for r in data.runs):
-        cols.append(("box_fallbacks", "GrabCut box fallbacks"))
-    body.append(_table(summary, cols, left=3))
-    if any(r.model == "grabcut" for r in data.runs):
-        body.append(
-            '<p class="note">GrabCut box fallbacks: segments where the cut collapsed (kept under 10 % of its box on '
-            "grey levels and on texture) and the box itself stands as the mask. Their Dice is the box's.</p>"
-        )
-    stat_cols = [("run", "run"), ("variant", "variant")]
-    for m in SUMMARY_METRICS:
-        stat_cols += [(f"{m}_median", f"{m} median"), (f"{m}_p10", "p10"), (f"{m}_p90", "p90")]
-    body.append("<details><summary>medians and 10th/90th percentiles</summary>")
-    body.append(_table(data.summary, stat_cols, left=2) + "</details>")
-    body.append(_surface_section(data))
-    body.append("<h3>Failed images</h3>" + _table(data.failures, [("run", "run"), ("reason", "reason"), ("n", "n")], 2))
-
-    body.append(
-        '<h2>Consistency before vs after preprocessing</h2><p class="note">Each point is one prompt, '
-        "paired across variants of the same run (same image, same prompt, same jitter). Below the diagonal"
-        " = lower consistency std (more consistent) after preprocessing.</p>"
-    )
-    body.append(_comparison_section(data, "variant"))
-    body.append("<h2>With vs without fine-tuning (run against run)</h2>")
-    if len(data.runs) > 1:
-        body.append(
-            f'<p class="note">Every further run against the first ({html.escape(data.runs[0].name)}) on'
-            " the same images and prompts.</p>" + _comparison_section(data, "run")
-        )
-    else:
-        body.append('<p class="note">Give a second run (e.g. a fine-tuned model on the same images) to compare.</p>')
-
-    body.append("<h2>Model against its prompt box</h2>")
-    if any(c["kind"] == "prompt" for c in data.comparisons):
-        body.append(
-            '<p class="note">Dice of each mask against the Dice of its own prompt box, filled, on the same ground'
-            " truth: a model that returned its box unchanged would score the box's Dice. b better = the mask beats"
-            " its box.</p>" + _comparison_section(data, "prompt")
-        )
-    else:
-        body.append('<p class="note">No segment has both a box prompt and a ground-truth mask.</p>')
-
-    body.append("<h2>Distributions per variant and model</h2>")
-    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in data.segments:
-        label = f"{row['run']}/{row['variant']}"
+def distributions_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    groups: dict[str, dict[str, dict[str, float]]] = {}
+    for s in data.summary:
+        stats = {}
         for m in figures.LABELS:
-            if row.get(m) is not None:
-                groups[label][m].append(float(row[m]))
-    arrays = {k: {m: np.asarray(v) for m, v in g.items()} for k, g in groups.items()}
-    body.append(_img(figures.distributions_figure(arrays, list(figures.LABELS)), "distributions"))
+            if s.get(f"{m}_n"):
+                keys = ("med", "q1", "q3", "whislo", "whishi")
+                stats[m] = dict(zip(keys, (s[f"{m}_{p}"] for p in ("median", "p25", "p75", "p10", "p90")), strict=True))
+        groups[f"{s['run']}/{s['variant']}"] = stats
+    return {"figure": figures.distributions_figure(groups, list(figures.LABELS))}
 
-    body.append("<h2>Calibration: Dice against the model's confidence</h2>")
-    if data.calibration:
-        rows = [
-            {
-                "run": c["run"],
-                "variant": c["variant"],
-                "n": c["n"],
-                "ece": c["ece"],
-                **{f"rho_{p}": s["rho"] for p, s in c["spearman"].items()},
-            }
-            for c in data.calibration
-        ]
-        body.append(
-            _table(
-                rows,
-                [
-                    ("run", "run"),
-                    ("variant", "variant"),
-                    ("n", "n"),
-                    ("rho_score", "ρ score"),
-                    ("rho_stability", "ρ stability"),
-                    ("rho_consistency_std", "ρ consistency std"),
-                    ("rho_consistency_iou", "ρ consistency IoU"),
-                    ("ece", "ECE"),
-                ],
-                2,
-            )
-        )
-        entries = []
-        seg_groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for row in data.segments:
-            seg_groups[(row["run"], row["variant"])].append(row)
-        for c in data.calibration:
-            pts = [
-                (r["score"], r["dice"])
-                for r in seg_groups[(c["run"], c["variant"])]
-                if r["score"] is not None and r["dice"] is not None
-            ]
-            if pts:
-                arr = np.asarray(pts)
-                entries.append((f"{c['run']} / {c['variant']}", arr[:, 0], arr[:, 1], c["reliability"]))
-        if entries:
-            body.append(_img(figures.calibration_figure(entries), "calibration"))
-        rel = [
-            {"run": c["run"], "variant": c["variant"], "bin": f"{b['lo']:.1f}–{b['hi']:.1f}", **b}
-            for c in data.calibration
-            for b in c["reliability"]
-            if b["n"]
-        ]
-        body.append(
-            "<details><summary>reliability table</summary>"
-            + _table(
-                rel,
-                [
-                    ("run", "run"),
-                    ("variant", "variant"),
-                    ("bin", "score bin"),
-                    ("n", "n"),
-                    ("score_mean", "mean score"),
-                    ("dice_mean", "mean Dice"),
-                ],
-                3,
-            )
-            + "</details>"
-        )
-    else:
-        body.append('<p class="note">No segment has a Dice: submit with --gt-masks to measure calibration.</p>')
 
-    body.append(_detection_section(data))
+def calibration_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    rows = [
+        {
+            "run": c["run"],
+            "variant": c["variant"],
+            "n": c["n"],
+            "ece": c["ece"],
+            **{f"rho_{p}": s["rho"] for p, s in c["spearman"].items()},
+        }
+        for c in data.calibration
+    ]
+    entries = []
+    for c in data.calibration:
+        score, dice, n = data.calibration_points.get((c["run"], c["variant"]), (np.zeros(0), np.zeros(0), 0))
+        if n:
+            entries.append((f"{c['run']} / {c['variant']}", score, dice, n, c["reliability"]))
+    bins = [
+        {"run": c["run"], "variant": c["variant"], "bin": f"{b['lo']:.1f}–{b['hi']:.1f}", **b}
+        for c in data.calibration
+        for b in c["reliability"]
+        if b["n"]
+    ]
+    return {
+        "rows": rows,
+        "columns": [
+            ("run", "run"),
+            ("variant", "variant"),
+            ("n", "n"),
+            ("rho_score", "ρ score"),
+            ("rho_stability", "ρ stability"),
+            ("rho_consistency_std", "ρ consistency std"),
+            ("rho_consistency_iou", "ρ consistency IoU"),
+            ("ece", "ECE"),
+        ],
+        "figure": figures.calibration_figure(entries) if entries else None,
+        "bins": bins,
+        "bin_columns": [
+            ("run", "run"),
+            ("variant", "variant"),
+            ("bin", "score bin"),
+            ("n", "n"),
+            ("score_mean", "mean score"),
+            ("dice_mean", "mean Dice"),
+        ],
+    }
 
-    body.append(
-        '<h2>Random-forest consistency regressor</h2><p class="note">Features: the K perturbed boxes and'
-        " their scores; target: consistency std; R² on a held-out 25 %.</p>"
-    )
-    body.append(
-        _table(
-            data.forest,
-            [
-                ("run", "run"),
-                ("variant", "variant"),
-                ("n_train", "train"),
-                ("n_test", "test"),
-                ("r2", "held-out R²"),
-                ("importance_boxes", "importance boxes"),
-                ("importance_scores", "importance scores"),
-                ("note", "note"),
-            ],
-            2,
-        )
-    )
+
+def surface_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    """NSD and HD95 per run × variant × unit: mm and px rows apart, with counts, never one mean."""
+    return {
+        "rows": data.surface,
+        "columns": [
+            ("run", "run"),
+            ("variant", "variant"),
+            ("unit", "unit"),
+            ("n", "segments"),
+            ("nsd_tolerance", "NSD tolerance"),
+            ("nsd_mean", "mean NSD"),
+            ("hd95_n", "HD95 defined"),
+            ("hd95_mean", "mean HD95"),
+        ],
+    }
+
+
+def detection_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    """The RSNA challenge metric of runs with automatic prompts; box-prompted runs' box agreement, named so."""
+    return {
+        "rows": [{**d, "value": d.get("rsna_score", d.get("box_agreement"))} for d in data.detection],
+        "columns": [
+            ("run", "run"),
+            ("variant", "variant"),
+            ("prompt_mode", "prompts"),
+            ("measure", "measure"),
+            ("value", "score"),
+            ("images", "images counted"),
+            ("labelled", "labelled"),
+            ("negatives", "negatives"),
+            ("negatives_predicted", "negatives predicted on"),
+            ("rsna_score_positives", "score without negatives"),
+        ],
+        "notes": data.section_notes.get("detection", []),
+    }
+
+
+def forest_section(data: ReportData, settings: Settings) -> dict[str, Any]:
     fitted = [
         (f"{f['run']} / {f['variant']}", f["y_test"], f["y_pred"], f["r2"]) for f in data.forest if f["r2"] is not None
     ]
-    if fitted:
-        body.append(_img(figures.forest_figure(fitted), "forest"))
+    return {
+        "rows": data.forest,
+        "columns": [
+            ("run", "run"),
+            ("variant", "variant"),
+            ("n_total", "segments"),
+            ("n_train", "train"),
+            ("n_test", "test"),
+            ("r2", "held-out R²"),
+            ("importance_boxes", "importance boxes"),
+            ("importance_scores", "importance scores"),
+            ("note", "note"),
+        ],
+        "figure": figures.forest_figure(fitted) if fitted else None,
+        "max_rows": MAX_ROWS,
+    }
 
-    body.append(
-        '<h2>Gallery: best and worst cases</h2><p class="note">Red: the segment; yellow: its prompt; '
-        "green: ground truth.</p>"
+
+def gallery_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    from pixelperfect.evaluation.gallery import tiles
+
+    groups = [
+        (f"{title} {len(cases)} by {data.rank_metric}", tiles(cases, data.rank_metric, settings, fmt))
+        for title, cases in (("worst", data.worst), ("best", data.best))
+    ]
+    return {
+        "groups": groups,
+        "cases": [{"which": "worst", **c} for c in data.worst] + [{"which": "best", **c} for c in data.best],
+        "columns": [
+            ("which", ""),
+            ("run", "run"),
+            ("variant", "variant"),
+            ("key", "image key"),
+            ("prompt_index", "prompt"),
+            ("value", data.rank_metric),
+            ("score", "score"),
+        ],
+    }
+
+
+Builder = Callable[[ReportData, Settings], dict[str, Any]]
+#: The page's sections in order: (id, title, template, context builder).
+SECTIONS: list[tuple[str, str, str, Builder]] = [
+    ("summary", "Summary", "summary", summary_section),
+    ("surface", "Surface distances", "surface", surface_section),
+    ("surface", "Surface distances", "surface", surface_section),
+    ("variants", "Consistency before vs after preprocessing", "comparison", variant_section),
+    ("runs", "With vs without fine-tuning (run against run)", "comparison", run_section),
+    ("prompt", "Model against its prompt box", "comparison", prompt_section),
+    ("distributions", "Distributions per variant and model", "distributions", distributions_section),
+    ("calibration", "Calibration: Dice against the model's confidence", "calibration", calibration_section),
+    ("detection", "Detection: RSNA challenge metric", "detection", detection_section),
+    ("forest", "Random-forest consistency regressor", "forest", forest_section),
+    ("gallery", "Gallery: best and worst cases", "gallery", gallery_section),
+]
+
+
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("pixelperfect.evaluation", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    body.append(_gallery(data, settings))
-    cases = [{"which": "worst", **c} for c in data.worst] + [{"which": "best", **c} for c in data.best]
-    body.append(
-        _table(
-            cases,
-            [
-                ("which", ""),
-                ("run", "run"),
-                ("variant", "variant"),
-                ("key", "image key"),
-                ("prompt_index", "prompt"),
-                ("value", data.rank_metric),
-                ("score", "score"),
-            ],
-            4,
+    env.filters["fmt"] = fmt
+    return env
+
+
+def render_html(data: ReportData, settings: Settings) -> str:
+    sections = []
+    for sid, title, template, build in SECTIONS:
+        sections.append(
+            {"id": sid, "title": title, "template": f"sections/{template}.html.j2", **build(data, settings)}
         )
-    )
+    runs_line = ", ".join(f"{r.name} ({r.model}, {r.prompt_mode}: {', '.join(r.variants)})" for r in data.runs)
     return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>PixelPerfect report</title>'
-        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+        environment()
+        .get_template("report.html.j2")
+        .render(
+            css=CSS,
+            runs_line=runs_line,
+            generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+            notes=data.notes,
+            sections=sections,
+        )
     )

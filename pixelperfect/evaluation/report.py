@@ -5,8 +5,12 @@
 "box_fallbacks", "nsd_mean", "hd95_mean", "surface_unit", "surface_by_unit"}]}], "comparisons": [...],
 "detection": [...], "notes": [...]}`` with ``null`` where a measure does not apply (NSD/HD95 units: mm or px,
 never mixed: :mod:`pixelperfect.evaluation.units`); a comparison of kind
-``prompt`` pairs a run's Dice with its prompt boxes' own Dice (sides carry ``mask``). ``report.html`` embeds every
-figure and gallery image as a base64 PNG, so the file can be mailed or archived on its own.
+``prompt`` pairs a run's Dice with its prompt boxes' own Dice (sides carry ``mask``); ``bootstrap_n`` is how many
+pairs its bootstrap CI resampled (a seeded subsample above ``stats.BOOTSTRAP_MAX_PAIRS``). ``report.html`` embeds
+every figure and gallery image as a base64 PNG, so the file can be mailed or archived on its own; its size does
+not grow with the run (sampled scatter plots, box plots from percentiles, a fixed gallery).
+
+JSON and CSV import neither matplotlib nor OpenCV nor the model code: they are aggregates and streams of columns.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def build_report(runs: list[str], out: Path, *, settings: Settings, fmt: str = "
     if fmt not in FORMATS:
         raise ValueError(f"report format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     with session_scope(settings.database_url) as session:
-        data = collect(session, list(runs))
+        data = collect(session, list(runs), full=fmt != "json")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "json":

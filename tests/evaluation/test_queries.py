@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pixelperfect.db import queries, repo
+from pixelperfect.db import queries, repo, streams
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.session import session_scope
 
@@ -65,6 +65,7 @@ def _segment(run_id: int, image_id: int, variant: str, p: int, i: int, *, model_
         "box_dice": None if DICE[variant][i] is None else 0.6,
         "iou": None,
         "mask_boxes": [[10 * p, 0, 10 * p + 20, 20]],
+        "perturbations": [[10.0 * p + j, 0.0, 10.0 * p + 20, 20.0, 0.5] for j in range(4)] if model_scores else None,
         "mask_key": f"file:///out/{variant}/{i}.png",
     }
 
@@ -132,16 +133,40 @@ def test_summaries_failures_pairs_and_ranks(db_url: str) -> None:
             {"run": "B", "reason": "truncated", "n": 1},
         ]
 
-        pairs = queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["A"], "clahe"), metric="dice")
-        expected = [
-            (KEYS[i // 2], i % 2, DICE["raw"][i], DICE["clahe"][i]) for i in range(8) if DICE["raw"][i] is not None
-        ]
-        assert pairs == [(k, p, pytest.approx(x), pytest.approx(y)) for k, p, x, y in expected]
-        across = queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="dice")
-        assert len(across) == 7 and all(x == pytest.approx(y) for _, _, x, y in across)
-        assert queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="score") == []
+        va, vb = streams.paired_arrays(s, a=(ids["A"], "raw"), b=(ids["A"], "clahe"), metric="dice")
+        expected = [(DICE["raw"][i], DICE["clahe"][i]) for i in range(8) if DICE["raw"][i] is not None]
+        assert va.dtype == np.float32 and vb.dtype == np.float32  # two columns, in key then prompt order
+        assert va.tolist() == pytest.approx([x for x, _ in expected]) and vb.tolist() == pytest.approx(
+            [y for _, y in expected]
+        )
+        across = streams.paired_arrays(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="dice")
+        assert len(across[0]) == 7 and across[0].tolist() == pytest.approx(across[1].tolist())
+        assert len(streams.paired_arrays(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="score")[0]) == 0
         with pytest.raises(ValueError, match="unknown metric"):
-            queries.paired_values(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="drop table")
+            streams.paired_arrays(s, a=(ids["A"], "raw"), b=(ids["B"], "raw"), metric="drop table")
+        box, dice = streams.own_pairs(s, run_id=ids["A"], variant="raw", a="box_dice", b="dice")
+        assert box.tolist() == pytest.approx([0.6] * 7) and dice.tolist() == pytest.approx([x for x, _ in expected])
+
+        # reliability bins in SQL = pipeline.metrics' numpy bins on the same (score, Dice) pairs
+        from pixelperfect.pipeline.metrics import reliability_bins
+
+        pairs = [(sc, d) for sc, d in zip(SCORE["raw"], DICE["raw"], strict=True) if d is not None]
+        ref = reliability_bins([p[0] for p in pairs], [p[1] for p in pairs])
+        got = queries.reliability_bins(s, run_id=ids["A"], variant="raw")
+        assert [(b["lo"], b["hi"], b["n"]) for b in got] == [(r.lo, r.hi, r.n) for r in ref]
+        for b, r in zip(got, ref, strict=True):
+            assert b["score_mean"] == pytest.approx(r.score_mean) and b["dice_mean"] == pytest.approx(r.dice_mean)
+        assert sum(b["n"] for b in queries.reliability_bins(s, run_id=ids["B"], variant="raw")) == 0  # no score
+
+        cols = streams.metric_columns(s, run_id=ids["A"], variant="raw", metrics=["score", "iou", "dice"],
+                                      required="dice")  # fmt: skip
+        assert cols.shape == (7, 3) and np.isnan(cols[:, 1]).all()
+        assert sorted(cols[:, 2].tolist()) == pytest.approx(sorted(x for x, _ in expected))
+
+        progress = queries.run_progress(s, run_id=ids["A"])
+        assert progress["images"] == {"queued": 1, "done": 4, "failed": 2} and progress["segments"] == 16
+        assert progress["failures"] == {"truncated": 1, "missing": 1} and progress["finished"] == 6
+        assert progress["first"] is not None and progress["last"] >= progress["first"]
 
         worst = queries.ranked_cases(s, run_ids=[ids["A"]], metric="dice", n=2)
         assert [(c["key"], c["variant"], c["prompt_index"], c["value"]) for c in worst] == [
@@ -154,29 +179,24 @@ def test_summaries_failures_pairs_and_ranks(db_url: str) -> None:
         worst_std = queries.ranked_cases(s, run_ids=[ids["A"]], metric="consistency_std", n=1, worst=True)
         assert worst_std[0]["value"] == pytest.approx(0.06)
 
-        rows = queries.segment_rows(s, run_ids=[ids["A"]], columns=["score", "perturbations"])
-        assert len(rows) == 16 and set(rows[0]) == {
-            "run",
-            "model",
-            "variant",
-            "key",
-            "prompt_index",
-            "prompt_kind",
-            "score",
-            "perturbations",
-        }
+        rows, total = streams.forest_rows(s, run_id=ids["A"], variant="raw", cap=100)
+        assert total == 8 and len(rows) == 8 and set(rows[0]) == {"prompt_kind", "perturbations", "consistency_std"}
+        sample, total = streams.forest_rows(s, run_id=ids["A"], variant="raw", cap=3)
+        assert total == 8 and len(sample) <= 3  # a seeded sample, at most the cap
+        assert streams.forest_rows(s, run_id=ids["A"], variant="raw", cap=3) == (sample, total)
 
 
 def test_detection_inputs_and_points(db_url: str) -> None:
     ids = _populate(db_url)
     with session_scope(db_url) as s:
-        inputs = {k: (t, p, sc) for k, t, p, sc in queries.detection_inputs(s, run_id=ids["A"], variant="raw")}
-        assert sorted(inputs) == KEYS  # done images only
+        stream = list(streams.detection_stream(s, run_id=ids["A"], variant="raw"))
+        assert [k for k, *_ in stream] == KEYS  # done images only, in key order
+        inputs = {k: (t, p, sc) for k, t, p, sc in stream}
         truth, pred, scores = inputs["a.png"]
         assert truth == [[0, 0, 20, 20]] and pred == [[0, 0, 20, 20], [10, 0, 30, 20]]
         assert scores == [pytest.approx(0.9), pytest.approx(0.8)]
         assert inputs["c.png"][0] == []
-        b_inputs = queries.detection_inputs(s, run_id=ids["B"], variant="raw")
+        b_inputs = list(streams.detection_stream(s, run_id=ids["B"], variant="raw"))
         assert all(sc == [1.0, 1.0] for *_, sc in b_inputs)  # GrabCut: no score, ranked as given
 
         points = {"a.png": [[5.0, 6.0, 1.0], [7.0, 8.0, 0.0]], "b.png": [[1.0, 2.0, 1.0]]}
@@ -185,3 +205,23 @@ def test_detection_inputs_and_points(db_url: str) -> None:
         assert repo.points_for(s, run_id=ids["A"], keys=["a.png", "b.png", "c.png"]) == points
         # the points do not turn into ground-truth boxes, and boxes are untouched by them
         assert repo.boxes_for(s, run_id=ids["A"], keys=["a.png"]) == {"a.png": [[0.0, 0.0, 20.0, 20.0]]}
+
+
+def test_detection_stream_pairs_boxes_with_their_image_whatever_the_collation(db_url: str) -> None:
+    """Keys that a locale collation orders differently from code points (case, punctuation) still meet their own
+    ground-truth boxes: both streams are ordered by code point."""
+    keys = ["ab.png", "a-b.png", "B.png", "a_c.png", "Ä.png", "a.png"]
+    upgrade(db_url)
+    with session_scope(db_url) as s:
+        rid = repo.create_run(s, name="K", fields=_run("K", "sam_tiny", ["raw"])).id
+        repo.add_images(s, run_id=rid, keys=keys)
+        boxes = {k: [[float(i), 0.0, float(i) + 10, 10.0]] for i, k in enumerate(keys) if k != "a.png"}
+        repo.add_annotations(s, run_id=rid, boxes=boxes)
+        images = repo.images_by_key(s, run_id=rid, keys=keys)
+        for i, key in enumerate(keys):
+            seg = {**_segment(rid, images[key].id, "raw", 0, 0), "mask_boxes": [[float(i), 0.0, float(i) + 10, 10.0]]}
+            repo.mark_done(s, image_id=images[key].id, segments=[seg], fields={})
+        stream = list(streams.detection_stream(s, run_id=rid, variant="raw"))
+    assert [k for k, *_ in stream] == sorted(keys)  # code point order
+    for key, truth, pred, _ in stream:
+        assert truth == boxes.get(key, []) and pred == [[float(keys.index(key)), 0.0, keys.index(key) + 10.0, 10.0]]

@@ -56,20 +56,40 @@ def test_spearman_and_calibration_match_scipy() -> None:
     assert spearman([1, 2], [1, 2])["rho"] is None and spearman([1, 1, 1], [1, 2, 3])["rho"] is None
     assert spearman([1, np.nan, 3, 4], [1, 2, 3, 5])["n"] == 3
 
-    rows = [
-        {"score": float(s), "stability": None, "consistency_std": float(c), "consistency_iou": None, "dice": float(d)}
-        for s, c, d in zip(score, std, dice, strict=True)
-    ]
-    rows.append({"score": 0.9, "stability": None, "consistency_std": 0.0, "consistency_iou": None, "dice": None})
-    cal = calibration(rows)
+    # the predictors then the Dice per segment with a Dice (NaN: predictor missing), and bins as the database gives
+    cols = np.column_stack([score, np.full(30, np.nan), std, np.full(30, np.nan), dice])
+    from pixelperfect.pipeline.metrics import expected_calibration_error, reliability_bins
+
+    table = reliability_bins(score, dice)
+    bins = [{"lo": b.lo, "hi": b.hi, "n": b.n, "score_mean": b.score_mean, "dice_mean": b.dice_mean} for b in table]
+    cal = calibration(bins, cols)
     assert cal["n"] == 30
     assert cal["spearman"]["score"]["rho"] == pytest.approx(expected.statistic)
     assert cal["spearman"]["consistency_std"]["rho"] == pytest.approx(sps.spearmanr(std, dice).statistic)
     assert cal["spearman"]["consistency_std"]["rho"] < 0  # built so: more consistent goes with better Dice
     assert cal["spearman"]["stability"]["rho"] is None
     assert sum(b["n"] for b in cal["reliability"]) == 30 and cal["ece"] == pytest.approx(
-        np.mean(np.abs(score - dice)), abs=0.1
+        expected_calibration_error(table)
     )
+    assert calibration([{**b, "n": 0} for b in bins], cols[:0])["ece"] is None
+
+
+def test_bootstrap_subsamples_above_its_cap_and_says_so() -> None:
+    from pixelperfect.evaluation.stats import BOOTSTRAP_MAX_PAIRS
+
+    rng = np.random.default_rng(1)
+    n = BOOTSTRAP_MAX_PAIRS * 3
+    a = rng.normal(0.5, 0.1, n).astype(np.float32)
+    b = (a + 0.01 + rng.normal(0, 0.05, n)).astype(np.float32)
+    out = paired_comparison(a, b)
+    assert out["n"] == n and out["bootstrap_n"] == BOOTSTRAP_MAX_PAIRS
+    assert out["mean_diff"] == pytest.approx(float(np.mean(b.astype(np.float64) - a)))  # all pairs
+    # a CI of 10,000 resampled pairs: about 0.002 wide around the true shift of 0.01
+    assert out["ci_low"] < out["ci_high"] and out["ci_low"] > 0.006 and out["ci_high"] < 0.014
+    assert 0.001 < out["ci_high"] - out["ci_low"] < 0.004
+    assert paired_comparison(a, b) == out  # seeded
+    small = paired_comparison(a[:100], b[:100])
+    assert small["bootstrap_n"] == 100
 
 
 def _rows(n: int, seed: int = 0) -> list[dict[str, object]]:

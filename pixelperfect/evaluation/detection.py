@@ -1,0 +1,171 @@
+"""The RSNA Pneumonia Detection Challenge metric over a stream of images, scored a chunk of images at a time.
+
+The definition is :func:`pixelperfect.pipeline.metrics.rsna_image_precision`'s (tests check the two agree image
+by image): at each IoU threshold 0.40:0.05:0.75, ``TP / (TP + FP + FN)``, predictions taken in descending score
+order (ties in their given order), each matched to the unmatched ground-truth box it overlaps most, a hit at
+IoU >= the threshold; an image's score is the mean over thresholds; an image without ground truth scores 0 when
+anything is predicted and does not count when nothing is. Here the greedy matching runs vectorised over a chunk
+of :data:`CHUNK_IMAGES` images padded to the chunk's largest box counts, so a million images cost seconds, not a
+Python loop each; nothing but the chunk is held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+#: The challenge's IoU thresholds: 0.40, 0.45, ..., 0.75 (as in ``pipeline.metrics.RSNA_THRESHOLDS``).
+THRESHOLDS: tuple[float, ...] = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
+#: Images scored together: padded arrays of ``CHUNK_IMAGES × max predictions × max truths`` float64.
+CHUNK_IMAGES = 4096
+
+Image = tuple[Any, Sequence[Sequence[float]], Sequence[Sequence[float]], Sequence[float]]
+
+
+def _pad(lists: Sequence[Sequence[Any]], width_of_item: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, max len, width_of_item)`` float64 (items of ``B`` lists, zero padded) and a ``(B, max len)`` mask.
+
+    One array conversion for the whole chunk: the items are flattened, then scattered to their rows."""
+    counts = np.fromiter((len(x) for x in lists), np.int64, count=len(lists))
+    width = int(counts.max()) if len(counts) else 0
+    out = np.zeros((len(lists), width, width_of_item), np.float64)
+    valid = np.zeros((len(lists), width), bool)
+    if width:
+        flat = np.asarray([item for x in lists for item in x], np.float64).reshape(-1, width_of_item)
+        rows = np.repeat(np.arange(len(lists)), counts)
+        cols = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+        out[rows, cols] = flat
+        valid[rows, cols] = True
+    return out, valid
+
+
+def _iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``(B, N, M)`` IoU of XYXY boxes, 0 where disjoint or degenerate (``pipeline.scoring.box_iou``'s formula)."""
+    a, b = pred[:, :, None, :], truth[:, None, :, :]
+    ix = np.maximum(0.0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]))
+    iy = np.maximum(0.0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]))
+    inter = ix * iy
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = union - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def chunk_precisions(images: Sequence[Image], thresholds: Sequence[float] = THRESHOLDS) -> np.ndarray:
+    """Per image ``(key, truth (M, 4), pred (N, 4), scores (N,))``: its challenge score, NaN when it does not
+    count. Returns ``(B,)`` float64."""
+    for key, _, boxes, scores in images:
+        if len(boxes) != len(scores):
+            raise ValueError(f"image {key!r}: {len(boxes)} predicted boxes but {len(scores)} scores")
+    truth, t_valid = _pad([t for _, t, _, _ in images], 4)
+    pred, p_valid = _pad([p for _, _, p, _ in images], 4)
+    conf, _ = _pad([s for _, _, _, s in images], 1)
+    return _score(truth, t_valid, pred, p_valid, conf[:, :, 0], thresholds)
+
+
+def _grouped(ids: np.ndarray, values: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``values`` of image ``ids`` (sorted, each in ``images``) -> ``(B, max per image, k)``, valid mask."""
+    rows = np.searchsorted(images, ids)
+    starts = np.searchsorted(ids, ids, side="left")  # first row of each row's image (ids are sorted)
+    cols = np.arange(len(ids)) - starts
+    width = int(cols.max()) + 1 if len(cols) else 0
+    out = np.zeros((len(images), width, values.shape[1]), np.float64)
+    valid = np.zeros((len(images), width), bool)
+    out[rows, cols] = values
+    valid[rows, cols] = True
+    return out, valid
+
+
+def array_precisions(truth: np.ndarray, pred: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> np.ndarray:
+    """The challenge score of every image that has a ground-truth or a predicted box, from flat rows sorted by
+    image: ``truth`` ``(M, 5)`` = image id, x1, y1, x2, y2 (in box order); ``pred`` ``(N, 6)`` = image id, x1, y1,
+    x2, y2, score (in the order the ties keep). Returns ``(B,)`` float64 over the images in id order."""
+    images = np.union1d(truth[:, 0], pred[:, 0])
+    t, t_valid = _grouped(truth[:, 0], truth[:, 1:5], images)
+    p, p_valid = _grouped(pred[:, 0], pred[:, 1:6], images)
+    if p.shape[1] == 0:
+        p, p_valid = np.zeros((len(images), 0, 5)), np.zeros((len(images), 0), bool)
+    if t.shape[1] == 0:
+        t, t_valid = np.zeros((len(images), 0, 4)), np.zeros((len(images), 0), bool)
+    return _score(t, t_valid, p[:, :, :4], p_valid, p[:, :, 4], thresholds)
+
+
+def _score(
+    truth: np.ndarray,
+    t_valid: np.ndarray,
+    pred: np.ndarray,
+    p_valid: np.ndarray,
+    scores: np.ndarray,
+    thresholds: Sequence[float],
+) -> np.ndarray:
+    """The greedy matching over padded ``(B, M, 4)`` truths and ``(B, N, 4)`` predictions with ``(B, N)`` scores."""
+    n_true, n_pred = t_valid.sum(1), p_valid.sum(1)
+    out = np.where((n_true == 0) & (n_pred == 0), np.nan, 0.0)
+    both = (n_true > 0) & (n_pred > 0)
+    if not both.any():
+        return out
+    truth, t_valid, pred, p_valid = truth[both], t_valid[both], pred[both], p_valid[both]
+    conf = np.where(p_valid, -scores[both], np.inf)
+    order = np.argsort(conf, axis=1, kind="stable")  # descending score, ties as given, padding last
+    pred = np.take_along_axis(pred, order[:, :, None], axis=1)
+    p_valid = np.take_along_axis(p_valid, order, axis=1)
+    ious = _iou(pred, truth)
+    b = np.arange(len(pred))
+    m, n = t_valid.sum(1), p_valid.sum(1)
+    total = np.zeros(len(pred))
+    for t in thresholds:
+        matched = ~t_valid
+        tp = np.zeros(len(pred), np.int64)
+        for r in range(pred.shape[1]):
+            row = ious[:, r, :]
+            candidates = np.where(~matched & (row >= t), row, -1.0)
+            j = np.argmax(candidates, axis=1)
+            hit = (candidates[b, j] >= 0) & p_valid[:, r]
+            matched[b[hit], j[hit]] = True
+            tp += hit
+        total += tp / (n + m - tp)
+    out[both] = total / len(thresholds)
+    return out
+
+
+def rsna_map_stream(images: Iterable[Image], thresholds: Sequence[float] = THRESHOLDS) -> tuple[float | None, int]:
+    """Mean challenge score over the images that count, from a stream scored :data:`CHUNK_IMAGES` at a time.
+
+    Returns ``(mAP or None when no image counts, number of images counted)``.
+    """
+    total, counted = 0.0, 0
+    chunk: list[Image] = []
+
+    def flush() -> None:
+        nonlocal total, counted
+        values = chunk_precisions(chunk, thresholds)
+        values = values[np.isfinite(values)]
+        total += float(values.sum())
+        counted += int(values.size)
+        chunk.clear()
+
+    for image in images:
+        chunk.append(image)
+        if len(chunk) >= CHUNK_IMAGES:
+            flush()
+    if chunk:
+        flush()
+    return (total / counted if counted else None), counted
+
+
+def rsna_map_arrays(
+    windows: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], thresholds: Sequence[float] = THRESHOLDS
+) -> dict[str, tuple[float | None, int]]:
+    """:func:`rsna_map_stream` per variant over windows of flat rows ``(truth, {variant: pred})`` (see
+    :func:`array_precisions`), each window holding whole images. Returns ``{variant: (mAP or None, counted)}``."""
+    sums: dict[str, list[float]] = {}
+    for truth, preds in windows:
+        for variant, pred in preds.items():
+            values = array_precisions(truth, pred, thresholds)
+            values = values[np.isfinite(values)]
+            acc = sums.setdefault(variant, [0.0, 0])
+            acc[0] += float(values.sum())
+            acc[1] += int(values.size)
+    return {v: ((t / n if n else None), int(n)) for v, (t, n) in sums.items()}

@@ -1,0 +1,82 @@
+"""The report on the golden runs (real embedded runs saved before the report moved into SQL) gives the numbers it
+gave then: every key of report.json and every CSV cell, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pixelperfect.evaluation.report import build_report
+from tests.conftest import embedded_settings
+from tests.evaluation.golden.load import load_golden
+
+pytestmark = pytest.mark.integration
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "reports"
+REPORTS = {
+    "box_two_runs": ["g-sam", "g-grab"],
+    "auto": ["g-auto"],
+    "box_and_auto": ["g-sam", "g-auto"],
+    "only_failures": ["g-fail"],
+}
+REL = 1e-5  # paired values travel as float32 (issue 13): equal to about 6 digits
+ABS = 1e-6
+
+
+def _same(new: Any, old: Any, where: str) -> None:
+    if isinstance(old, dict):
+        assert isinstance(new, dict), where
+        for k, v in old.items():
+            assert k in new, f"{where}: key {k!r} missing"
+            _same(new[k], v, f"{where}.{k}")
+    elif isinstance(old, list):
+        assert isinstance(new, list) and len(new) == len(old), f"{where}: {new!r} vs {old!r}"
+        for i, (a, b) in enumerate(zip(new, old, strict=True)):
+            _same(a, b, f"{where}[{i}]")
+    elif isinstance(old, float) and not isinstance(old, bool):
+        assert isinstance(new, float | int) and new == pytest.approx(old, rel=REL, abs=ABS), f"{where}: {new} vs {old}"
+    else:
+        assert new == old, f"{where}: {new!r} vs {old!r}"
+
+
+def _cell(text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if math.isfinite(value) else text
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def golden_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'golden.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    load_golden(str(url))
+    return str(url)
+
+
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_report_matches_golden(golden_url: str, name: str, tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, database_url=golden_url)
+    out = tmp_path / name
+    new = json.loads(build_report(REPORTS[name], out, settings=settings, fmt="json").read_text())
+    old = json.loads((GOLDEN / name / "report.json").read_text())
+    _same(new, old, name)
+    build_report(REPORTS[name], out, settings=settings, fmt="csv")
+    for path in sorted((GOLDEN / name).glob("*.csv")):
+        with path.open() as fh:
+            old_rows = list(csv.reader(fh))
+        with (out / path.name).open() as fh:
+            new_rows = list(csv.reader(fh))
+        header = old_rows[0] if old_rows else []
+        assert new_rows[:1] == old_rows[:1] or set(header) <= set(new_rows[0]), f"{path.name}: columns changed"
+        assert len(new_rows) == len(old_rows), f"{path.name}: {len(new_rows)} rows, golden {len(old_rows)}"
+        if not old_rows:
+            continue
+        index = [new_rows[0].index(c) for c in header]
+        for i, (a, b) in enumerate(zip(new_rows[1:], old_rows[1:], strict=True)):
+            _same([_cell(a[j]) for j in index], [_cell(v) for v in b], f"{path.name}:{i + 2}")
