@@ -89,7 +89,7 @@ def test_json_and_csv_reports_import_no_model_plots_or_opencv(url: str, tmp_path
         f"s = Settings(database_url={url!r})\n"
         f"build_report(['g-sam', 'g-grab'], pathlib.Path({str(tmp_path / 'light')!r}), settings=s, fmt='json')\n"
         f"build_report(['g-sam', 'g-grab'], pathlib.Path({str(tmp_path / 'light')!r}), settings=s, fmt='csv')\n"
-        "heavy = ('torch', 'cv2', 'segment_anything', 'matplotlib', 'pixelperfect.pipeline',"
+        "heavy = ('torch', 'cv2', 'segment_anything', 'matplotlib',"
         " 'pixelperfect.worker')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
     )

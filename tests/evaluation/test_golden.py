@@ -24,6 +24,10 @@ REPORTS = {
     "box_and_auto": ["g-sam", "g-auto"],
     "only_failures": ["g-fail"],
 }
+#: Columns issue 16 moved or redefined after the fixture was made: NSD/HD95 per unit in surface.csv; detection of
+#: box-prompted runs is now "box agreement" over annotated images, of the others the challenge over labelled ones.
+MOVED = {"statistics.csv": {f"{m}_{s}" for m in ("nsd", "hd95") for s in ("n", "mean", "median", "p10", "p90")},
+         "detection.csv": {"map", "images"}}  # fmt: skip
 REL = 1e-5  # paired values travel as float32 (issue 13): equal to about 6 digits
 ABS = 1e-6
 
@@ -72,11 +76,29 @@ def test_report_matches_golden(golden_url: str, name: str, tmp_path: Path) -> No
             old_rows = list(csv.reader(fh))
         with (out / path.name).open() as fh:
             new_rows = list(csv.reader(fh))
-        header = old_rows[0] if old_rows else []
-        assert new_rows[:1] == old_rows[:1] or set(header) <= set(new_rows[0]), f"{path.name}: columns changed"
+        header = [c for c in (old_rows[0] if old_rows else []) if c not in MOVED.get(path.name, set())]
+        missing = set(header) - set(new_rows[0] if new_rows else [])
+        assert not missing, f"{path.name}: columns {sorted(missing)} gone"
         assert len(new_rows) == len(old_rows), f"{path.name}: {len(new_rows)} rows, golden {len(old_rows)}"
         if not old_rows:
             continue
         index = [new_rows[0].index(c) for c in header]
+        old_index = [old_rows[0].index(c) for c in header]
         for i, (a, b) in enumerate(zip(new_rows[1:], old_rows[1:], strict=True)):
-            _same([_cell(a[j]) for j in index], [_cell(v) for v in b], f"{path.name}:{i + 2}")
+            _same([_cell(a[j]) for j in index], [_cell(b[j]) for j in old_index], f"{path.name}:{i + 2}")
+
+
+def test_windowed_box_agreement_equals_the_per_image_one(pg_url: str) -> None:
+    """PostgreSQL's windowed, vectorised box agreement gives ``challenge.box_agreement``'s numbers."""
+    from pixelperfect.db.session import session_scope
+    from pixelperfect.evaluation import collect
+    from pixelperfect.evaluation.challenge import box_agreement
+
+    load_golden(pg_url)
+    with session_scope(pg_url) as session:
+        for run_id in (1, 2):  # g-sam, g-grab
+            fast = collect._box_agreement_windows(session, run_id, ["raw", "clahe"])
+            for variant in ("raw", "clahe"):
+                ref = box_agreement(session, run_id=run_id, variant=variant)
+                assert fast[variant]["images"] == ref["images"] > 0
+                assert fast[variant]["box_agreement"] == pytest.approx(ref["box_agreement"], rel=1e-12, abs=1e-12)
