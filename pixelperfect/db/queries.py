@@ -252,8 +252,8 @@ def ranked_cases(
 def run_progress(session: Session, *, run_id: int) -> dict[str, Any]:
     """What ``status`` shows, in two indexed queries over the run's images (none over its segments):
     ``images`` (``{"queued", "done", "failed"}`` counts, ``cancelled`` too when the run has any), ``segments``
-    (the done images' ``n_segments`` summed), ``failures`` (``{reason: images}``), ``first``/``last`` (``finished_at`` range, UTC) and ``finished`` (images
-    with a ``finished_at``)."""
+    (the done images' ``n_segments`` summed), ``failures`` (``{reason: images}``), ``first``/``last``
+    (``finished_at`` range, UTC) and ``finished`` (images with a ``finished_at``)."""
     counts = {s.value: 0 for s in ImageStatus if s is not ImageStatus.cancelled}  # cancelled: when there are any
     segments, finished = 0, 0
     first: datetime | None = None
