@@ -77,7 +77,7 @@ class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
         UniqueConstraint("run_id", "key", name="uq_images_run_key"),
-        # status and progress in one index-only scan (migration 0003); also serves (run_id, status) lookups
+        # status and progress in one index-only scan (migration 0007); also serves (run_id, status) lookups
         Index("ix_images_run_status_progress", "run_id", "status", "finished_at", "n_segments"),
     )
 
@@ -121,7 +121,7 @@ class Segment(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "variant", "prompt_index", name="uq_segments_image_variant_prompt"),
         Index("ix_segments_run_variant", "run_id", "variant"),
-        # the report's best and worst cases: ORDER BY dice (or score) LIMIT n within a run (migration 0003)
+        # the report's best and worst cases: ORDER BY dice (or score) LIMIT n within a run (migration 0007)
         Index("ix_segments_run_dice", "run_id", "dice"),
         Index("ix_segments_run_score", "run_id", "score"),
     )

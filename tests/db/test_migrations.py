@@ -111,13 +111,13 @@ def _write_old_result(db_url: str, **metrics: float) -> int:
 
 @pytest.mark.integration
 def test_evaluation_index_migration_up_and_down(db_url: str) -> None:
-    """0003 swaps the images' (run, status) index for the status/progress one, and back."""
-    upgrade(db_url, "0003")
+    """0007 swaps the images' (run, status) index for the status/progress one, and back."""
+    upgrade(db_url, "0007")
 
     def indexes() -> set[str]:
         return {i["name"] for i in inspect(get_engine(db_url)).get_indexes("images")}
 
     assert "ix_images_run_status_progress" in indexes() and "ix_images_run_status" not in indexes()
-    _downgrade(db_url, "0006")  # 0003 follows 0006 on this branch (the lead orders the chain at merge)
+    _downgrade(db_url, "0006")
     assert "ix_images_run_status" in indexes() and "ix_images_run_status_progress" not in indexes()
     upgrade(db_url)

@@ -54,23 +54,31 @@ def test_producer_sigkilled_three_times_then_resubmitted_registers_and_processes
            "--annotations", str(labels), "--model", "sam_tiny", "--checkpoint", "random", "--batch-size", "8",
            "--consistency-k", "0"]  # fmt: skip
 
+    # No worker consumes yet. Each producer gets a queue limit of what the queue already holds plus a seeded
+    # number of batches short of the rest, so backpressure holds it mid-publish if the kill has not landed before
+    # (a fast machine would otherwise publish everything between its first commit and the kill); it is killed at
+    # a seeded moment, or a moment after it is held, whichever comes first. The final run has no limit.
+    batches = KEYS // 8
     kills = []
     for attempt in range(3):
-        before = progress(pg_url) if attempt else (0, 0)
+        published_before = progress(pg_url)[1]
+        queued = private_redis.backlog()[0]
+        left = max(2, (KEYS - published_before) // 8)
+        limit = queued + rng.randint(1, left - 1)
+        held = {**env, "PIXELPERFECT_MAX_QUEUED_BATCHES": str(limit)}
         with (tmp_path / f"producer-{attempt}.log").open("wb") as log:
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            # wait until this producer does something (registers, or publishes past the last one), then a random
-            # slice of what is left of its work; the first one may also die before its first commit
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and proc.poll() is None and progress(pg_url) == before:
+            proc = subprocess.Popen(cmd, env=held, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            kill_at = time.monotonic() + rng.uniform(1.0, 4.0 if not SOAK else 120.0)
+            while proc.poll() is None and time.monotonic() < kill_at and private_redis.backlog()[0] < limit:
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.4 if not SOAK else 20.0))
+            time.sleep(rng.uniform(0.0, 0.2))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         kills.append(progress(pg_url))
     assert any(published < KEYS for _, published in kills), f"no kill landed before publishing ended: {kills}"
 
-    final = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    unlimited = {**env, "PIXELPERFECT_MAX_QUEUED_BATCHES": str(2 * batches)}
+    final = subprocess.run(cmd, env=unlimited, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert final.returncode == 0, final.stderr[-3000:]
     registered, published = progress(pg_url)
     assert registered == KEYS and published == KEYS, (registered, published)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,11 @@ def test_100k_keys_stream_into_postgres_and_redis(tmp_path: Path, redis_url: str
     assert n > REGISTER_CHUNK
     assert n / seconds > 2000, f"{n / seconds:.0f} keys/s"  # ~40k/s here untraced; tracemalloc slows it ~3x
 
-    queue.delete("gpu")
-    again = submit(req, settings)  # resume: nothing new, every image still queued is enqueued again
-    assert (again.new_images, again.pending) == (0, n)
+    again = submit(req, settings)  # resume: nothing new, and every queued image already has its message
+    assert (again.new_images, again.pending) == (0, 0) and queue.llen("gpu") == result.batches
+    queue.delete("gpu")  # the broker lost its data: --republish publishes every queued image again
+    again = submit(replace(req, republish=True), settings)
+    assert (again.new_images, again.pending) == (0, n) and queue.llen("gpu") == result.batches
     with session_scope(pg_url) as session:
         run_id = repo.get_run(session, name="big").id  # type: ignore[union-attr]
         assert repo.status_counts(session, run_id=run_id)["queued"] == n

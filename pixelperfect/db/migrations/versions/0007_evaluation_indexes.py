@@ -1,6 +1,6 @@
 """evaluation indexes: status/progress on images; best and worst cases on segments
 
-Revision ID: 0003
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-01 06:30:00
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0003"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
