@@ -69,7 +69,8 @@ def delete(
     yes: bool = typer.Option(False, "--yes", help="do not ask (required without a terminal)"),
 ) -> None:
     """Delete RUN: its rows and its mask and SEG objects (embedding caches stay). Refuses a run with queued
-    images unless cancelled first, and one with images in a worker's batch. Interrupted, run it again."""
+    images unless cancelled first, and one with images in a worker's batch. Interrupted, run it again. SEGs
+    already sent to a PACS stay there and are listed in pixelperfect-RUN-stowed-segs.csv."""
     from pixelperfect.producer.control import RunBusyError
     from pixelperfect.producer.control import delete as do_delete
 
@@ -89,6 +90,11 @@ def delete(
     console.print(
         f"run [bold]{run}[/] deleted: {result.objects} object(s){rate}, {result.rows} row(s) in {result.seconds:.1f}s"
     )
+    if result.stowed_list:
+        console.print(
+            f"{result.stowed} SEG(s) sent to a PACS stay there; listed (key, variant, SOPInstanceUID, target) in "
+            f"{result.stowed_list}"
+        )
 
 
 def _interactive() -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -78,3 +78,17 @@ def seg_counts(session: Session, *, run_id: int) -> dict[str, int]:
 
 def seg_rows(session: Session, *, run_id: int) -> list[SegObject]:
     return list(session.scalars(select(SegObject).where(SegObject.run_id == run_id).order_by(SegObject.id)))
+
+
+def stowed_segs(session: Session, *, run_id: int, chunk: int = 5_000) -> Iterator[tuple[str, str, str]]:
+    """``(image key, variant, SOPInstanceUID)`` of every SEG of the run that its STOW-RS target accepted, in image
+    key order, streamed ``chunk`` rows at a time (a PACS keeps them after the run is deleted here)."""
+    stmt = (
+        select(Image.key, SegObject.variant, SegObject.sop_instance_uid)
+        .join(Image, Image.id == SegObject.image_id)
+        .where(SegObject.run_id == run_id, SegObject.stow_status == "stored")
+        .order_by(Image.key, SegObject.variant)
+        .execution_options(yield_per=chunk)
+    )
+    for key, variant, uid in session.execute(stmt):
+        yield str(key), str(variant), str(uid or "")

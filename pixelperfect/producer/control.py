@@ -6,20 +6,23 @@ state. Deleting first marks the run ``deleting`` (workers skip it, ``submit`` re
 and SEG objects under ``<run>/masks/`` and ``<run>/seg/`` of the run's store (listed from the store, so objects of
 an interrupted batch go too; S3 ``DeleteObjects`` 1,000 keys per request), then the rows in chunks, the run row
 last: interrupted anywhere, ``delete`` again finishes it. Embedding caches (``training/cache.py``) are shared
-between runs and stay.
+between runs and stay. SEGs already sent to a PACS stay there; ``delete`` lists them in a CSV file first.
 """
 
 from __future__ import annotations
 
+import csv
 import difflib
+import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from pixelperfect.config import Settings
-from pixelperfect.db import control, repo
+from pixelperfect.db import control, repo, segs
 from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
 from pixelperfect.storage import open_store
@@ -82,17 +85,24 @@ class DeleteResult:
     rows: int  # rows deleted (segments, model work, annotations, images, the run)
     seconds: float
     object_seconds: float  # of which deleting objects
+    stowed: int = 0  # SEGs its STOW-RS target accepted: they stay in the PACS, listed in ``stowed_list``
+    stowed_list: str | None = None
 
     @property
     def objects_per_s(self) -> float:
         return self.objects / self.object_seconds if self.object_seconds > 0 else 0.0
 
 
-def delete(name: str, settings: Settings, *, keep_masks: bool = False) -> DeleteResult:
+def delete(name: str, settings: Settings, *, keep_masks: bool = False, stowed_list: Path | None = None) -> DeleteResult:
     """Delete run ``name``: its objects (unless ``keep_masks``) and rows. Refuses (``RunBusyError``) an active
     run with queued images, and any run with images in a worker's batch right now; ``LookupError`` for an unknown
-    run. Resumable: a run left ``deleting`` by an interrupted call is finished by the next."""
+    run. Resumable: a run left ``deleting`` by an interrupted call is finished by the next.
+
+    SEGs already sent to a PACS stay there: before any row goes, the first call writes them (image key, variant,
+    SOPInstanceUID, the STOW-RS target) as CSV to ``stowed_list`` (default ``pixelperfect-<run>-stowed-segs.csv``
+    in the working directory), so they can be found and removed there; nothing is written for a run without any."""
     t0 = time.perf_counter()
+    stowed, listed = 0, None
     with session_scope(settings.database_url) as session:
         run_id, state, store_url = _lookup(session, name)
         queued = repo.status_counts(session, run_id=run_id)["queued"]
@@ -105,6 +115,10 @@ def delete(name: str, settings: Settings, *, keep_masks: bool = False) -> Delete
                 f"{settings.visibility_timeout}s, the lease) and run delete again"
             )
         others = [r.name for r in repo.list_runs(session) if r.name.startswith(name + "/")]
+        if state != RunState.deleting.value:  # an interrupted delete listed them already; rows may be gone since
+            path = stowed_list or Path(f"pixelperfect-{name.replace('/', '_')}-stowed-segs.csv")
+            stowed = _list_stowed(session, run_id, path)
+            listed = str(path) if stowed else None
         control.set_run_state(session, run_id=run_id, state=RunState.deleting)
     objects, t1 = 0, time.perf_counter()
     if not keep_masks:
@@ -119,7 +133,25 @@ def delete(name: str, settings: Settings, *, keep_masks: bool = False) -> Delete
         rows += n
     with session_scope(settings.database_url) as session:
         control.delete_run_row(session, run_id=run_id)
-    return DeleteResult(name, objects, rows + 1, time.perf_counter() - t0, object_s)
+    return DeleteResult(name, objects, rows + 1, time.perf_counter() - t0, object_s, stowed, listed)
+
+
+def _list_stowed(session: Session, run_id: int, path: Path) -> int:
+    """Write the run's SEGs that a PACS accepted to ``path`` (CSV, streamed); their count (no file when 0)."""
+    run = repo.get_run_by_id(session, run_id=run_id)
+    target = str(((run.settings if run else None) or {}).get("stow_to") or "")
+    rows = segs.stowed_segs(session, run_id=run_id)
+    first = next(rows, None)
+    if first is None:
+        return 0
+    n = 0
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["image_key", "variant", "sop_instance_uid", "stow_to"])
+        for key, variant, uid in itertools.chain([first], rows):
+            out.writerow([key, variant, uid, target])
+            n += 1
+    return n
 
 
 def _delete_objects(name: str, store_url: str, settings: Settings, others: list[str]) -> int:

@@ -5,12 +5,13 @@ delete is finished by the next."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from pixelperfect.config import Settings
-from pixelperfect.db import bulk, control, repo
+from pixelperfect.db import bulk, control, repo, segs
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import Annotation, Image, ModelWork, Run, Segment
 from pixelperfect.db.session import session_scope
@@ -56,7 +57,7 @@ def _count(url: str, run_id: int) -> dict[str, int]:
 
 
 def test_delete_removes_one_run_of_two_sharing_image_keys(
-    s3_server: S3Server, s3_bucket: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    s3_server: S3Server, s3_bucket: str, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     settings = Settings(database_url=pg_url, store_url=f"s3://{s3_bucket}/results", s3_endpoint_url=s3_server.endpoint)
     upgrade(pg_url)
@@ -103,8 +104,21 @@ def test_delete_removes_one_run_of_two_sharing_image_keys(
     assert _count(pg_url, kept) == kept_before and sorted(store.list("kept/")) == kept_objects
 
     full = _populate(pg_url, store, "timed", KEYS)
+    with session_scope(pg_url) as s:  # three SEGs: two accepted by the PACS (listed on delete), one refused
+        ids = repo.images_by_key(s, run_id=full, keys=KEYS[:2])
+        rows = [{"image_id": ids[KEYS[i]].id, "variant": v, "object_key": f"seg-{i}-{v}", "sop_instance_uid": uid,
+                 "stow_status": status} for i, v, uid, status in [(0, "raw", "1.2.3", "stored"),
+                 (1, "raw", "1.2.4", "stored"), (1, "clahe", "1.2.5", "failed")]]  # fmt: skip
+        segs.upsert_segs(s, run_id=full, rows=rows)
     with session_scope(pg_url) as s:
         assert control.run_state(s, run_id=full) == "active"
-    timed = delete("timed", settings)
+    listed = tmp_path / "stowed.csv"
+    timed = delete("timed", settings, stowed_list=listed)
+    assert (timed.stowed, timed.stowed_list) == (2, str(listed))
+    assert listed.read_text().splitlines() == [
+        "image_key,variant,sop_instance_uid,stow_to",
+        f"{KEYS[0]},raw,1.2.3,",
+        f"{KEYS[1]},raw,1.2.4,",
+    ]
     assert timed.objects == 1101 and timed.rows == 550 * 2 + 550 + 550 + 550 + 1
     print(f"delete: {timed.objects} objects in {timed.object_seconds:.2f}s = {timed.objects_per_s:.0f} objects/s")
