@@ -162,7 +162,9 @@ def wait_for_run(run_id: int, settings: Settings, timeout: float = 24 * 3600) ->
 def worker(
     hostname: str | None = typer.Option(None, help="Celery node name, e.g. gpu0@%h"),
     concurrency: int = typer.Option(1, min=1, help="worker processes (one per GPU is right)"),
-    queues: str = typer.Option("gpu", help="comma-separated queues to consume"),
+    queues: str = typer.Option(
+        "gpu,seg", help="comma-separated queues to consume (gpu: batches, seg: DICOM-SEG building, train)"
+    ),
     loglevel: str = typer.Option("INFO"),
     pool: str = typer.Option("prefork", help="prefork (default) or solo"),
 ) -> None:

@@ -30,19 +30,25 @@ def upsert_segs(session: Session, *, run_id: int, rows: Sequence[dict[str, Any]]
     return count
 
 
-def missing_segs(session: Session, *, run_id: int) -> list[tuple[int, str, str, list[str]]]:
+def missing_segs(
+    session: Session, *, run_id: int, image_ids: Sequence[int] | None = None
+) -> list[tuple[int, str, str, list[str]]]:
     """``(image_id, image key, variant, mask URLs in prompt order)`` of every done image and variant with
-    segments but no stored SEG (never built, or failed with ``seg_error``)."""
+    segments but no stored SEG (never built, or failed with ``seg_error``); only of ``image_ids`` when given."""
     stored = select(SegObject.image_id, SegObject.variant).where(
         SegObject.run_id == run_id, SegObject.object_key.is_not(None)
     )
-    have = {(i, v) for i, v in session.execute(stored)}
-    rows = session.execute(
+    query = (
         select(Image.id, Image.key, Segment.variant, Segment.prompt_index, Segment.mask_key)
         .join(Segment, Segment.image_id == Image.id)
         .where(Image.run_id == run_id, Image.status == ImageStatus.done.value)
         .order_by(Image.id, Segment.variant, Segment.prompt_index)
     )
+    if image_ids is not None:
+        stored = stored.where(SegObject.image_id.in_(list(image_ids)))
+        query = query.where(Image.id.in_(list(image_ids)))
+    have = {(i, v) for i, v in session.execute(stored)}
+    rows = session.execute(query)
     out: dict[tuple[int, str], tuple[str, list[str]]] = {}
     for image_id, key, variant, _prompt, mask in rows:
         if (image_id, variant) not in have:

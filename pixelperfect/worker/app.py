@@ -39,6 +39,8 @@ from pixelperfect.config import Settings, get_settings
 
 GPU_QUEUE = "gpu"
 TRAIN_QUEUE = "train"
+#: DICOM-SEG building (``pixelperfect.build_segs``), off the GPU worker's critical path.
+SEG_QUEUE = "seg"
 
 #: A publish (submit, retry, a task's own retry) rides out a broker restart of up to ~30 s: 20 tries, 0.5 s apart
 #: growing to 2 s.
@@ -91,6 +93,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_routes={
             "pixelperfect.segment_batch": {"queue": GPU_QUEUE},
             "pixelperfect.train": {"queue": TRAIN_QUEUE},
+            "pixelperfect.build_segs": {"queue": SEG_QUEUE},
         },
         worker_send_task_events=True,  # Flower
         task_send_sent_event=True,

@@ -14,10 +14,11 @@ the whole batch; every write is an idempotent upsert, and a mask object is writt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
@@ -40,6 +41,7 @@ def run_batch(
     *,
     worker_host: str | None = None,
     lease: str | None = None,
+    publish_segs: Callable[[int, list[int]], None] | None = None,
 ) -> BatchSummary:
     """Process the images ``keys`` of run ``run_id`` (already registered as image rows).
 
@@ -48,6 +50,10 @@ def run_batch(
     message's id (the Celery task id) that owns the images' leases (``worker/leases.py``); None makes one up.
     Only the images this call leases are processed: finished, failed, cancelled and other-leased ones are skipped
     without model work (a cancelled run's queued images end ``cancelled``).
+
+    ``publish_segs(run_id, image_ids)``: for a run with ``--output png,dicom-seg``, called with the batch's done
+    images after they are persisted, instead of building their DICOM-SEGs here (the Celery worker publishes
+    ``pixelperfect.build_segs`` on queue ``seg``); None builds them in this call, after the model work (embedded).
     """
     rt = runtime or get_runtime()
     summary = BatchSummary(run_id)
@@ -61,16 +67,26 @@ def run_batch(
     if not hold.todo:
         return summary
     try:
-        return _run_held(rt, hold, summary, host, t_start)
+        return _run_held(rt, hold, summary, host, t_start, publish_segs)
     except BaseException:
         if hold.generated:  # no message comes back under a made-up owner: let the caller's retry in at once
             hold.release_now()
         raise
 
 
-def _run_held(rt: Runtime, hold: leases.Hold, summary: BatchSummary, host: str, t_start: float) -> BatchSummary:
+def _run_held(
+    rt: Runtime,
+    hold: leases.Hold,
+    summary: BatchSummary,
+    host: str,
+    t_start: float,
+    publish_segs: Callable[[int, list[int]], None] | None,
+) -> BatchSummary:
     """The leased images of the batch: read, flow, persist (leases released in the persisting transaction)."""
     run = rt.run_spec(hold.run_id)
+    deferred = publish_segs is not None and segout.wants_seg(run)
+    if deferred:  # the flow neither keeps the sources nor builds SEGs: queue `seg` does
+        run = dataclasses.replace(run, outputs=tuple(o for o in run.outputs if o != "dicom-seg"))
     keys = [key for _, key, _ in hold.todo]
     with session_scope(rt.settings.database_url) as session:
         boxes = repo.boxes_for(session, run_id=run.id, keys=keys)
@@ -100,6 +116,10 @@ def _run_held(rt: Runtime, hold: leases.Hold, summary: BatchSummary, host: str, 
         timings=summary.timings,
         seconds=time.perf_counter() - t_start,
     )
+    if deferred and publish_segs is not None:
+        done = [f.todo.image_id for f in fetched if f.reason is None and f.key in results]
+        if done:
+            publish_segs(run.id, done)
     log.info(
         "run %s batch: %d done, %d failed, %d skipped, db %.3fs",
         run.name,

@@ -1,6 +1,12 @@
-"""Repairing a run's DICOM-SEG output without the model: ``retry RUN --seg`` rebuilds the SEGs that are missing
-(never built, or recorded with ``seg_error``) from the stored mask PNGs and the source instance; ``retry RUN`` also
-sends again the SEGs its STOW-RS target refused. Both run in the calling process, a few threads wide."""
+"""Building a run's DICOM-SEG output without the model, from the stored mask PNGs and the source instance.
+
+``retry RUN --seg`` rebuilds the SEGs that are missing (never built, or recorded with ``seg_error``); the
+``pixelperfect.build_segs`` task on queue ``seg`` builds those of the images a GPU worker just persisted
+(:func:`build_segs`, the same code path, so the GPU worker never builds one); ``retry RUN`` also sends again the
+SEGs its STOW-RS target refused. All run in the calling process, a few threads wide.
+
+The source is fetched again (a WADO-RS retrieve is ~6 ms, a file or S3 read less) rather than kept in the store:
+nothing to clean up, and the SEG is built from exactly the instance the PACS holds."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from pixelperfect.db import repo
 from pixelperfect.db import segs as seg_repo
 from pixelperfect.db.session import session_scope
 from pixelperfect.storage import ObjectStore, read_url
-from pixelperfect.worker.runtime import RunSpec, Runtime
+from pixelperfect.worker.runtime import RunSpec, Runtime, get_runtime
 from pixelperfect.worker.segout import SegOutcome, build_and_store, rebuild_error, stow
 
 #: Parallel SEG rebuilds (each: one source fetch, K mask reads, one build, one put).
@@ -47,7 +53,26 @@ def rebuild_segs(name: str, settings: Settings) -> SegRepair:
         raise ValueError(f"run {name!r} was not submitted with --output png,dicom-seg")
     with session_scope(settings.database_url) as session:
         missing = seg_repo.missing_segs(session, run_id=run.id)
-    rt = Runtime(settings)
+    return _build(Runtime(settings), run, missing)
+
+
+def build_segs(run_id: int, image_ids: list[int], rt: Runtime | None = None) -> SegRepair:
+    """The ``pixelperfect.build_segs`` task's work: the missing SEGs of ``image_ids`` (done images of run
+    ``run_id``), built, stored, STOWed when the run has a target, and recorded. Idempotent: a redelivered message
+    finds the SEGs already stored and builds nothing. Raises on infrastructure errors (database, STOW target
+    unreachable is recorded per instance instead), so Celery retries the task."""
+    rt = rt or get_runtime()
+    run = rt.run_spec(run_id)
+    if "dicom-seg" not in run.outputs:
+        return SegRepair()
+    with session_scope(rt.settings.database_url) as session:
+        missing = seg_repo.missing_segs(session, run_id=run.id, image_ids=image_ids)
+    return _build(rt, run, missing)
+
+
+def _build(rt: Runtime, run: RunSpec, missing: list[tuple[int, str, str, list[str]]]) -> SegRepair:
+    """Build, store, STOW and record the SEGs of ``missing`` (rows of :func:`~pixelperfect.db.segs.missing_segs`)."""
+    settings = rt.settings
     source, store = rt.store(run.source_url), rt.store(run.store_url)
 
     def one(item: tuple[int, str, str, list[str]]) -> SegOutcome:
@@ -60,6 +85,8 @@ def rebuild_segs(name: str, settings: Settings) -> SegRepair:
         return build_and_store(run, store, key, image_id, data, variant, pngs)
 
     report = SegRepair()
+    if not missing:
+        return report
     with ThreadPoolExecutor(REBUILD_THREADS) as pool:
         outcomes = list(pool.map(one, missing))
     if run.stow_to:

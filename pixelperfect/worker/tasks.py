@@ -76,7 +76,8 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
         return _isolate(self, run_id, keys, lost)
     try:
         # node name, e.g. gpu0@host; the task id owns the images' leases (a redelivery or retry keeps it)
-        return run_batch(run_id, keys, worker_host=self.request.hostname, lease=self.request.id).as_dict()
+        host, lease = self.request.hostname, self.request.id
+        return run_batch(run_id, keys, worker_host=host, lease=lease, publish_segs=publish_segs).as_dict()
     except Exception as exc:
         if retries < self.max_retries:
             raise  # Celery's autoretry publishes retry number retries + 1 after the policy's backoff
@@ -93,6 +94,43 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
             log.error("cannot record the failed batch of run %s (%s); retrying", run_id, _short(db_exc))
             policy = get_settings().retry_policy
             raise self.retry(exc=db_exc, countdown=policy.delay(retries), max_retries=retries + 1) from db_exc
+
+
+def publish_segs(run_id: int, image_ids: list[int]) -> None:
+    """Hand the DICOM-SEGs of a persisted batch to queue ``seg`` (``pixelperfect.build_segs``). Never raises: the
+    batch is persisted, a retry of it would skip its done images; SEGs not published are rebuilt by
+    ``pixelperfect retry RUN --seg``."""
+    try:
+        build_segs.apply_async((run_id, image_ids), argsrepr=f"(run={run_id}, images={len(image_ids)})")
+    except Exception as exc:
+        log.error("cannot publish the SEGs of %d image(s) of run %s (%s); `pixelperfect retry RUN --seg` builds "
+                  "them", len(image_ids), run_id, _short(exc))  # fmt: skip
+
+
+@app.task(
+    name="pixelperfect.build_segs",
+    base=BatchTask,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    dont_autoretry_for=(Reject,),
+    **get_settings().retry_policy.task_options(),
+)
+def build_segs(self: Task, run_id: int, image_ids: list[int]) -> dict[str, Any]:
+    """Build, store, STOW and record the missing DICOM-SEGs of ``image_ids`` of run ``run_id`` from their stored
+    masks (the ``retry --seg`` code path); after ``task_max_retries`` failed retries they stay missing and
+    ``pixelperfect retry RUN --seg`` builds them."""
+    from pixelperfect.worker.segretry import build_segs as build
+
+    try:
+        report = build(run_id, list(image_ids))
+    except Exception as exc:
+        if int(self.request.retries or 0) < self.max_retries:
+            raise
+        log.error("SEGs of %d image(s) of run %s failed %d times (%s); `pixelperfect retry RUN --seg` builds them",
+                  len(image_ids), run_id, int(self.request.retries or 0) + 1, _short(exc))  # fmt: skip
+        return {"run_id": run_id, "gave_up": True}
+    return {"run_id": run_id, "built": report.rebuilt, "failed": report.failed, "stowed": report.stowed}
 
 
 def _count_delivery(task: Task) -> int:

@@ -46,8 +46,8 @@ def test_dicomweb_run_writes_seg_and_coco_without_phi(
     store = tmp_path / "store"
     env = service_env(broker_url=redis_url, database_url=pg_url, store_url=f"file://{store}", device="cpu")
     assert cli(env, "db", "upgrade").returncode == 0
-    start_worker(env, hostname="w1@%h")
-    start_worker(env, hostname="w2@%h")
+    start_worker(env, hostname="w1@%h", extra=["--queues", "gpu,seg"])  # batches, and the SEGs on queue seg
+    start_worker(env, hostname="w2@%h", extra=["--queues", "gpu,seg"])
     assert orthanc.studies_before == set()  # the PACS holds this test's studies only (fixture cleans up)
     out = cli(
         env, "submit", orthanc.url, "--run", "pacs", "--model", "sam_tiny", "--checkpoint", str(tiny_checkpoint),
@@ -60,6 +60,7 @@ def test_dicomweb_run_writes_seg_and_coco_without_phi(
     assert status["images"]["done"] == 4, status
 
     engine = create_engine(pg_url)
+    _wait_for_segs(engine)  # queue seg builds them after the images are done
     with engine.connect() as conn:
         masks: dict[tuple[str, str], list[str]] = {}
         for key, variant, mask_key in conn.execute(text(
@@ -128,3 +129,20 @@ def test_dicomweb_run_writes_seg_and_coco_without_phi(
         for value in (PHI["PatientID"], PHI["PatientBirthDate"], "Doe^Jane", "Secret"):
             assert value not in content, f"{value!r} reached {name}"
     shutil.rmtree(store, ignore_errors=True)
+
+
+def _wait_for_segs(engine, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Until every done image and variant with segments has its SEG row, STOWed (queue ``seg`` runs after the
+    images end ``done``)."""
+    import time
+
+    wanted = "select count(distinct (s.image_id, s.variant)) from segments s"
+    have = "select count(*) from seg_objects where stow_status is not null or seg_error is not null"
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            want, got = conn.execute(text(wanted)).scalar(), conn.execute(text(have)).scalar()
+        if want and got >= want:
+            return
+        assert time.monotonic() < deadline, f"{got} of {want} SEGs after {timeout}s"
+        time.sleep(0.5)
