@@ -14,7 +14,7 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P12 ``p12_reduced.py`` decode at the model's input size ÷ full decode; reduced-vs-full mask Dice
 * P15 ``p15_control.py`` cancel of 100,000 queued images (s); delete rate of a run's objects (objects/s, S3)
 * P9 ``p9_dicomweb.py``  QIDO-RS keys/s and WADO-RS ms/image against the local Orthanc, beside S3 (moto)
-* P10 ``p10_seg.py``     e2e time per image, --output png,dicom-seg ÷ png
+* P10 ``p10_seg.py``     GPU worker time per image, --output png,dicom-seg ÷ png (SEGs on the ``seg`` queue)
 * P10 ``p10_export.py``  COCO export of 2,000 images: images/s, peak RSS against a quarter of the run
 * P13 ``p13_report.py``  ``report`` time and peak RSS at 10k, 100k, 1M synthesized images (JSON and HTML)
 * P14 ``p14_status.py``  ``status`` time and peak RSS at 1M synthesized images
@@ -47,7 +47,12 @@ BENCHES = [
     ("P12", "p12_reduced.py", ["--images", "2", "--repeats", "5"], ["--images", "1", "--repeats", "1", "--no-dice"]),
     ("P15", "p15_control.py", ["--images", "100000", "--objects", "5000"], ["--images", "10000", "--objects", "1000"]),
     ("P9", "p9_dicomweb.py", ["--images", "200"], ["--images", "20"]),
-    ("P10", "p10_seg.py", ["--images", "16", "--repeats", "6"], ["--images", "4", "--repeats", "1"]),
+    (
+        "P10",
+        "p10_seg.py",
+        ["--images", "16", "--repeats", "6", "--mode", "worker"],
+        ["--images", "4", "--repeats", "1", "--mode", "worker"],
+    ),
     ("P10", "p10_export.py", ["--images", "2000"], ["--images", "200"]),
     ("P13", "p13_report.py", ["--sizes", "10000,100000,1000000"], ["--sizes", "1000,10000"]),
     ("P14", "p14_status.py", ["--images", "1000000"], ["--images", "20000"]),
