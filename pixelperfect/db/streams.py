@@ -312,8 +312,6 @@ def detection_windows(
     the database and come back as one byte string per window, so no Python object is made per box; predictions
     are read by the segments' (image, variant, prompt) index without a join, and those of images that are not done
     (none, unless a run was reset) are dropped here."""
-    from sqlalchemy import text
-
     lo, hi = session.execute(
         select(func.min(Image.id), func.max(Image.id)).where(
             Image.run_id == run_id, Image.status == ImageStatus.done.value
@@ -326,10 +324,21 @@ def detection_windows(
         np.float64,
     )
     for start in range(int(lo), int(hi) + 1, window):
-        params = {"run": run_id, "lo": start, "hi": start + window - 1}
-        truth = _sorted_blob(session.scalar(text(_TRUTH_SQL), params), 6, 2)  # image, box index
-        preds = {}
-        for variant in variants:
-            pred = _sorted_blob(session.scalar(text(_PRED_SQL), {**params, "variant": variant}), 8, 3)
-            preds[variant] = pred[~np.isin(pred[:, 0], not_done)] if len(not_done) else pred
-        yield truth, preds
+        yield window_arrays(session, run_id=run_id, variants=variants, lo=start, hi=start + window - 1,
+                            not_done=not_done)  # fmt: skip
+
+
+def window_arrays(
+    session: Session, *, run_id: int, variants: Sequence[str], lo: int, hi: int, not_done: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """PostgreSQL: one window of :func:`detection_windows`, the done images with ids in ``[lo, hi]``
+    (``not_done``: the run's image ids that are not done, whose predictions are dropped)."""
+    from sqlalchemy import text
+
+    params = {"run": run_id, "lo": lo, "hi": hi}
+    truth = _sorted_blob(session.scalar(text(_TRUTH_SQL), params), 6, 2)  # image, box index
+    preds = {}
+    for variant in variants:
+        pred = _sorted_blob(session.scalar(text(_PRED_SQL), {**params, "variant": variant}), 8, 3)
+        preds[variant] = pred[~np.isin(pred[:, 0], not_done)] if len(not_done) else pred
+    return truth, preds

@@ -16,11 +16,11 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from pixelperfect.db import queries, repo, streams
+from pixelperfect.db import queries, repo, streams, windows
 from pixelperfect.db.models import Run
 from pixelperfect.evaluation import forest
-from pixelperfect.evaluation.challenge import box_agreement, rsna_challenge
-from pixelperfect.evaluation.detection import array_precisions
+from pixelperfect.evaluation.challenge import box_agreement
+from pixelperfect.evaluation.detection import array_precisions, challenge_windows
 from pixelperfect.evaluation.stats import PREDICTORS, calibration, paired_comparison
 from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
 
@@ -251,13 +251,19 @@ def _detection(session: Session, data: ReportData) -> None:
         fast = None  # PostgreSQL, box prompts: every variant in one windowed pass of flat float arrays
         if run.prompt_mode == "boxes" and queries.is_postgresql(session):
             fast = _box_agreement_windows(session, run.id, run.variants)
+        challenge = None  # other prompts, either database: labelled images, one window of flat arrays at a time
+        if run.prompt_mode != "boxes":
+            challenge = challenge_windows(
+                windows.labelled_windows(session, run_id=run.id, variants=run.variants), run.variants
+            )
         for v in run.variants:
             entry: dict[str, Any] = {"run": run.name, "variant": v, "prompt_mode": run.prompt_mode}
             if run.prompt_mode == "boxes":
                 found = fast.get(v) if fast is not None else None
                 entry.update(measure="box_agreement", **(found or box_agreement(session, run_id=run.id, variant=v)))
             else:
-                result = rsna_challenge(session, run_id=run.id, variant=v)
+                assert challenge is not None
+                result = dict(challenge[v])
                 entry.update(measure="rsna_challenge", rsna_score=result.pop("score"),
                              rsna_score_positives=result.pop("score_positives"), **result)  # fmt: skip
             data.detection.append(entry)
