@@ -21,6 +21,7 @@ from pixelperfect.db.models import Run
 from pixelperfect.evaluation import forest
 from pixelperfect.evaluation.challenge import box_agreement
 from pixelperfect.evaluation.detection import array_precisions, challenge_windows
+from pixelperfect.evaluation.sampled import capped_pairs
 from pixelperfect.evaluation.stats import PREDICTORS, calibration, paired_comparison
 from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
 
@@ -53,7 +54,8 @@ class RunInfo:
 class Pairs:
     """What a paired figure needs from one comparison: ``a``/``b`` float32 values of at most
     :data:`SCATTER_POINTS` seeded pairs, ``n`` pairs in all, and ``box_a``/``box_b`` box-plot statistics of all
-    pairs (``med``, ``q1``, ``q3``, ``whislo`` = p10, ``whishi`` = p90)."""
+    pairs, or of the comparison's ``sample_n`` when subsampled (:mod:`pixelperfect.evaluation.sampled`): ``med``,
+    ``q1``, ``q3``, ``whislo`` = p10, ``whishi`` = p90."""
 
     a: np.ndarray
     b: np.ndarray
@@ -157,32 +159,41 @@ def sample_index(n: int, k: int = SCATTER_POINTS, seed: int = 0) -> np.ndarray:
 
 
 def _add_comparison(
-    data: ReportData, kind: str, metric: str, side_a: dict[str, str], side_b: dict[str, str], va: Any, vb: Any
+    data: ReportData,
+    kind: str,
+    metric: str,
+    side_a: dict[str, str],
+    side_b: dict[str, str],
+    va: Any,
+    vb: Any,
+    exact: dict[str, Any] | None = None,
 ) -> None:
-    """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' sample."""
+    """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' sample; ``exact``:
+    sums over all pairs when ``va``/``vb`` are a subsample (:func:`sampled.capped_pairs`)."""
     va, vb = np.asarray(va), np.asarray(vb)
     entry = {
         "kind": kind,
         "metric": metric,
         "a": side_a,
         "b": side_b,
-        **paired_comparison(va, vb, lower_is_better=metric in queries.LOWER_IS_BETTER),
+        **paired_comparison(va, vb, lower_is_better=metric in queries.LOWER_IS_BETTER, exact=exact),
     }
     data.comparisons.append(entry)
     keep = sample_index(len(va))
-    data.pairs.append((entry, Pairs(va[keep].copy(), vb[keep].copy(), len(va), _box(va), _box(vb))))
+    data.pairs.append((entry, Pairs(va[keep].copy(), vb[keep].copy(), entry["n"], _box(va), _box(vb))))
 
 
 def _compare(session: Session, data: ReportData, kind: str, a: tuple[RunInfo, str], b: tuple[RunInfo, str]) -> None:
     found = False
-    pairs = streams.paired_columns(session, a=(a[0].id, a[1]), b=(b[0].id, b[1]), metrics=COMPARE_METRICS)
-    for metric in COMPARE_METRICS:
-        va, vb = pairs.pop(metric)
+    blocks = streams.paired_blocks(session, a=(a[0].id, a[1]), b=(b[0].id, b[1]), metrics=COMPARE_METRICS)
+    pairs = capped_pairs(blocks, len(COMPARE_METRICS))
+    for metric, (va, vb, exact) in zip(COMPARE_METRICS, pairs, strict=True):
         if not len(va):
             continue
         found = True
         side_a, side_b = {"run": a[0].name, "variant": a[1]}, {"run": b[0].name, "variant": b[1]}
-        _add_comparison(data, kind, metric, side_a, side_b, va, vb)
+        _add_comparison(data, kind, metric, side_a, side_b, va, vb, exact)
+    del pairs
     if not found:
         why = "; automatic prompts are not paired" if "auto" in (a[0].prompt_mode, b[0].prompt_mode) else ""
         data.note(kind, f"{a[0].name} / {a[1]} and {b[0].name} / {b[1]} share no segmented prompt{why}.")
@@ -215,10 +226,11 @@ def _prompt_comparisons(session: Session, data: ReportData, groups: list[tuple[i
             s = by_group.get((run.id, variant), {})
             if not (s.get("dice_n") and s.get("box_dice_n")):
                 continue
-            box_dice, dice = streams.own_pairs(session, run_id=run.id, variant=variant, a="box_dice", b="dice")
+            blocks = streams.own_pair_blocks(session, run_id=run.id, variant=variant, a="box_dice", b="dice")
+            [(box_dice, dice, exact)] = capped_pairs(blocks, 1)
             side_a = {"run": run.name, "variant": variant, "mask": "prompt box"}
             side_b = {"run": run.name, "variant": variant, "mask": run.model}
-            _add_comparison(data, "prompt", "dice", side_a, side_b, box_dice, dice)
+            _add_comparison(data, "prompt", "dice", side_a, side_b, box_dice, dice, exact)
 
 
 def _calibration(session: Session, data: ReportData, groups: list[tuple[int, str, str, dict[str, Any]]]) -> None:
