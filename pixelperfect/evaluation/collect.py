@@ -21,7 +21,7 @@ from pixelperfect.db.models import Run
 from pixelperfect.evaluation import forest
 from pixelperfect.evaluation.challenge import box_agreement
 from pixelperfect.evaluation.detection import array_precisions, challenge_windows
-from pixelperfect.evaluation.sampled import capped_pairs
+from pixelperfect.evaluation.sampled import CALIBRATION_MAX_ROWS, capped_pairs
 from pixelperfect.evaluation.stats import PREDICTORS, calibration, paired_comparison
 from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
 
@@ -240,14 +240,20 @@ def _calibration(session: Session, data: ReportData, groups: list[tuple[int, str
         if not s.get("dice_n"):
             continue
         bins = queries.reliability_bins(session, run_id=run_id, variant=variant)
+        n = int(s["dice_n"])  # above the cap: a seeded sample of the segments for the Spearman correlations
+        where = streams.sample_clause(n, CALIBRATION_MAX_ROWS)
         cols = streams.metric_columns(
-            session, run_id=run_id, variant=variant, metrics=[*PREDICTORS, "dice"], required="dice"
+            session, run_id=run_id, variant=variant, metrics=[*PREDICTORS, "dice"], required="dice", where=where
         )
-        data.calibration.append({"run": name, "variant": variant, **calibration(bins, cols)})
+        if len(cols) > CALIBRATION_MAX_ROWS:
+            cols = cols[sample_index(len(cols), CALIBRATION_MAX_ROWS)]
+        entry = calibration(bins, cols, n_target=n)
+        data.calibration.append({"run": name, "variant": variant, **entry, "sample_n": len(cols)})
         score, dice = cols[:, 0], cols[:, -1]
         has = np.isfinite(score)
         keep = sample_index(int(has.sum()))
-        data.calibration_points[(name, variant)] = (score[has][keep], dice[has][keep], int(has.sum()))
+        shown = int(has.sum()) if where is None else sum(int(b["n"]) for b in bins)  # bins: score and Dice
+        data.calibration_points[(name, variant)] = (score[has][keep], dice[has][keep], shown)
         del cols
 
 

@@ -18,6 +18,10 @@ import numpy as np
 #: this many rows (``sample_n`` says how many pairs that was); ``n``, the means and the share improved stay exact.
 #: 1,000,000 pairs: float32 pairs of 4 MB each side, scipy's Wilcoxon work arrays ~100 MB at most.
 PAIRED_MAX_PAIRS = 1_000_000
+#: Above this many segments with a Dice, a run × variant's calibration Spearman correlations use a seeded sample of
+#: this many (``sample_n`` in its calibration entry; ``n`` and the reliability bins stay exact, from SQL): the
+#: predictor columns are float64 × 5 and scipy ranks each pair of them.
+CALIBRATION_MAX_ROWS = 500_000
 
 
 def capped_pairs(
