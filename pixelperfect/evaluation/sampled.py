@@ -16,8 +16,9 @@ import numpy as np
 
 #: Above this many pairs a comparison's Wilcoxon p, bootstrap CI, box plot and figure use a seeded subsample of
 #: this many rows (``sample_n`` says how many pairs that was); ``n``, the means and the share improved stay exact.
-#: 1,000,000 pairs: float32 pairs of 4 MB each side, scipy's Wilcoxon work arrays ~100 MB at most.
-PAIRED_MAX_PAIRS = 1_000_000
+#: 500,000: the kept rows with their keys (~20 MB for four metrics), merged with each block, and scipy's Wilcoxon
+#: work arrays stay ~50 MB (at 1,000,000 the million-image report's peak was still 1.51 × the 10,000-image one's).
+PAIRED_MAX_PAIRS = 500_000
 #: Above this many segments with a Dice, a run × variant's calibration Spearman correlations use a seeded sample of
 #: this many (``sample_n`` in its calibration entry; ``n`` and the reliability bins stay exact, from SQL): the
 #: predictor columns are float64 × 5 and scipy ranks each pair of them.
