@@ -33,25 +33,32 @@ _SEED_MULT = 40_503
 def _arrays(
     session: Session, base: Any, values: Sequence[Any], order: Sequence[Any], bucket: Any, dtype: Any
 ) -> np.ndarray:
-    """``(n, len(values))`` array of ``dtype`` (``NULL`` -> NaN): the ``values`` of the rows of ``base`` (a select
-    whose FROM, joins and WHERE count, not its columns), sorted by the integer ``order`` columns.
+    """All of :func:`_blocks` in one array."""
+    return np.concatenate([np.zeros((0, len(values)), dtype), *_blocks(session, base, values, order, bucket, dtype)])
+
+
+def _blocks(
+    session: Session, base: Any, values: Sequence[Any], order: Sequence[Any], bucket: Any, dtype: Any
+) -> Iterator[np.ndarray]:
+    """``(n, len(values))`` arrays of ``dtype``, one per fetch (``NULL`` -> NaN): the ``values`` of the rows of
+    ``base`` (a select whose FROM, joins and WHERE count, not its columns), sorted by the integer ``order`` columns.
 
     On PostgreSQL each ``bucket`` (an expression grouping whole images, e.g. ``image_id / 20000``) comes back as
     one ``bytea`` of big-endian float8s (``string_agg(float8send(…))``) that numpy reads in one call, and the rows
     are sorted here: a server-side cursor or COPY would hand Python one object per row, most of a million-image
-    report's time. Elsewhere (SQLite) rows stream in ``yield_per`` chunks in SQL order.
+    report's time. Elsewhere (SQLite) rows stream in ``yield_per`` chunks in SQL order. One block is held at a
+    time unless the caller keeps them.
     """
     width = len(values)
     if not is_postgresql(session):
         stmt = base.with_only_columns(*values).order_by(*order).execution_options(yield_per=CHUNK)
-        parts = [np.zeros((0, width), dtype)]
         for part in session.execute(stmt).partitions():
             try:  # one C-level pass over the chunk's values
                 flat = np.fromiter(itertools.chain.from_iterable(part), dtype, count=len(part) * width)
             except TypeError:  # a NULL among them: the slower path turns it into NaN
                 flat = np.array([tuple(r) for r in part], dtype)
-            parts.append(flat.reshape(-1, width))
-        return np.concatenate(parts)
+            yield flat.reshape(-1, width)
+        return
     cols = [*order, *values]
     labeled = [float8(c).label(f"c{i}") for i, c in enumerate(cols)]
     sub = base.with_only_columns(*labeled, bucket.label("bucket")).subquery()
@@ -64,13 +71,11 @@ def _arrays(
         .order_by(sub.c.bucket)
         .execution_options(yield_per=1)
     )
-    parts = [np.zeros((0, width), dtype)]
     for (data,) in session.execute(stmt):  # buckets in image order; rows sorted within each
         block = np.frombuffer(data or b"", ">f8").reshape(-1, len(cols))
         if order:
             block = block[np.lexsort(block[:, : len(order)].T[::-1])]
-        parts.append(block[:, len(order) :].astype(dtype))
-    return np.concatenate(parts)
+        yield block[:, len(order) :].astype(dtype)
 
 
 def float8(column: Any) -> Any:
@@ -97,10 +102,25 @@ def paired_arrays(
 def paired_columns(
     session: Session, *, a: tuple[int, str], b: tuple[int, str], metrics: Sequence[str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per metric ``(values in a, values in b)``, float32 ``(n,)`` each, for every prompt segmented in both ``a``
-    and ``b`` (each a ``(run id, variant)``), matched on image key and prompt index, both values non-null, in image
-    row then prompt order (image rows are added in key order). One join reads the compared columns of all the
-    metrics (NaN where null); each metric keeps the pairs where both of its values are present.
+    """All of :func:`paired_blocks`, per metric ``(values in a, values in b)`` where both are present."""
+    arr = np.concatenate(
+        [np.zeros((0, 2 * len(metrics)), np.float32), *paired_blocks(session, a=a, b=b, metrics=metrics)]
+    )
+    out = {}
+    for i, m in enumerate(metrics):
+        va, vb = arr[:, 2 * i], arr[:, 2 * i + 1]
+        keep = np.isfinite(va) & np.isfinite(vb)
+        out[m] = (va[keep].copy(), vb[keep].copy())
+    return out
+
+
+def paired_blocks(
+    session: Session, *, a: tuple[int, str], b: tuple[int, str], metrics: Sequence[str]
+) -> Iterator[np.ndarray]:
+    """Blocks of float32 ``(n, 2 × len(metrics))`` rows = per metric (value in a, value in b), NaN where null, for
+    every prompt segmented in both ``a`` and ``b`` (each a ``(run id, variant)``), matched on image key and prompt
+    index, at least one metric present in both, in image row then prompt order (image rows are added in key order).
+    One join reads the compared columns of all the metrics; one block is held at a time.
 
     Automatic-mode segments are excluded: their prompt index ranks masks, it does not name the same prompt.
     """
@@ -130,18 +150,20 @@ def paired_columns(
     )
     # image rows are added in key order: image row order is key order, without sorting strings
     values = [v for pair in zip(col_a, col_b, strict=True) for v in pair]
-    arr = _arrays(session, stmt, values, [ia.id, sa.prompt_index], ia.id // BUCKET_IMAGES, np.float32)
-    out = {}
-    for i, m in enumerate(metrics):
-        va, vb = arr[:, 2 * i], arr[:, 2 * i + 1]
-        keep = np.isfinite(va) & np.isfinite(vb)
-        out[m] = (va[keep].copy(), vb[keep].copy())
-    return out
+    yield from _blocks(session, stmt, values, [ia.id, sa.prompt_index], ia.id // BUCKET_IMAGES, np.float32)
 
 
 def own_pairs(session: Session, *, run_id: int, variant: str, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
     """Two measures of the same segments of one run × variant (e.g. the prompt box's Dice and the mask's), where
     both are non-null: float32 ``(n,)`` each, in image row then prompt order."""
+    arr = np.concatenate(
+        [np.zeros((0, 2), np.float32), *own_pair_blocks(session, run_id=run_id, variant=variant, a=a, b=b)]
+    )
+    return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+def own_pair_blocks(session: Session, *, run_id: int, variant: str, a: str, b: str) -> Iterator[np.ndarray]:
+    """:func:`own_pairs` as float32 ``(n, 2)`` blocks, one held at a time."""
     col_a, col_b = column(a), column(b)
     stmt = (
         select(Segment.id)
@@ -150,8 +172,7 @@ def own_pairs(session: Session, *, run_id: int, variant: str, a: str, b: str) ->
         .where(*done_segments([run_id]), Segment.variant == variant, col_a.is_not(None), col_b.is_not(None))
     )
     order = [Segment.image_id, Segment.prompt_index]
-    arr = _arrays(session, stmt, [col_a, col_b], order, Segment.image_id // BUCKET_IMAGES, np.float32)
-    return arr[:, 0].copy(), arr[:, 1].copy()
+    yield from _blocks(session, stmt, [col_a, col_b], order, Segment.image_id // BUCKET_IMAGES, np.float32)
 
 
 def metric_columns(
@@ -312,8 +333,6 @@ def detection_windows(
     the database and come back as one byte string per window, so no Python object is made per box; predictions
     are read by the segments' (image, variant, prompt) index without a join, and those of images that are not done
     (none, unless a run was reset) are dropped here."""
-    from sqlalchemy import text
-
     lo, hi = session.execute(
         select(func.min(Image.id), func.max(Image.id)).where(
             Image.run_id == run_id, Image.status == ImageStatus.done.value
@@ -326,10 +345,21 @@ def detection_windows(
         np.float64,
     )
     for start in range(int(lo), int(hi) + 1, window):
-        params = {"run": run_id, "lo": start, "hi": start + window - 1}
-        truth = _sorted_blob(session.scalar(text(_TRUTH_SQL), params), 6, 2)  # image, box index
-        preds = {}
-        for variant in variants:
-            pred = _sorted_blob(session.scalar(text(_PRED_SQL), {**params, "variant": variant}), 8, 3)
-            preds[variant] = pred[~np.isin(pred[:, 0], not_done)] if len(not_done) else pred
-        yield truth, preds
+        yield window_arrays(session, run_id=run_id, variants=variants, lo=start, hi=start + window - 1,
+                            not_done=not_done)  # fmt: skip
+
+
+def window_arrays(
+    session: Session, *, run_id: int, variants: Sequence[str], lo: int, hi: int, not_done: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """PostgreSQL: one window of :func:`detection_windows`, the done images with ids in ``[lo, hi]``
+    (``not_done``: the run's image ids that are not done, whose predictions are dropped)."""
+    from sqlalchemy import text
+
+    params = {"run": run_id, "lo": lo, "hi": hi}
+    truth = _sorted_blob(session.scalar(text(_TRUTH_SQL), params), 6, 2)  # image, box index
+    preds = {}
+    for variant in variants:
+        pred = _sorted_blob(session.scalar(text(_PRED_SQL), {**params, "variant": variant}), 8, 3)
+        preds[variant] = pred[~np.isin(pred[:, 0], not_done)] if len(not_done) else pred
+    return truth, preds

@@ -11,7 +11,9 @@ name, never as mAP.
 
 Predictions are each segment's component boxes (``mask_boxes``: components above the run's ``min_area``), each
 scored with its segment's predicted IoU (1.0 for a model without one). Memory: the labelled images' truth boxes;
-segments stream in image order.
+segments stream in image order. This per-image form is the reference: the report computes the same numbers a
+window of images at a time (:func:`pixelperfect.db.windows.labelled_windows` into
+:func:`pixelperfect.evaluation.detection.challenge_windows`; ``tests/evaluation/test_challenge.py`` checks they agree).
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from pixelperfect.db import queries, repo, streams
+from pixelperfect.db import queries, repo, streams, windows
 from pixelperfect.db.models import Run
 from pixelperfect.evaluation import forest
-from pixelperfect.evaluation.challenge import box_agreement, rsna_challenge
-from pixelperfect.evaluation.detection import array_precisions
+from pixelperfect.evaluation.challenge import box_agreement
+from pixelperfect.evaluation.detection import array_precisions, challenge_windows
+from pixelperfect.evaluation.sampled import CALIBRATION_MAX_ROWS, capped_pairs
 from pixelperfect.evaluation.stats import PREDICTORS, calibration, paired_comparison
 from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
 
@@ -53,7 +54,8 @@ class RunInfo:
 class Pairs:
     """What a paired figure needs from one comparison: ``a``/``b`` float32 values of at most
     :data:`SCATTER_POINTS` seeded pairs, ``n`` pairs in all, and ``box_a``/``box_b`` box-plot statistics of all
-    pairs (``med``, ``q1``, ``q3``, ``whislo`` = p10, ``whishi`` = p90)."""
+    pairs, or of the comparison's ``sample_n`` when subsampled (:mod:`pixelperfect.evaluation.sampled`): ``med``,
+    ``q1``, ``q3``, ``whislo`` = p10, ``whishi`` = p90."""
 
     a: np.ndarray
     b: np.ndarray
@@ -157,32 +159,41 @@ def sample_index(n: int, k: int = SCATTER_POINTS, seed: int = 0) -> np.ndarray:
 
 
 def _add_comparison(
-    data: ReportData, kind: str, metric: str, side_a: dict[str, str], side_b: dict[str, str], va: Any, vb: Any
+    data: ReportData,
+    kind: str,
+    metric: str,
+    side_a: dict[str, str],
+    side_b: dict[str, str],
+    va: Any,
+    vb: Any,
+    exact: dict[str, Any] | None = None,
 ) -> None:
-    """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' sample."""
+    """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' sample; ``exact``:
+    sums over all pairs when ``va``/``vb`` are a subsample (:func:`sampled.capped_pairs`)."""
     va, vb = np.asarray(va), np.asarray(vb)
     entry = {
         "kind": kind,
         "metric": metric,
         "a": side_a,
         "b": side_b,
-        **paired_comparison(va, vb, lower_is_better=metric in queries.LOWER_IS_BETTER),
+        **paired_comparison(va, vb, lower_is_better=metric in queries.LOWER_IS_BETTER, exact=exact),
     }
     data.comparisons.append(entry)
     keep = sample_index(len(va))
-    data.pairs.append((entry, Pairs(va[keep].copy(), vb[keep].copy(), len(va), _box(va), _box(vb))))
+    data.pairs.append((entry, Pairs(va[keep].copy(), vb[keep].copy(), entry["n"], _box(va), _box(vb))))
 
 
 def _compare(session: Session, data: ReportData, kind: str, a: tuple[RunInfo, str], b: tuple[RunInfo, str]) -> None:
     found = False
-    pairs = streams.paired_columns(session, a=(a[0].id, a[1]), b=(b[0].id, b[1]), metrics=COMPARE_METRICS)
-    for metric in COMPARE_METRICS:
-        va, vb = pairs.pop(metric)
+    blocks = streams.paired_blocks(session, a=(a[0].id, a[1]), b=(b[0].id, b[1]), metrics=COMPARE_METRICS)
+    pairs = capped_pairs(blocks, len(COMPARE_METRICS))
+    for metric, (va, vb, exact) in zip(COMPARE_METRICS, pairs, strict=True):
         if not len(va):
             continue
         found = True
         side_a, side_b = {"run": a[0].name, "variant": a[1]}, {"run": b[0].name, "variant": b[1]}
-        _add_comparison(data, kind, metric, side_a, side_b, va, vb)
+        _add_comparison(data, kind, metric, side_a, side_b, va, vb, exact)
+    del pairs
     if not found:
         why = "; automatic prompts are not paired" if "auto" in (a[0].prompt_mode, b[0].prompt_mode) else ""
         data.note(kind, f"{a[0].name} / {a[1]} and {b[0].name} / {b[1]} share no segmented prompt{why}.")
@@ -215,10 +226,11 @@ def _prompt_comparisons(session: Session, data: ReportData, groups: list[tuple[i
             s = by_group.get((run.id, variant), {})
             if not (s.get("dice_n") and s.get("box_dice_n")):
                 continue
-            box_dice, dice = streams.own_pairs(session, run_id=run.id, variant=variant, a="box_dice", b="dice")
+            blocks = streams.own_pair_blocks(session, run_id=run.id, variant=variant, a="box_dice", b="dice")
+            [(box_dice, dice, exact)] = capped_pairs(blocks, 1)
             side_a = {"run": run.name, "variant": variant, "mask": "prompt box"}
             side_b = {"run": run.name, "variant": variant, "mask": run.model}
-            _add_comparison(data, "prompt", "dice", side_a, side_b, box_dice, dice)
+            _add_comparison(data, "prompt", "dice", side_a, side_b, box_dice, dice, exact)
 
 
 def _calibration(session: Session, data: ReportData, groups: list[tuple[int, str, str, dict[str, Any]]]) -> None:
@@ -228,14 +240,20 @@ def _calibration(session: Session, data: ReportData, groups: list[tuple[int, str
         if not s.get("dice_n"):
             continue
         bins = queries.reliability_bins(session, run_id=run_id, variant=variant)
+        n = int(s["dice_n"])  # above the cap: a seeded sample of the segments for the Spearman correlations
+        where = streams.sample_clause(n, CALIBRATION_MAX_ROWS)
         cols = streams.metric_columns(
-            session, run_id=run_id, variant=variant, metrics=[*PREDICTORS, "dice"], required="dice"
+            session, run_id=run_id, variant=variant, metrics=[*PREDICTORS, "dice"], required="dice", where=where
         )
-        data.calibration.append({"run": name, "variant": variant, **calibration(bins, cols)})
+        if len(cols) > CALIBRATION_MAX_ROWS:
+            cols = cols[sample_index(len(cols), CALIBRATION_MAX_ROWS)]
+        entry = calibration(bins, cols, n_target=n)
+        data.calibration.append({"run": name, "variant": variant, **entry, "sample_n": len(cols)})
         score, dice = cols[:, 0], cols[:, -1]
         has = np.isfinite(score)
         keep = sample_index(int(has.sum()))
-        data.calibration_points[(name, variant)] = (score[has][keep], dice[has][keep], int(has.sum()))
+        shown = int(has.sum()) if where is None else sum(int(b["n"]) for b in bins)  # bins: score and Dice
+        data.calibration_points[(name, variant)] = (score[has][keep], dice[has][keep], shown)
         del cols
 
 
@@ -251,13 +269,19 @@ def _detection(session: Session, data: ReportData) -> None:
         fast = None  # PostgreSQL, box prompts: every variant in one windowed pass of flat float arrays
         if run.prompt_mode == "boxes" and queries.is_postgresql(session):
             fast = _box_agreement_windows(session, run.id, run.variants)
+        challenge = None  # other prompts, either database: labelled images, one window of flat arrays at a time
+        if run.prompt_mode != "boxes":
+            challenge = challenge_windows(
+                windows.labelled_windows(session, run_id=run.id, variants=run.variants), run.variants
+            )
         for v in run.variants:
             entry: dict[str, Any] = {"run": run.name, "variant": v, "prompt_mode": run.prompt_mode}
             if run.prompt_mode == "boxes":
                 found = fast.get(v) if fast is not None else None
                 entry.update(measure="box_agreement", **(found or box_agreement(session, run_id=run.id, variant=v)))
             else:
-                result = rsna_challenge(session, run_id=run.id, variant=v)
+                assert challenge is not None
+                result = dict(challenge[v])
                 entry.update(measure="rsna_challenge", rsna_score=result.pop("score"),
                              rsna_score_positives=result.pop("score_positives"), **result)  # fmt: skip
             data.detection.append(entry)

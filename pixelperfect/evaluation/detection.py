@@ -169,3 +169,43 @@ def rsna_map_arrays(
             acc[0] += float(values.sum())
             acc[1] += int(values.size)
     return {v: ((t / n if n else None), int(n)) for v, (t, n) in sums.items()}
+
+
+def challenge_windows(
+    windows: Iterable[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], variants: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``challenge.rsna_challenge``'s numbers per variant, from windows ``(labelled image ids, truth, {variant:
+    pred})`` (:func:`pixelperfect.db.windows.labelled_windows`), one window held at a time: only labelled images
+    count, negatives (labelled, no box) included, an image with neither truth nor prediction skipped."""
+    keys = ("labelled", "negatives", "negatives_predicted", "images", "positives")
+    acc = {v: dict.fromkeys(keys, 0) | {"total": 0.0, "total_positives": 0.0} for v in variants}
+    for labelled, truth, preds in windows:
+        with_truth = np.intersect1d(truth[:, 0], labelled)
+        for v in variants:
+            pred, a = preds[v], acc[v]
+            images = np.union1d(truth[:, 0], pred[:, 0])
+            values = array_precisions(truth, pred)
+            keep = np.isin(images, labelled) & np.isfinite(values)
+            positive = keep & np.isin(images, with_truth)
+            predicted_negatives = np.setdiff1d(np.intersect1d(pred[:, 0], labelled), with_truth)
+            a["labelled"] += len(labelled)
+            a["negatives"] += len(labelled) - len(with_truth)
+            a["negatives_predicted"] += len(predicted_negatives)
+            a["images"] += int(keep.sum())
+            a["positives"] += int(positive.sum())
+            a["total"] += float(values[keep].sum())
+            a["total_positives"] += float(values[positive].sum())
+    out = {}
+    for v, a in acc.items():
+        n, n_pos = int(a["images"]), int(a["positives"])
+        out[v] = {
+            "score": a["total"] / n if n else None,
+            "images": n,
+            "labelled": int(a["labelled"]),
+            "negatives": int(a["negatives"]),
+            "negatives_predicted": int(a["negatives_predicted"]),
+            "skipped": int(a["labelled"]) - n,
+            "score_positives": a["total_positives"] / n_pos if n_pos else None,
+            "positives": n_pos,
+        }
+    return out

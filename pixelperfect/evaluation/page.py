@@ -20,6 +20,7 @@ from pixelperfect.config import Settings
 from pixelperfect.evaluation import figures
 from pixelperfect.evaluation.collect import SUMMARY_METRICS, ReportData
 from pixelperfect.evaluation.forest import MAX_ROWS
+from pixelperfect.evaluation.sampled import PAIRED_MAX_PAIRS
 from pixelperfect.evaluation.stats import BOOTSTRAP_MAX_PAIRS
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,18 @@ def _comparison(data: ReportData, kind: str, intro: list[str]) -> dict[str, Any]
     big = [c for c in entries if c.get("bootstrap_n") and c["bootstrap_n"] < c["n"]]
     subsampled = (
         f"{len(big)} comparison(s) have more than {BOOTSTRAP_MAX_PAIRS:,} pairs: their bootstrap CI resamples a "
-        f"seeded subsample of {BOOTSTRAP_MAX_PAIRS:,} pairs; means, shares and Wilcoxon p use every pair."
+        f"seeded subsample of {BOOTSTRAP_MAX_PAIRS:,} pairs; n, means and shares use every pair, Wilcoxon p "
+        f"every pair up to {PAIRED_MAX_PAIRS:,}."
         if big
         else ""
     )
+    capped = [c for c in entries if c.get("sample_n", c["n"]) < c["n"]]
+    if capped:
+        sizes = ", ".join(sorted({f"{c['sample_n']:,}" for c in capped}))
+        subsampled += (
+            f" {len(capped)} comparison(s) have more than {PAIRED_MAX_PAIRS:,} pairs: their Wilcoxon p, box plots "
+            f"and figures use a seeded subsample ({sizes} pairs); n, means and shares use every pair."
+        )
     return {
         "intro": intro,
         "show": bool(entries),

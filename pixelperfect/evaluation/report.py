@@ -6,9 +6,10 @@
 "detection": [...], "notes": [...]}`` with ``null`` where a measure does not apply (NSD/HD95 units: mm or px,
 never mixed: :mod:`pixelperfect.evaluation.units`); a comparison of kind
 ``prompt`` pairs a run's Dice with its prompt boxes' own Dice (sides carry ``mask``); ``bootstrap_n`` is how many
-pairs its bootstrap CI resampled (a seeded subsample above ``stats.BOOTSTRAP_MAX_PAIRS``). ``report.html`` embeds
-every figure and gallery image as a base64 PNG, so the file can be mailed or archived on its own; its size does
-not grow with the run (sampled scatter plots, box plots from percentiles, a fixed gallery).
+pairs its bootstrap CI resampled (a seeded subsample above ``stats.BOOTSTRAP_MAX_PAIRS``), ``sample_n`` how many
+its Wilcoxon p and box plots used (a seeded subsample above ``sampled.PAIRED_MAX_PAIRS``; ``n`` and means exact).
+``report.html`` embeds every figure and gallery image as a base64 PNG, so the file can be mailed or archived on
+its own; its size does not grow with the run (sampled scatter plots, box plots from percentiles, a fixed gallery).
 
 JSON and CSV import neither matplotlib nor OpenCV nor the model code: they are aggregates and streams of columns.
 """

@@ -34,8 +34,14 @@ def paired_comparison(
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     confidence: float = 0.95,
     seed: int = 0,
+    exact: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compare paired measurements ``b`` against ``a`` (same prompts, two variants or two runs).
+
+    ``exact``: when ``a``/``b`` are a seeded subsample of more pairs
+    (:func:`pixelperfect.evaluation.sampled.capped_pairs`), the exact sums over all of them: ``n``, the means and
+    the share improved come from those, every other number from the subsample, whose size is ``sample_n``
+    (``sample_n == n`` when nothing was sampled).
 
     Returns ``n``, ``mean_a``, ``mean_b``, ``mean_diff`` (mean of ``b - a``), ``fraction_improved`` (share of pairs
     where ``b`` is strictly better: lower when ``lower_is_better``), ``wilcoxon_p`` (two-sided Wilcoxon signed-rank
@@ -52,7 +58,8 @@ def paired_comparison(
         raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
     n = int(x.size)
     out: dict[str, Any] = {
-        "n": n,
+        "n": n if exact is None else int(exact["n"]),
+        "sample_n": n,
         "mean_a": None,
         "mean_b": None,
         "mean_diff": None,
@@ -73,6 +80,14 @@ def paired_comparison(
         mean_diff=float(d.mean()),
         fraction_improved=float(improved.mean()),
     )
+    if exact is not None and exact["n"]:
+        total = exact["n"]
+        out.update(
+            mean_a=exact["sum_a"] / total,
+            mean_b=exact["sum_b"] / total,
+            mean_diff=exact["sum_diff"] / total,
+            fraction_improved=(exact["n_down"] if lower_is_better else exact["n_up"]) / total,
+        )
     if np.any(d != 0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # small samples: scipy warns about the normal approximation

@@ -123,3 +123,49 @@ def test_image_score_matches_an_independent_reimplementation_on_random_cases() -
             assert ours == pytest.approx(ref, abs=1e-12)
             counted += 1
     assert counted > 400
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_streamed_challenge_equals_the_reference_on_random_runs(db_url: str, seed: int) -> None:
+    """:func:`detection.challenge_windows` over :func:`windows.labelled_windows` (small windows: several per run)
+    gives ``rsna_challenge``'s numbers: labelled negatives, unlabelled and unfinished images, empty components."""
+    from pixelperfect.db.windows import labelled_windows
+    from pixelperfect.evaluation.detection import challenge_windows
+
+    upgrade(db_url)
+    rng = random.Random(seed)
+
+    def box() -> list[float]:
+        x, y = rng.choice([0.0, 10.0, rng.uniform(0, 50)]), rng.choice([0.0, 10.0, rng.uniform(0, 50)])
+        return [x, y, x + rng.choice([10.0, rng.uniform(3, 30)]), y + rng.choice([10.0, rng.uniform(3, 30)])]
+
+    keys = [f"{i:03d}.png" for i in range(60)]
+    truth = {k: [box() for _ in range(rng.choice([0, 0, 1, 2, 3]))] for k in keys if rng.random() < 0.8}
+    labelled = [k for k in truth if rng.random() < 0.85]  # some annotated images stay unlabelled
+    done = [k for k in keys if rng.random() < 0.9]  # the rest stay queued
+    with session_scope(db_url) as s:
+        run = repo.create_run(s, name="auto", fields={**RUN_FIELDS, "prompt_mode": "auto"})
+        repo.add_images(s, run_id=run.id, keys=keys)
+        repo.add_annotations(s, run_id=run.id, boxes={k: b for k, b in truth.items() if b})
+        repo.mark_labelled(s, run_id=run.id, keys=labelled)
+        ids = {k: i.id for k, i in repo.images_by_key(s, run_id=run.id, keys=done).items()}
+        for key in done:
+            rows = []
+            for variant in ("raw", "clahe"):
+                for p in range(rng.choice([0, 1, 2, 3])):
+                    boxes = [box() for _ in range(rng.choice([0, 1, 1, 2]))]
+                    rows.append({**_segment(run.id, ids[key], p, boxes, rng.choice([0.5, 0.9, rng.random()])),
+                                 "variant": variant})  # fmt: skip
+            repo.mark_done(s, image_id=ids[key], segments=rows, fields={})
+        run_id = run.id
+    with session_scope(db_url) as s:
+        refs = {v: rsna_challenge(s, run_id=run_id, variant=v) for v in ("raw", "clahe")}
+        streamed = challenge_windows(labelled_windows(s, run_id=run_id, variants=["raw", "clahe"], window=7),
+                                     ["raw", "clahe"])  # fmt: skip
+    for variant, ref in refs.items():
+        got = streamed[variant]
+        assert ref["images"] > 10 and ref["negatives_predicted"] > 0
+        assert {k: v for k, v in got.items() if "score" not in k} == {k: v for k, v in ref.items() if "score" not in k}
+        for k in ("score", "score_positives"):
+            assert got[k] == pytest.approx(ref[k], rel=1e-12, abs=1e-12)

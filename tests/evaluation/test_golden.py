@@ -102,3 +102,31 @@ def test_windowed_box_agreement_equals_the_per_image_one(pg_url: str) -> None:
                 ref = box_agreement(session, run_id=run_id, variant=variant)
                 assert fast[variant]["images"] == ref["images"] > 0
                 assert fast[variant]["box_agreement"] == pytest.approx(ref["box_agreement"], rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("cap", [10**9, 3])
+def test_capped_pairs_and_calibration_keep_n_and_means_exact(golden_url: str, cap: int, monkeypatch: Any) -> None:
+    """With the caps lowered below the golden runs' sizes, the paired statistics and calibration use seeded
+    subsamples (``sample_n`` < ``n``) while ``n``, the means, the share improved and the calibration ``n`` stay
+    those of every pair; with caps above, nothing is sampled."""
+    from pixelperfect.db.session import session_scope
+    from pixelperfect.evaluation import collect, sampled
+
+    with session_scope(golden_url) as session:
+        full = collect.collect(session, ["g-sam", "g-grab"])
+    monkeypatch.setattr(collect, "CALIBRATION_MAX_ROWS", cap)
+    monkeypatch.setattr(sampled, "PAIRED_MAX_PAIRS", cap)
+    monkeypatch.setattr(collect, "capped_pairs", lambda blocks, k: sampled.capped_pairs(blocks, k, cap=cap))
+    with session_scope(golden_url) as session:
+        capped = collect.collect(session, ["g-sam", "g-grab"])
+    assert len(full.comparisons) == len(capped.comparisons) > 0
+    sampled_any = False
+    for old, new in zip(full.comparisons, capped.comparisons, strict=True):
+        assert new["n"] == old["n"] == old["sample_n"] and new["sample_n"] <= min(cap, new["n"])
+        sampled_any |= new["sample_n"] < new["n"]
+        for k in ("mean_a", "mean_b", "mean_diff", "fraction_improved"):
+            assert new[k] == pytest.approx(old[k], rel=1e-9, abs=1e-12)
+    for old, new in zip(full.calibration, capped.calibration, strict=True):
+        assert new["n"] == old["n"] and new["sample_n"] <= min(cap, new["n"])
+        sampled_any |= new["sample_n"] < new["n"]
+    assert sampled_any == (cap < 10**9)
