@@ -57,14 +57,20 @@ class BatchTask(Task):  # type: ignore[misc]
             self.__dict__.pop("override_max_retries", None)
 
 
+#: Both batch tasks: late acks, back to the queue when the worker dies, Celery's retries from the settings' policy.
+BATCH_TASK_OPTIONS: dict[str, Any] = {
+    "base": BatchTask,
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "dont_autoretry_for": (Reject,),
+    **get_settings().retry_policy.task_options(),
+}
+
+
 @app.task(
     name="pixelperfect.segment_batch",
-    base=BatchTask,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    dont_autoretry_for=(Reject,),
-    **get_settings().retry_policy.task_options(),
+    **BATCH_TASK_OPTIONS,
 )
 def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
     """Segment ``keys`` of run ``run_id``; after ``task_max_retries`` failed retries its images are marked failed."""
@@ -109,12 +115,7 @@ def publish_segs(run_id: int, image_ids: list[int]) -> None:
 
 @app.task(
     name="pixelperfect.build_segs",
-    base=BatchTask,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    dont_autoretry_for=(Reject,),
-    **get_settings().retry_policy.task_options(),
+    **BATCH_TASK_OPTIONS,
 )
 def build_segs(self: Task, run_id: int, image_ids: list[int]) -> dict[str, Any]:
     """Build, store, STOW and record the missing DICOM-SEGs of ``image_ids`` of run ``run_id`` from their stored
