@@ -40,7 +40,7 @@ def test_flower_worker_metrics_and_watch_on_a_live_run(
         workers = flower.wait_until(
             "worker", lambda: (r := flower.get("/api/workers", refresh=1)).ok and node in r.json() and r.json()
         )
-        assert [q["name"] for q in workers[node]["active_queues"]] == ["gpu"]
+        assert [q["name"] for q in workers[node]["active_queues"]] == ["gpu", "seg"]  # a worker's default queues
         assert "pixelperfect.segment_batch" in workers[node]["registered"]
         assert "libtorch" not in flower.loaded_libraries()  # importing the app for Flower stays light
         assert flower.get("/healthcheck", auth=None).status_code == 200  # compose's healthcheck needs no password
@@ -68,7 +68,7 @@ def test_flower_worker_metrics_and_watch_on_a_live_run(
         assert {t["worker"] for t in tasks.values()} == {node}
         lengths = flower.get("/api/queues/length")
         assert lengths.status_code == 200
-        assert lengths.json() == {"active_queues": [{"name": "gpu", "messages": 0}]}
+        assert lengths.json() == {"active_queues": [{"name": "gpu", "messages": 0}, {"name": "seg", "messages": 0}]}
     finally:
         flower.stop()
 
