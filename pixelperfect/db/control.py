@@ -113,27 +113,56 @@ def claim(
     return [(int(i), str(k), g) for i, k, g in rows]
 
 
-def renew(session: Session, *, image_ids: Sequence[int], owner: str, ttl_s: float) -> int:
-    """Extend ``owner``'s leases on ``image_ids``; returns how many it still held (fewer: one expired and was
-    taken over by another message, whose result will be the same)."""
+def renew(
+    session: Session, *, image_ids: Sequence[int], owner: str, ttl_s: float, worker: str | None = None
+) -> int:
+    """Extend ``owner``'s leases on ``image_ids`` (those taken by ``worker``, when given); returns how many it still
+    held (fewer: one expired and was taken over by another message, or the same message delivered again took it
+    back — whose result will be the same)."""
     if not image_ids:
         return 0
+    held = [Image.lease_owner == owner] + ([Image.lease_worker == worker[:255]] if worker is not None else [])
     result = session.execute(
         update(Image)
-        .where(Image.id.in_(list(image_ids)), Image.lease_owner == owner)
+        .where(Image.id.in_(list(image_ids)), *held)
         .values(lease_expires=utcnow() + timedelta(seconds=ttl_s))
         .execution_options(**_NO_SYNC)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def held(session: Session, *, image_ids: Sequence[int], owner: str, worker: str) -> set[int]:
+    """The fence of a batch's final transaction: those of ``image_ids`` still leased by ``owner`` as taken by
+    ``worker`` (the lease's ``lease_worker``), locked until the commit (PostgreSQL ``FOR UPDATE``: a concurrent
+    claim waits and then finds them finished). An image missing here was taken over — by another message after
+    the lease expired, or by the same message delivered again while this execution still ran (a redelivery after
+    the visibility timeout, or after a lost broker connection) — and the execution holding it now writes it."""
+    if not image_ids:
+        return set()
+    rows = session.execute(
+        select(Image.id)
+        .where(Image.id.in_(list(image_ids)), Image.lease_owner == owner, Image.lease_worker == worker[:255])
+        .with_for_update()
+    ).all()
+    return {int(i) for (i,) in rows}
+
+
 def release(
-    session: Session, *, run_id: int, owner: str, keys: Sequence[str] = (), image_ids: Sequence[int] = ()
+    session: Session,
+    *,
+    run_id: int,
+    owner: str,
+    keys: Sequence[str] = (),
+    image_ids: Sequence[int] = (),
+    worker: str | None = None,
 ) -> int:
-    """Drop ``owner``'s leases on the images named by ``keys`` or ``image_ids`` (index lookups, no scan)."""
+    """Drop ``owner``'s leases (those taken by ``worker``, when given) on the images named by ``keys`` or
+    ``image_ids`` (index lookups, no scan)."""
     if not keys and not image_ids:
         return 0
     stmt = update(Image).where(Image.run_id == run_id, Image.lease_owner == owner)
+    if worker is not None:
+        stmt = stmt.where(Image.lease_worker == worker[:255])
     if keys:
         stmt = stmt.where(Image.key.in_(list(keys)))
     if image_ids:
@@ -167,6 +196,41 @@ def mark_published(session: Session, *, run_id: int, keys: Sequence[str]) -> Non
             .values(published_at=utcnow())
             .execution_options(**_NO_SYNC)
         )
+
+
+def orphan_candidates(session: Session, *, published_before: datetime, limit: int) -> list[tuple[int, int, str]]:
+    """``(image id, run id, key)`` of queued images of active segmentation runs that were published before
+    ``published_before`` and hold no live lease: images whose message may have been lost (the caller rules out
+    those named by a message still in the broker). At most ``limit``, in run and id order."""
+    rows = session.execute(
+        select(Image.id, Image.run_id, Image.key)
+        .join(Run, Run.id == Image.run_id)
+        .where(Run.state == RunState.active.value, Run.kind == "segment")
+        .where(Image.status == ImageStatus.queued.value, Image.published_at < published_before, _free(utcnow()))
+        .order_by(Image.run_id, Image.id)
+        .limit(limit)
+    ).all()
+    return [(int(i), int(r), str(k)) for i, r, k in rows]
+
+
+def mark_republished(
+    session: Session, *, image_ids: Sequence[int], published_before: datetime
+) -> list[tuple[int, str]]:
+    """Stamp ``published_at`` now on those of ``image_ids`` still queued, unleased and published before
+    ``published_before``; returns their ``(run id, key)``. Two sweepers racing over one image: only one gets it
+    (PostgreSQL re-checks the condition after the other's commit; SQLite serialises writers)."""
+    if not image_ids:
+        return []
+    now = utcnow()
+    rows = session.execute(
+        update(Image)
+        .where(Image.id.in_(list(image_ids)), Image.status == ImageStatus.queued.value)
+        .where(Image.published_at < published_before, _free(now))
+        .values(published_at=now)
+        .returning(Image.run_id, Image.key)
+        .execution_options(**_NO_SYNC)
+    ).all()
+    return [(int(r), str(k)) for r, k in rows]
 
 
 def record_model_work(session: Session, *, run_id: int, image_ids: Sequence[int], worker: str) -> None:
