@@ -108,6 +108,7 @@ def _run_held(
         read_s=read_s,
         in_transaction=hold.release,
         seg_rows=seg_rows,
+        fence=hold.fence,
     )
     observe_batch(
         done=summary.done,

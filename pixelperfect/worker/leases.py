@@ -9,9 +9,15 @@ expires while its batch is alive.
 
 The lease lasts ``Settings.visibility_timeout`` seconds: a batch whose worker died comes back from the broker after
 that long (or at once, when only its pool process died), under the same task id, which owns the lease; any other
-message finds the lease expired by then and may take the images over. The owner being the task id, a batch that
-runs longer than the visibility timeout is handed out a second time by Redis *under the same id* and runs twice
-(upserts keep the result single): the visibility timeout must exceed the longest batch (config.py says how).
+message finds the lease expired by then and may take the images over.
+
+The owner being the task id, the same message can run twice at once: Redis hands a batch that runs longer than the
+visibility timeout out a second time, and a worker that lost its broker connection puts its message back while
+the cancelled batch may still be finishing. Each execution therefore takes the lease under a token of its own
+(``lease_worker``: ``token@host:pid``), and the batch's final transaction is *fenced* (``control.held``): it
+writes only the images its execution still holds. A second execution of the same message takes the images over
+at once, and the first one's results for them are dropped — each image is written once, by the execution that
+holds it. (Its model work is done twice; the visibility timeout must still exceed the longest batch, config.py.)
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ class Hold:
 
     run_id: int
     owner: str
-    worker: str
+    worker: str  # host:pid, as the model-work record names it
+    lease_id: str  # this execution's token@host:pid, as the lease names it (the fence)
     ttl_s: float
     database_url: str
     state: str | None
@@ -48,17 +55,33 @@ class Hold:
         """Record ``image_ids`` as entering the encoder now and renew the leases on ``renew_ids`` (committed)."""
         with session_scope(self.database_url) as session:
             control.record_model_work(session, run_id=self.run_id, image_ids=image_ids, worker=self.worker)
-            held = control.renew(session, image_ids=renew_ids, owner=self.owner, ttl_s=self.ttl_s)
+            held = control.renew(
+                session, image_ids=renew_ids, owner=self.owner, ttl_s=self.ttl_s, worker=self.lease_id
+            )
         if held < len(renew_ids):
             log.warning(
-                "batch %s lost %d of its leases (expired and taken over): those images may be segmented twice",
+                "batch %s lost %d of its leases (taken over by another delivery): their results are left to it",
                 self.owner,
                 len(renew_ids) - held,
             )
 
+    def fence(self, session: Any) -> set[int]:
+        """In the final transaction: the batch's image ids this execution still holds (locked until the commit)."""
+        ids = [i for i, _, _ in self.todo]
+        kept = control.held(session, image_ids=ids, owner=self.owner, worker=self.lease_id)
+        if len(kept) < len(ids):
+            log.warning(
+                "batch %s: %d of its %d image(s) were taken over by another delivery; not written here",
+                self.owner,
+                len(ids) - len(kept),
+                len(ids),
+            )
+        return kept
+
     def release(self, session: Any) -> None:
-        """Drop the leases inside the caller's (final) transaction."""
-        control.release(session, run_id=self.run_id, owner=self.owner, image_ids=[i for i, _, _ in self.todo])
+        """Drop this execution's leases inside the caller's (final) transaction."""
+        ids = [i for i, _, _ in self.todo]
+        control.release(session, run_id=self.run_id, owner=self.owner, image_ids=ids, worker=self.lease_id)
 
     def release_now(self) -> None:
         """Drop the leases in a transaction of their own; errors are logged (the leases then expire)."""
@@ -73,10 +96,12 @@ class Hold:
 def acquire(database_url: str, run_id: int, keys: list[str], *, owner: str | None, host: str, ttl_s: float) -> Hold:
     """Lease the batch's images (see the module docstring). ``owner``: the message's id (Celery task id); None
     makes one up for this call."""
+    worker = f"{host}:{os.getpid()}"
     hold = Hold(
         run_id=run_id,
         owner=owner or f"local-{uuid.uuid4()}",
-        worker=f"{host}:{os.getpid()}",
+        worker=worker,
+        lease_id=f"{uuid.uuid4().hex[:12]}@{worker}"[:255],
         ttl_s=ttl_s,
         database_url=database_url,
         state=None,
@@ -88,7 +113,7 @@ def acquire(database_url: str, run_id: int, keys: list[str], *, owner: str | Non
             hold.cancelled = control.cancel_images(session, run_id=run_id, keys=keys)
         elif hold.state == RunState.active.value:
             claimed = control.claim(
-                session, run_id=run_id, keys=keys, owner=hold.owner, worker=hold.worker, ttl_s=ttl_s
+                session, run_id=run_id, keys=keys, owner=hold.owner, worker=hold.lease_id, ttl_s=ttl_s
             )
             order = {key: i for i, key in reversed(list(enumerate(keys)))}
             hold.todo = sorted(claimed, key=lambda row: order[row[1]])  # the batch's order, not the database's

@@ -48,15 +48,23 @@ def persist_batch(
     read_s: float,
     in_transaction: Callable[[Session], None] | None = None,
     seg_rows: Sequence[dict[str, Any]] = (),
+    fence: Callable[[Session], set[int]] | None = None,
 ) -> None:
     """Write every image of the batch — finished ones with their segment rows, failed ones with their reason —
     and the stage timings, in one transaction; counts go into ``summary``. ``read_s``: the batch's earlier
     database reads, shared out with the writes into each image's ``db`` timing. ``in_transaction(session)``: more
-    writes of the caller in the same transaction (the batch's leases released)."""
+    writes of the caller in the same transaction (the batch's leases released). ``fence(session)``: first in the
+    transaction, the image ids this execution may still write (worker/leases.py); the others are skipped."""
     t0 = time.perf_counter()
     done: list[bulk.DoneImage] = []
     done_timings: dict[int, dict[str, float]] = {}
     with session_scope(database_url) as session:
+        if fence is not None:
+            kept = fence(session)
+            summary.skipped += sum(f.todo.image_id not in kept for f in fetched)
+            fetched = [f for f in fetched if f.todo.image_id in kept]
+            image_ids = {f.todo.image_id for f in fetched}
+            seg_rows = [row for row in seg_rows if row.get("image_id") in image_ids]
         for f in fetched:
             result = results.get(f.key)
             fields = {**f.fields, "worker_host": host}
