@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # second worker: work done twice (upserts keep the result single), never lost. Lower it to recover faster when
     # batches are short; tests use a few seconds.
     visibility_timeout: int = Field(default=3600, ge=1)
+    # Orphan sweep (Redis broker). Every this many seconds one worker (a Redis lock picks it) looks, while the gpu
+    # queue is empty, for queued images of active runs that were published at least this long ago, hold no live
+    # lease and are named by no unacknowledged message: their message was lost (the Redis transport can drop a
+    # message that a worker popped in the instant the broker died) and they are published again. A duplicate is
+    # harmless (leases and finished images are skipped). 0 turns the sweep off.
+    orphan_sweep_s: float = Field(default=60.0, ge=0)
     # A failed batch is retried (see RetryPolicy): up to task_max_retries times, waiting retry_backoff_s before the
     # first retry (whole seconds, as Celery counts them: at least 1 s, 0 = at once), doubling each time, at most
     # RETRY_BACKOFF_MAX_S; with retry_jitter each wait is drawn uniformly from 0 up to that (Celery's full jitter),
