@@ -113,9 +113,7 @@ def claim(
     return [(int(i), str(k), g) for i, k, g in rows]
 
 
-def renew(
-    session: Session, *, image_ids: Sequence[int], owner: str, ttl_s: float, worker: str | None = None
-) -> int:
+def renew(session: Session, *, image_ids: Sequence[int], owner: str, ttl_s: float, worker: str | None = None) -> int:
     """Extend ``owner``'s leases on ``image_ids`` (those taken by ``worker``, when given); returns how many it still
     held (fewer: one expired and was taken over by another message, or the same message delivered again took it
     back — whose result will be the same)."""

@@ -55,9 +55,7 @@ class Hold:
         """Record ``image_ids`` as entering the encoder now and renew the leases on ``renew_ids`` (committed)."""
         with session_scope(self.database_url) as session:
             control.record_model_work(session, run_id=self.run_id, image_ids=image_ids, worker=self.worker)
-            held = control.renew(
-                session, image_ids=renew_ids, owner=self.owner, ttl_s=self.ttl_s, worker=self.lease_id
-            )
+            held = control.renew(session, image_ids=renew_ids, owner=self.owner, ttl_s=self.ttl_s, worker=self.lease_id)
         if held < len(renew_ids):
             log.warning(
                 "batch %s lost %d of its leases (taken over by another delivery): their results are left to it",

@@ -92,7 +92,8 @@ def sweep_once(
         by_run.setdefault(run_id, []).append(key)
     for run_id, keys in sorted(by_run.items()):
         log.warning(
-            "run %s: %d queued image(s) had no message left in the broker (lost in a broker failure): published again",
+            "run %s: %d queued image(s) had no message in the broker (lost in a broker failure, or popped but not "
+            "read yet by a worker): published again",
             run_id,
             len(keys),
         )

@@ -125,7 +125,7 @@ def stuck_rows(url: str, run_id: int) -> list[tuple[Any, ...]]:
 
 def swept(logs: list[Path]) -> int:
     """Images the workers' orphan sweeps published again (worker/sweeper.py's warning)."""
-    pattern = re.compile(r"(\d+) queued image\(s\) had no message left in the broker")
+    pattern = re.compile(r"(\d+) queued image\(s\) had no message in the broker")
     return sum(int(m.group(1)) for log in logs for m in pattern.finditer(log.read_text(errors="replace")))
 
 
@@ -223,7 +223,7 @@ def test_chaos_soak_kills_restarts_and_s3_errors_at_once(
             f"faults: {kills} pool SIGKILLs ({lost} WorkerLostError), Redis restarts {private_redis.restarts}, "
             f"PostgreSQL restarts {pg.restarts}, S3 errors {sum(s3_faults.values())} of "
             f"{fault_proxy.counts['requests']} requests {dict(s3_faults)}; {retries} task retries; "
-            f"{orphans} images whose message the broker lost published again by the orphan sweep",
+            f"{orphans} images published again by the orphan sweep (their message lost, or popped and not read yet)",
             f"schedule: {'; '.join(events)}",
             f"images: done {audit.done}, failed {audit.failed} "
             f"({sorted({r for r, _ in audit.failures.values()})}), queued {audit.queued}; lost {audit.lost}",

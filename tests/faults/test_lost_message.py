@@ -42,6 +42,6 @@ def test_a_lost_message_is_published_again_by_the_orphan_sweep(
     audit = audit_run(stack, s3_server, "lost")
     assert (audit.done, audit.failed, audit.queued) == (6, 0, 0), audit
     assert audit.lost == 0 and audit.duplicates == 0 and audit.missing_objects == [], audit
-    assert log_count(worker.log, r"run \d+: 2 queued image\(s\) had no message left in the broker") == 1
+    assert log_count(worker.log, r"run \d+: 2 queued image\(s\) had no message in the broker") == 1
     assert private_redis.backlog() == (0, 0)
     fault_table.append(("lost message (popped, never unacked)", 6, "1 message of 3 lost", 0, 0, time.monotonic() - t0))
