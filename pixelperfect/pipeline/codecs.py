@@ -14,8 +14,11 @@ codestream's size and precision matching the dataset. Anything else (colour, sig
 
 Reduced resolution (``model_side``): JPEG 2000 is decoded at resolution level ``r`` (Pillow's ``reduce``; each
 level halves both sides, rounding up), the largest ``r`` whose long side is still ``>= model_side`` and that the
-codestream has (a stream with fewer wavelet levels decodes at the smallest it has); 8-bit JPEG uses libjpeg's DCT
-scaling (Pillow's draft mode: 1/2, 1/4, 1/8) the same way. Other syntaxes decode at full size.
+codestream has (a stream with fewer wavelet levels decodes at the smallest it has), and of a stream with several
+quality layers only the first :func:`reduced_layers` (``ceil(layers / 4**r)``: each level down has a quarter of the
+pixels, and the later layers of a rate-allocated stream mostly refine the fine levels left out); 8-bit JPEG uses
+libjpeg's DCT scaling (Pillow's draft mode: 1/2, 1/4, 1/8) the same way. Other syntaxes decode at full size, and a
+full-resolution decode always reads every layer (lossless streams stay bit-exact).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class FrameInfo:
     columns: int
     bits_allocated: int
     bits_stored: int
+    layers: int = 0  # JPEG 2000 quality layers to decode (0: all); set by decode_frame for a reduced decode
 
     @property
     def dtype(self) -> np.dtype:
@@ -132,7 +136,8 @@ def jpeg_complete(stream: bytes) -> bool:
 
 @dataclass(frozen=True)
 class J2KHeader:
-    """From the SIZ and COD markers: image size, components, precision/sign of the first one, wavelet levels."""
+    """From the SIZ and COD markers: image size, components, precision/sign of the first one, wavelet levels,
+    quality layers and the wavelet (``reversible``: the 5-3 integer wavelet of lossless streams; else 9-7)."""
 
     rows: int
     columns: int
@@ -141,6 +146,8 @@ class J2KHeader:
     signed: bool
     levels: int
     offset: int  # where the codestream starts (after a JP2 wrapper, if any)
+    layers: int = 1
+    reversible: bool = True
 
 
 def j2k_header(stream: bytes) -> J2KHeader | None:
@@ -154,8 +161,14 @@ def j2k_header(stream: bytes) -> J2KHeader | None:
     ssiz = stream[siz + 38]
     (lsiz,) = struct.unpack_from(">H", stream, siz)
     cod = stream.find(b"\xff\x52", siz + lsiz, stream.find(b"\xff\x90", siz) if b"\xff\x90" in stream else None)
-    levels = stream[cod + 9] if cod >= 0 and cod + 10 <= len(stream) else 0
-    return J2KHeader(ysiz - yo, xsiz - xo, csiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels, offset)
+    # COD: marker, Lcod (2), Scod, progression order, layers (2), MCT, levels, code-block width and height, code-block
+    # style, wavelet (0: 9-7 irreversible, 1: 5-3 reversible)
+    levels, layers, reversible = 0, 1, True
+    if cod >= 0 and cod + 14 <= len(stream):
+        (layers,) = struct.unpack_from(">H", stream, cod + 6)
+        levels, reversible = stream[cod + 9], stream[cod + 13] == 1
+    precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
+    return J2KHeader(ysiz - yo, xsiz - xo, csiz, precision, signed, levels, offset, max(layers, 1), reversible)
 
 
 def stream_shape(syntax: str, stream: bytes) -> tuple[int, int] | None:
@@ -180,6 +193,15 @@ def reduction(long_side: int, model_side: int | None, max_level: int) -> int:
     while r < max_level and math.ceil(long_side / 2 ** (r + 1)) >= model_side:
         r += 1
     return r
+
+
+def reduced_layers(layers: int, r: int) -> int:
+    """Quality layers to read of a ``layers``-layer JPEG 2000 stream decoded ``r`` resolution levels down:
+    ``ceil(layers / 4**r)``, at least 1; every layer at full resolution (``r = 0``) or when unknown (``layers < 1``,
+    returned as 0: all)."""
+    if layers < 1:
+        return 0
+    return layers if r <= 0 else max(1, -(-layers // 4**r))
 
 
 # ------------------------------------------------------------------------------------------------------ decoders
@@ -237,6 +259,8 @@ def _pillow_j2k(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
 
     with Image.open(io.BytesIO(stream)) as image:
         image.reduce = r  # type: ignore[attr-defined,assignment,method-assign]  # Jpeg2KImageFile: resolution level
+        if r and info.layers:
+            image.layers = info.layers  # type: ignore[attr-defined]  # quality layers (Pillow reads them when r > 0)
         image.load()
         array = np.asarray(image)
     if array.dtype == np.uint16 and info.bits_stored < 16:
@@ -315,13 +339,14 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
     syntax = str(syntax)
     if syntax not in CODECS:
         return None
-    precision, levels = _check_header(syntax, stream, info)
+    precision, levels, layers = _check_header(syntax, stream, info)
     if precision is None:
         return None
     info = replace(info, bits_stored=precision)  # the codestream's own precision (Pillow scales J2K by it)
     r = 0
     if syntax in J2K_SYNTAXES:
         r = reduction(max(info.rows, info.columns), model_side, levels)
+        info = replace(info, layers=reduced_layers(layers, r) if r else 0)
     elif syntax in JPEG_SYNTAXES and precision == 8:
         r = reduction(max(info.rows, info.columns), model_side, 3)
     for codec in codecs_for(syntax, reduced=r > 0):
@@ -341,25 +366,27 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
     return None
 
 
-def _check_header(syntax: str, stream: bytes, info: FrameInfo) -> tuple[int | None, int]:
-    """The codestream's precision and wavelet levels when a fast path may take it (else ``(None, 0)``); raises
-    :class:`TruncatedStreamError` for a stream without its end marker."""
+def _check_header(syntax: str, stream: bytes, info: FrameInfo) -> tuple[int | None, int, int]:
+    """The codestream's precision, wavelet levels and quality layers when a fast path may take it (else
+    ``(None, 0, 0)``); raises :class:`TruncatedStreamError` for a stream without its end marker."""
     if syntax == RLE_LOSSLESS:
-        return info.bits_stored, 0
+        return info.bits_stored, 0, 0
     if syntax in J2K_SYNTAXES:
         header = j2k_header(stream)
         if header is None:
-            return None, 0
+            return None, 0, 0
         if not j2k_complete(stream):
             raise TruncatedStreamError("the JPEG 2000 codestream ends before its EOC marker")
         same = (header.rows, header.columns, header.components) == (info.rows, info.columns, 1)
         fits = not header.signed and header.precision <= info.bits_allocated
-        return (header.precision, header.levels) if same and fits and header.offset == 0 else (None, 0)
+        if same and fits and header.offset == 0:
+            return header.precision, header.levels, header.layers
+        return None, 0, 0
     jpeg = jpeg_header(stream)
     if jpeg is None:
-        return None, 0
+        return None, 0, 0
     if not jpeg_complete(stream):
         raise TruncatedStreamError("the JPEG stream ends before its end-of-image marker")
     rows, cols, precision, comps = jpeg
     same = (rows, cols, comps) == (info.rows, info.columns, 1) and precision <= info.bits_allocated
-    return (precision, 0) if same else (None, 0)
+    return (precision, 0, 0) if same else (None, 0, 0)
