@@ -1,11 +1,11 @@
 """DICOM -> the display image a radiologist's viewer shows, through pydicom.
 
 Order of operations (DICOM PS3.3 C.11): stored values (compressed greyscale frames by the fastest installed
-decoder of :mod:`~pixelperfect.pipeline.codecs`, optionally at reduced resolution; everything else, and any frame
-those refuse, by pydicom's pixel handlers and plugins, which honour BitsStored and signed PixelRepresentation) ->
-modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (VOI LUT Sequence, else window
-centre/width with its VOI LUT Function; ``window_index`` picks among several) -> polarity (MONOCHROME1 is
-inverted so that bright = dense, as for MONOCHROME2).
+decoder of :mod:`~pixelperfect.pipeline.codecs`, optionally at reduced resolution, signed ones as pydicom makes them;
+everything else, and any frame those refuse, by pydicom's pixel handlers and plugins, which honour BitsStored and
+signed PixelRepresentation) -> modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (VOI LUT
+Sequence, else window centre/width with its VOI LUT Function; ``window_index`` picks among several) -> polarity
+(MONOCHROME1 is inverted so that bright = dense, as for MONOCHROME2).
 
 With a VOI the result is the ``uint8`` viewer image (0 black, 255 white). Without one it is ``float32``
 modality values (inverted for MONOCHROME1), which :func:`~pixelperfect.pipeline.steps.to_uint8` maps min-max,
@@ -141,14 +141,16 @@ def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, co
 
 def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
     """The frame's codestream and what the dataset says about it, when a fast decoder may take it: greyscale,
-    unsigned, BitsAllocated 8/16, a compressed syntax of :data:`codecs.CODECS`. ``None`` otherwise."""
+    unsigned or signed (PixelRepresentation 0 / 1), BitsAllocated 8/16, a compressed syntax of
+    :data:`codecs.CODECS`. ``None`` otherwise."""
     ds = parsed.ds
     bits_allocated, bits_stored = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+    representation = int(ds.get("PixelRepresentation", 0) or 0)
     eligible = (
         parsed.monochrome
         and parsed.syntax in codecs.CODECS
         and "PixelData" in ds
-        and int(ds.get("PixelRepresentation", 0) or 0) == 0
+        and representation in (0, 1)
         and bits_allocated in (8, 16)
         and 1 <= bits_stored <= bits_allocated
     )
@@ -160,7 +162,8 @@ def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
         stream = get_frame(ds.PixelData, parsed.index or 0, number_of_frames=parsed.frames)
     except Exception:  # a broken encapsulation: pydicom's own path gives the reason
         return None
-    return bytes(stream), codecs.FrameInfo(int(ds.Rows), int(ds.Columns), bits_allocated, bits_stored)
+    info = codecs.FrameInfo(int(ds.Rows), int(ds.Columns), bits_allocated, bits_stored, signed=representation == 1)
+    return bytes(stream), info
 
 
 def decode_stored(parsed: ParsedDicom, key: str, *, model_side: int | None = None) -> codecs.StoredFrame:
