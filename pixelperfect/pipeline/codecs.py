@@ -137,7 +137,11 @@ def jpeg_header(stream: bytes) -> tuple[int, int, int, int] | None:
 
 
 def jpeg_complete(stream: bytes) -> bool:
-    """An end-of-image marker follows the last start-of-scan (byte stuffing keeps EOI out of scan data)."""
+    """An end-of-image marker follows the last start-of-scan (byte stuffing keeps EOI out of scan data). The usual
+    stream ends with its EOI (DICOM pads a fragment to even length with one zero byte): then any start-of-scan,
+    found from the front, is before it; else the last start-of-scan is searched from the back."""
+    if stream.endswith((b"\xff\xd9", b"\xff\xd9\x00")):
+        return stream.find(b"\xff\xda") >= 0
     sos = stream.rfind(b"\xff\xda")
     return sos >= 0 and stream.find(b"\xff\xd9", sos) >= 0
 

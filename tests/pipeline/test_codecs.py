@@ -300,6 +300,10 @@ def test_codestream_headers() -> None:
     stream, info = dicom.fast_frame(parsed(jpeg))  # type: ignore[misc]
     assert codecs.jpeg_header(stream) == (300, 256, 8, 1) and info.bits_allocated == 8
     assert codecs.jpeg_header(b"not a jpeg") is None and codecs.j2k_header(b"\x00" * 64) is None
+    assert codecs.jpeg_complete(stream) and codecs.jpeg_complete(stream + b"\x00")  # DICOM's even-length pad
+    assert not codecs.jpeg_complete(stream[:-2]) and not codecs.jpeg_complete(stream[: len(stream) // 2])
+    assert not codecs.jpeg_complete(b"\xff\xd8\xff\xd9")  # an end marker but no scan
+    assert codecs.jpeg_complete(stream[:-2] + b"\xff\xd9\x00\x00\x00")  # EOI, then more padding: searched
 
 
 def test_j2k_codestream_precision_other_than_bits_stored(monkeypatch: Any) -> None:
