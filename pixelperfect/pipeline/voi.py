@@ -36,12 +36,13 @@ def display(
     bits = 8 * arr.dtype.itemsize
     if arr.dtype.kind in "ui" and bits <= 16 and arr.ndim == 2 and _identity(ds, window_index):
         meta["voi"] = None
-        if photometric != "MONOCHROME1":
-            return arr.astype(np.float32)
-        import cv2
+        values = arr.astype(np.float32)
+        if photometric == "MONOCHROME1":
+            import cv2
 
-        low, high = cv2.minMaxLoc(arr)[:2]
-        return np.subtract(np.float32(low + high), arr, dtype=np.float32)  # exact: integers below 2**24
+            low, high = cv2.minMaxLoc(arr)[:2]
+            np.subtract(np.float32(low + high), values, out=values)  # exact: integers below 2**24
+        return values
     if arr.dtype.kind not in "ui" or bits > 16 or arr.size < _TABLE_MIN_PIXELS_PER_ENTRY * 2**bits:
         return _display_values(arr, arr, ds, photometric, window_index, meta, key)
     unsigned = np.dtype(f"u{arr.dtype.itemsize}")
