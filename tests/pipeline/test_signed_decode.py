@@ -268,3 +268,26 @@ def test_stored_values_rules() -> None:
     assert rle.tolist() == [[0x0123, 0x0123]]
     readonly = np.frombuffer(patterns.tobytes(), np.uint16).reshape(1, 4)
     assert codecs.stored_values(readonly, codecs.RLE_LOSSLESS, info, 12, False).tolist() == values
+
+
+def test_a_signed_j2k_codestream_in_an_unsigned_dataset_matches_pydicom(monkeypatch: Any) -> None:
+    """The other mismatch: pydicom keeps the codestream's ``precision``-bit patterns; so does the fast path."""
+    if not codecs.available("openjpeg"):
+        pytest.skip("pylibjpeg-openjpeg encodes the JPEG 2000 files")
+    data = signed_dicom("j2k_signed", 16, 12, patterns=False)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelRepresentation = 0
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    data = buffer.getvalue()
+    ref = reference(data)
+    assert ref.dtype == np.uint16 and ref.max() > 2047  # negative values as 12-bit patterns
+    item = parsed(data)
+    names = []
+    for codec in codecs.codecs_for(item.syntax):
+        monkeypatch.setitem(codecs.CODECS, item.syntax, [codec])
+        stored = dicom.decode_stored(item, "k")
+        if stored.decoder != "pydicom":
+            names.append(codec.name)
+            assert stored.array.dtype == ref.dtype and np.array_equal(stored.array, ref), codec.name
+    assert names
