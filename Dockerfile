@@ -9,9 +9,15 @@
 #
 # No model weights in the image: the worker reads PIXELPERFECT_CHECKPOINT from the models volume (/models) or from
 # the object store (s3://...).
+#
+# PIXELPERFECT_EXTRAS: the optional dependencies of pyproject.toml to install with the package, comma-separated.
+# Default `gpu`: NVIDIA nvImageCodec (nvJPEG, nvJPEG2000 as CUDA 13 wheels, like torch's), so a worker decodes
+# JPEG / JPEG 2000 DICOMs on its GPU (pipeline/gpu_decode.py; the CPU decoders stay the fallback). Build with
+# `--build-arg PIXELPERFECT_EXTRAS=` (empty) for an image without it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+ARG PIXELPERFECT_EXTRAS=gpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
@@ -23,7 +29,7 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pixelperfect ./pixelperfect
-RUN pip install . \
+RUN pip install ".${PIXELPERFECT_EXTRAS:+[${PIXELPERFECT_EXTRAS}]}" \
     && python -c "import torch, torchvision, pixelperfect; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 FROM ${PYTHON_IMAGE}

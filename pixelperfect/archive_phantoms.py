@@ -2,8 +2,8 @@
 
 Each :data:`ARCHIVE_KINDS` entry is one way of storing a film: uncompressed explicit VR little endian, 8-bit JPEG
 baseline at 1024² (the RSNA Pneumonia challenge's own files), 12-bit JPEG lossless SV1, 12-bit JPEG 2000 lossless
-and lossy, JPEG-LS lossless and RLE at 2800×2300 (a typical CR/DX plate: ``rows`` x ``columns``, portrait or
-landscape). Even indices are MONOCHROME2, odd ones MONOCHROME1 (inverted stored values), as in
+and lossy (three quality layers), JPEG-LS lossless and RLE at 2800×2300 (a typical CR/DX plate: ``rows`` x
+``columns``, portrait or landscape). Even indices are MONOCHROME2, odd ones MONOCHROME1 (inverted stored values), as in
 :func:`pixelperfect.phantoms.write_dicom`. Non-square films are the centre crop of a square phantom of the long
 side, so masks stay exact; boxes are clipped to the crop.
 
@@ -51,7 +51,9 @@ ARCHIVE_KINDS: dict[str, ArchiveKind] = {
 }
 _PACKAGE_NAMES = {"PIL": "pillow", "imagecodecs": "imagecodecs", "openjpeg": "pylibjpeg-openjpeg"}
 JPEG_QUALITY = 90
-J2K_LOSSY_RATIO = 15  # compression ratio of the lossy JPEG 2000 kind (archives use ~10-20)
+#: Compression ratio of each quality layer of the lossy JPEG 2000 kind, coarse to fine (LRCP progression): the
+#: whole stream is 1:15 (archives use ~10-20); a reduced decode reads only the first layers (codecs.reduced_layers).
+J2K_LOSSY_RATIOS = (60.0, 30.0, 15.0)
 
 
 def encoder_missing(kind: ArchiveKind) -> str | None:
@@ -126,7 +128,7 @@ def _encode(ds: object, spec: ArchiveKind, stored: np.ndarray) -> None:
     elif spec.syntax in (codecs.J2K_LOSSLESS, codecs.J2K):
         import openjpeg
 
-        ratios = [float(J2K_LOSSY_RATIO)] if spec.lossy else None
+        ratios = list(J2K_LOSSY_RATIOS) if spec.lossy else None  # pylibjpeg-openjpeg's progression: LRCP
         frame = openjpeg.encode(stored, bits_stored=spec.bits, compression_ratios=ratios)
     else:
         import imagecodecs

@@ -8,14 +8,19 @@ has the current figures): libjpeg-turbo (imagecodecs, OpenCV, Pillow) decodes 8-
 than pylibjpeg-libjpeg, and 12-bit lossless JPEG (process 14, SV1) ~5x faster; CharLS (imagecodecs) decodes
 JPEG-LS ~4.5x faster than libjpeg; OpenJPEG is the JPEG 2000 decoder everywhere.
 
-Fast paths cover what archives of radiographs hold: one sample per pixel, unsigned, BitsAllocated 8 or 16, the
-codestream's size and precision matching the dataset. Anything else (colour, signed, a mismatching header) returns
-``None`` and the caller uses pydicom.
+Fast paths cover what archives of radiographs hold: one sample per pixel, BitsAllocated 8 or 16, the codestream's
+size matching the dataset and its precision within BitsAllocated. Signed stored values (PixelRepresentation 1) are
+taken for the lossless syntaxes (JPEG lossless, JPEG-LS, JPEG 2000, RLE) and made the way pydicom makes them
+(:func:`stored_values`). Anything else (colour, signed lossy JPEG, a mismatching header) returns ``None`` and the
+caller uses pydicom.
 
 Reduced resolution (``model_side``): JPEG 2000 is decoded at resolution level ``r`` (Pillow's ``reduce``; each
 level halves both sides, rounding up), the largest ``r`` whose long side is still ``>= model_side`` and that the
-codestream has (a stream with fewer wavelet levels decodes at the smallest it has); 8-bit JPEG uses libjpeg's DCT
-scaling (Pillow's draft mode: 1/2, 1/4, 1/8) the same way. Other syntaxes decode at full size.
+codestream has (a stream with fewer wavelet levels decodes at the smallest it has), and of a stream with several
+quality layers only the first :func:`reduced_layers` (``ceil(layers / 4**r)``: each level down has a quarter of the
+pixels, and the later layers of a rate-allocated stream mostly refine the fine levels left out); 8-bit JPEG uses
+libjpeg's DCT scaling (Pillow's draft mode: 1/2, 1/4, 1/8) the same way. Other syntaxes decode at full size, and a
+full-resolution decode always reads every layer (lossless streams stay bit-exact).
 """
 
 from __future__ import annotations
@@ -58,16 +63,23 @@ PACKAGE_FOR: dict[str, str] = {
 @dataclass(frozen=True)
 class FrameInfo:
     """What the dataset says about one frame: ``rows`` x ``columns`` pixels, ``bits_allocated`` 8 or 16,
-    ``bits_stored`` <= ``bits_allocated``; unsigned, one sample per pixel (the fast paths' scope)."""
+    ``bits_stored`` <= ``bits_allocated``, ``signed`` (PixelRepresentation 1); one sample per pixel (the fast paths'
+    scope). :func:`decode_frame` hands the decoders a copy with what the codestream says: its precision as
+    ``bits_stored``, the JPEG 2000 quality ``layers`` to read and whether its samples are signed (``stream_signed``;
+    decoders return a signed stream's samples as signed integers)."""
 
     rows: int
     columns: int
     bits_allocated: int
     bits_stored: int
+    signed: bool = False
+    layers: int = 0  # JPEG 2000 quality layers to decode (0: all); set by decode_frame for a reduced decode
+    stream_signed: bool = False  # JPEG 2000: the codestream's samples are signed (SIZ); set by decode_frame
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if self.bits_allocated == 8 else np.uint16)
+        """The stored values' type, as pydicom gives it: ``(u)int8`` / ``(u)int16``."""
+        return np.dtype(f"{'iu'[not self.signed]}{self.bits_allocated // 8}")
 
 
 @dataclass
@@ -125,14 +137,19 @@ def jpeg_header(stream: bytes) -> tuple[int, int, int, int] | None:
 
 
 def jpeg_complete(stream: bytes) -> bool:
-    """An end-of-image marker follows the last start-of-scan (byte stuffing keeps EOI out of scan data)."""
+    """An end-of-image marker follows the last start-of-scan (byte stuffing keeps EOI out of scan data). The usual
+    stream ends with its EOI (DICOM pads a fragment to even length with one zero byte): then any start-of-scan,
+    found from the front, is before it; else the last start-of-scan is searched from the back."""
+    if stream.endswith((b"\xff\xd9", b"\xff\xd9\x00")):
+        return stream.find(b"\xff\xda") >= 0
     sos = stream.rfind(b"\xff\xda")
     return sos >= 0 and stream.find(b"\xff\xd9", sos) >= 0
 
 
 @dataclass(frozen=True)
 class J2KHeader:
-    """From the SIZ and COD markers: image size, components, precision/sign of the first one, wavelet levels."""
+    """From the SIZ and COD markers: image size, components, precision/sign of the first one, wavelet levels,
+    quality layers and the wavelet (``reversible``: the 5-3 integer wavelet of lossless streams; else 9-7)."""
 
     rows: int
     columns: int
@@ -141,6 +158,8 @@ class J2KHeader:
     signed: bool
     levels: int
     offset: int  # where the codestream starts (after a JP2 wrapper, if any)
+    layers: int = 1
+    reversible: bool = True
 
 
 def j2k_header(stream: bytes) -> J2KHeader | None:
@@ -154,8 +173,14 @@ def j2k_header(stream: bytes) -> J2KHeader | None:
     ssiz = stream[siz + 38]
     (lsiz,) = struct.unpack_from(">H", stream, siz)
     cod = stream.find(b"\xff\x52", siz + lsiz, stream.find(b"\xff\x90", siz) if b"\xff\x90" in stream else None)
-    levels = stream[cod + 9] if cod >= 0 and cod + 10 <= len(stream) else 0
-    return J2KHeader(ysiz - yo, xsiz - xo, csiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels, offset)
+    # COD: marker, Lcod (2), Scod, progression order, layers (2), MCT, levels, code-block width and height, code-block
+    # style, wavelet (0: 9-7 irreversible, 1: 5-3 reversible)
+    levels, layers, reversible = 0, 1, True
+    if cod >= 0 and cod + 14 <= len(stream):
+        (layers,) = struct.unpack_from(">H", stream, cod + 6)
+        levels, reversible = stream[cod + 9], stream[cod + 13] == 1
+    precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
+    return J2KHeader(ysiz - yo, xsiz - xo, csiz, precision, signed, levels, offset, max(layers, 1), reversible)
 
 
 def stream_shape(syntax: str, stream: bytes) -> tuple[int, int] | None:
@@ -180,6 +205,15 @@ def reduction(long_side: int, model_side: int | None, max_level: int) -> int:
     while r < max_level and math.ceil(long_side / 2 ** (r + 1)) >= model_side:
         r += 1
     return r
+
+
+def reduced_layers(layers: int, r: int) -> int:
+    """Quality layers to read of a ``layers``-layer JPEG 2000 stream decoded ``r`` resolution levels down:
+    ``ceil(layers / 4**r)``, at least 1; every layer at full resolution (``r = 0``) or when unknown (``layers < 1``,
+    returned as 0: all)."""
+    if layers < 1:
+        return 0
+    return layers if r <= 0 else max(1, -(-layers // 4**r))
 
 
 # ------------------------------------------------------------------------------------------------------ decoders
@@ -237,10 +271,20 @@ def _pillow_j2k(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
 
     with Image.open(io.BytesIO(stream)) as image:
         image.reduce = r  # type: ignore[attr-defined,assignment,method-assign]  # Jpeg2KImageFile: resolution level
+        if r and info.layers:
+            image.layers = info.layers  # type: ignore[attr-defined]  # quality layers (Pillow reads them when r > 0)
         image.load()
         array = np.asarray(image)
     if array.dtype == np.uint16 and info.bits_stored < 16:
         array = array >> (16 - info.bits_stored)  # Pillow scales precision < 16 up to 16 bits (a left shift)
+    if info.stream_signed:
+        # Pillow keeps a signed stream's DC level shift: sample + 2**(p-1), unsigned. Flipping bit p-1 gives the
+        # sample's p-bit two's complement; widening it from p bits gives the sample.
+        if array.dtype != np.uint16:
+            raise ValueError(f"Pillow reads this signed JPEG 2000 stream as {array.dtype}")
+        p = info.bits_stored
+        array = array ^ np.uint16(1 << (p - 1))
+        return _sign_extend(array.view(np.int16), p)
     return array
 
 
@@ -254,7 +298,7 @@ def _pylibjpeg_rle(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
     from rle.utils import decode_frame
 
     raw = decode_frame(stream, info.rows * info.columns, info.bits_allocated, "<")
-    return np.frombuffer(raw, info.dtype.newbyteorder("<")).reshape(info.rows, info.columns)
+    return np.frombuffer(raw, f"<u{info.bits_allocated // 8}").reshape(info.rows, info.columns)  # the bit patterns
 
 
 @dataclass(frozen=True)
@@ -313,15 +357,19 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
     and OpenJPEG would pad the missing rows with grey. ``model_side``: reduced resolution (module docstring).
     """
     syntax = str(syntax)
-    if syntax not in CODECS:
+    if syntax not in CODECS or (info.signed and syntax in JPEG_SYNTAXES):  # signed lossy JPEG: pydicom's
         return None
-    precision, levels = _check_header(syntax, stream, info)
-    if precision is None:
+    header = _check_header(syntax, stream, info)
+    if header is None:
         return None
-    info = replace(info, bits_stored=precision)  # the codestream's own precision (Pillow scales J2K by it)
+    precision, levels, layers, stream_signed = header
+    dataset_bits = info.bits_stored
+    # the codestream's own precision (Pillow scales J2K by it) and sign
+    info = replace(info, bits_stored=precision, stream_signed=stream_signed)
     r = 0
-    if syntax in J2K_SYNTAXES:
+    if syntax in J2K_SYNTAXES and stream_signed == info.signed:  # else patterns, which wrap at zero: full size
         r = reduction(max(info.rows, info.columns), model_side, levels)
+        info = replace(info, layers=reduced_layers(layers, r) if r else 0)
     elif syntax in JPEG_SYNTAXES and precision == 8:
         r = reduction(max(info.rows, info.columns), model_side, 3)
     for codec in codecs_for(syntax, reduced=r > 0):
@@ -335,31 +383,80 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
         # a scaling decoder may stop short of level r (Pillow's draft picks 1/4 for some odd sizes): any level up
         # to the one asked for is the original grid at that scale
         sizes = {(math.ceil(info.rows / 2**k), math.ceil(info.columns / 2**k)): 2**k for k in range(level + 1)}
-        if array.ndim != 2 or array.shape not in sizes or array.dtype.kind != "u":
+        if array.ndim != 2 or array.shape not in sizes or array.dtype.kind not in "ui":
             continue
-        return StoredFrame(array.astype(info.dtype, copy=False), codec.name, sizes[array.shape])
+        if (array.dtype.kind == "i") != stream_signed:  # signed samples for signed streams only (bit patterns else)
+            continue
+        stored = stored_values(array, syntax, replace(info, bits_stored=dataset_bits), precision, stream_signed)
+        return StoredFrame(stored, codec.name, sizes[array.shape])
     return None
 
 
-def _check_header(syntax: str, stream: bytes, info: FrameInfo) -> tuple[int | None, int]:
-    """The codestream's precision and wavelet levels when a fast path may take it (else ``(None, 0)``); raises
-    :class:`TruncatedStreamError` for a stream without its end marker."""
+def stored_values(array: np.ndarray, syntax: str, info: FrameInfo, precision: int, stream_signed: bool) -> np.ndarray:
+    """A decoder's samples -> the stored values pydicom gives for the same frame (its ``pixel_array`` before any
+    LUT): the samples' bit patterns as ``info.dtype`` (signed for PixelRepresentation 1), then pydicom's corrections,
+    a shift up and back down that sign-extends (signed) or clears (unsigned) the bits above bit ``n``:
+
+    * JPEG 2000: ``n`` = the codestream's ``precision``, only when the codestream's sign differs from the dataset's;
+    * JPEG-LS (no sign in the codestream): ``n`` = ``precision``, for signed datasets;
+    * JPEG, JPEG lossless, RLE: ``n`` = ``info.bits_stored`` (BitsStored), when BitsAllocated is larger.
+
+    ``info.bits_stored`` is the dataset's BitsStored here, ``precision`` the codestream's (``stream_signed``: JPEG
+    2000's SIZ sign)."""
+    target = info.dtype
+    # the same bit patterns; a decoder's uint8 for an 8-bit codestream in 16-bit words: the same values
+    array = array.view(target) if array.dtype.itemsize == target.itemsize else array.astype(target)
+    bits = 8 * target.itemsize
+    if syntax in J2K_SYNTAXES:
+        n = precision if stream_signed != info.signed else bits
+    elif syntax in JPEG_LS_SYNTAXES:
+        n = precision if info.signed else bits
+    else:
+        n = info.bits_stored
+        if not info.signed and syntax != RLE_LOSSLESS and precision <= n:
+            n = bits  # an unsigned codestream of at most BitsStored bits has nothing above them
+    if n >= bits:
+        return array
+    if not array.flags.writeable:
+        array = array.copy()
+    if info.signed:
+        return _sign_extend(array, n)
+    np.bitwise_and(array, target.type((1 << n) - 1), out=array)
+    return array
+
+
+def _sign_extend(array: np.ndarray, n: int) -> np.ndarray:
+    """Signed integers whose low ``n`` bits are a two's complement number -> that number (in place when writeable)."""
+    shift = 8 * array.dtype.itemsize - n
+    if shift <= 0:
+        return array
+    if not array.flags.writeable:
+        array = array.copy()
+    np.left_shift(array, shift, out=array)
+    np.right_shift(array, shift, out=array)  # arithmetic on signed integers
+    return array
+
+
+def _check_header(syntax: str, stream: bytes, info: FrameInfo) -> tuple[int, int, int, bool] | None:
+    """The codestream's precision, wavelet levels, quality layers and sign (JPEG 2000's; else False) when a fast
+    path may take it (else ``None``); raises :class:`TruncatedStreamError` for a stream without its end marker."""
     if syntax == RLE_LOSSLESS:
-        return info.bits_stored, 0
+        return info.bits_stored, 0, 0, False
     if syntax in J2K_SYNTAXES:
         header = j2k_header(stream)
         if header is None:
-            return None, 0
+            return None
         if not j2k_complete(stream):
             raise TruncatedStreamError("the JPEG 2000 codestream ends before its EOC marker")
         same = (header.rows, header.columns, header.components) == (info.rows, info.columns, 1)
-        fits = not header.signed and header.precision <= info.bits_allocated
-        return (header.precision, header.levels) if same and fits and header.offset == 0 else (None, 0)
+        if same and header.precision <= info.bits_allocated and header.offset == 0:
+            return header.precision, header.levels, header.layers, header.signed
+        return None
     jpeg = jpeg_header(stream)
     if jpeg is None:
-        return None, 0
+        return None
     if not jpeg_complete(stream):
         raise TruncatedStreamError("the JPEG stream ends before its end-of-image marker")
     rows, cols, precision, comps = jpeg
     same = (rows, cols, comps) == (info.rows, info.columns, 1) and precision <= info.bits_allocated
-    return (precision, 0) if same else (None, 0)
+    return (precision, 0, 0, False) if same else None

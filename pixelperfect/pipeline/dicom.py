@@ -1,11 +1,11 @@
 """DICOM -> the display image a radiologist's viewer shows, through pydicom.
 
 Order of operations (DICOM PS3.3 C.11): stored values (compressed greyscale frames by the fastest installed
-decoder of :mod:`~pixelperfect.pipeline.codecs`, optionally at reduced resolution; everything else, and any frame
-those refuse, by pydicom's pixel handlers and plugins, which honour BitsStored and signed PixelRepresentation) ->
-modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (VOI LUT Sequence, else window
-centre/width with its VOI LUT Function; ``window_index`` picks among several) -> polarity (MONOCHROME1 is
-inverted so that bright = dense, as for MONOCHROME2).
+decoder of :mod:`~pixelperfect.pipeline.codecs`, optionally at reduced resolution, signed ones as pydicom makes them;
+everything else, and any frame those refuse, by pydicom's pixel handlers and plugins, which honour BitsStored and
+signed PixelRepresentation) -> modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (VOI LUT
+Sequence, else window centre/width with its VOI LUT Function; ``window_index`` picks among several) -> polarity
+(MONOCHROME1 is inverted so that bright = dense, as for MONOCHROME2).
 
 With a VOI the result is the ``uint8`` viewer image (0 black, 255 white). Without one it is ``float32``
 modality values (inverted for MONOCHROME1), which :func:`~pixelperfect.pipeline.steps.to_uint8` maps min-max,
@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from pixelperfect.pipeline import codecs
+from pixelperfect.pipeline import codecs, dicom_simple
 from pixelperfect.pipeline.image import (
     DEFAULT_MAX_PIXELS,
     CorruptImageError,
     DecodedImage,
+    ImageDecodeError,
     UnsupportedImageError,
     is_dicom,
 )
@@ -89,11 +90,48 @@ def decode_dicom(
     ``window_index``: which window centre/width or VOI LUT to apply when the file holds several (the first if
     the file has fewer). ``model_side``: decode JPEG 2000 / JPEG at the smallest resolution whose long side is
     still ``>= model_side`` (:mod:`~pixelperfect.pipeline.codecs`). The pixel count is checked from the header
-    before any pixel is decoded.
+    before any pixel is decoded. A plain single-frame JPEG file is read without pydicom's dataset
+    (:mod:`~pixelperfect.pipeline.dicom_simple`), with the same result.
     """
+    image = _decode_simple(data, key, max_pixels=max_pixels, frame=frame, window_index=window_index,
+                           model_side=model_side)  # fmt: skip
+    if image is not None:
+        return image
     parsed = parse_dicom(data, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey)
     stored = decode_stored(parsed, key, model_side=model_side)
     return finish_dicom(parsed, stored.array, key, window_index=window_index, scale=stored.scale)
+
+
+def _decode_simple(
+    data: bytes, key: str, *, max_pixels: int, frame: int | None, window_index: int, model_side: int | None
+) -> DecodedImage | None:
+    """The image of a plain single-frame JPEG file (:mod:`.dicom_simple`) read without pydicom's dataset; ``None``
+    for any other file and whenever this path does not end in an image: the caller's pydicom path then decides,
+    and names any error (a file that fails here fails there the same way)."""
+    ds = dicom_simple.read_simple(data)
+    if ds is None:
+        return None
+    rows, cols = ds.get("Rows", 0), ds.get("Columns", 0)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    plain = (
+        rows > 0
+        and cols > 0
+        and rows * cols <= max_pixels
+        and ds.get("NumberOfFrames", 1) == 1
+        and frame in (None, 0)
+        and photometric in ("MONOCHROME1", "MONOCHROME2")
+        and ds.get("SamplesPerPixel", 1) == 1
+    )
+    if not plain:
+        return None
+    parsed = ParsedDicom(ds, 1, frame, photometric, True, max_pixels)
+    try:
+        stored = _decode_fast(parsed, key, model_side)
+        if stored is None:
+            return None
+        return finish_dicom(parsed, stored.array, key, window_index=window_index, scale=stored.scale)
+    except ImageDecodeError:
+        return None
 
 
 def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, colour_to_grey: bool) -> ParsedDicom:
@@ -141,44 +179,57 @@ def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, co
 
 def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
     """The frame's codestream and what the dataset says about it, when a fast decoder may take it: greyscale,
-    unsigned, BitsAllocated 8/16, a compressed syntax of :data:`codecs.CODECS`. ``None`` otherwise."""
+    unsigned or signed (PixelRepresentation 0 / 1), BitsAllocated 8/16, a compressed syntax of
+    :data:`codecs.CODECS`. ``None`` otherwise."""
     ds = parsed.ds
     bits_allocated, bits_stored = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+    representation = int(ds.get("PixelRepresentation", 0) or 0)
     eligible = (
         parsed.monochrome
         and parsed.syntax in codecs.CODECS
         and "PixelData" in ds
-        and int(ds.get("PixelRepresentation", 0) or 0) == 0
+        and representation in (0, 1)
         and bits_allocated in (8, 16)
         and 1 <= bits_stored <= bits_allocated
     )
     if not eligible:
         return None
-    from pydicom.encaps import get_frame
+    if isinstance(ds, dicom_simple.SimpleDataset):
+        stream = ds.frame
+    else:
+        from pydicom.encaps import get_frame
 
-    try:
-        stream = get_frame(ds.PixelData, parsed.index or 0, number_of_frames=parsed.frames)
-    except Exception:  # a broken encapsulation: pydicom's own path gives the reason
-        return None
-    return bytes(stream), codecs.FrameInfo(int(ds.Rows), int(ds.Columns), bits_allocated, bits_stored)
+        try:
+            stream = get_frame(ds.PixelData, parsed.index or 0, number_of_frames=parsed.frames)
+        except Exception:  # a broken encapsulation: pydicom's own path gives the reason
+            return None
+    info = codecs.FrameInfo(int(ds.Rows), int(ds.Columns), bits_allocated, bits_stored, signed=representation == 1)
+    return bytes(stream), info
 
 
 def decode_stored(parsed: ParsedDicom, key: str, *, model_side: int | None = None) -> codecs.StoredFrame:
     """The frame's stored values: a fast decoder of :mod:`.codecs` where one applies, else pydicom's."""
-    found = fast_frame(parsed)
-    if found is not None:
-        declared = codecs.stream_shape(parsed.syntax, found[0])
-        if declared and declared[0] * declared[1] > parsed.max_pixels:  # a codestream larger than its dataset
-            raise UnsupportedImageError(
-                key, "too_large", f"the codestream declares {declared[1]}x{declared[0]} px, over {parsed.max_pixels}"
-            )
-        try:
-            stored = codecs.decode_frame(parsed.syntax, found[0], found[1], model_side=model_side)
-        except codecs.TruncatedStreamError as exc:
-            raise CorruptImageError(key, "truncated", str(exc)) from None
-        if stored is not None:
-            return stored
+    stored = _decode_fast(parsed, key, model_side)
+    if stored is not None:
+        return stored
     return codecs.StoredFrame(_decode_pixels(parsed.ds, key, parsed.index), "pydicom")
+
+
+def _decode_fast(parsed: ParsedDicom, key: str, model_side: int | None) -> codecs.StoredFrame | None:
+    """The frame's stored values by a fast decoder of :mod:`.codecs`, or ``None`` where none applies or all
+    refused the stream; raises for a codestream larger than the limit or cut short."""
+    found = fast_frame(parsed)
+    if found is None:
+        return None
+    declared = codecs.stream_shape(parsed.syntax, found[0])
+    if declared and declared[0] * declared[1] > parsed.max_pixels:  # a codestream larger than its dataset
+        raise UnsupportedImageError(
+            key, "too_large", f"the codestream declares {declared[1]}x{declared[0]} px, over {parsed.max_pixels}"
+        )
+    try:
+        return codecs.decode_frame(parsed.syntax, found[0], found[1], model_side=model_side)
+    except codecs.TruncatedStreamError as exc:
+        raise CorruptImageError(key, "truncated", str(exc)) from None
 
 
 def finish_dicom(

@@ -128,6 +128,8 @@ class GpuDecoder:
         return codecs.Codec(self.name, "numpy", self._decode_frame, bits=tuple(range(2, 17)))
 
     def _decode_frame(self, stream: bytes, info: codecs.FrameInfo, r: int) -> np.ndarray:
+        if info.stream_signed:  # signed JPEG 2000 samples: the CPU decoders, whose sign handling is tested
+            raise ValueError("signed JPEG 2000 codestreams are decoded on the CPU")
         array = self.decode(stream)
         if array is None:
             raise ValueError("the GPU decoder failed on this frame")

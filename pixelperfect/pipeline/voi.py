@@ -2,7 +2,10 @@
 
 The modality LUT and the window are element-wise functions of the stored value, so for 8/16-bit stored values
 they are computed once per possible value (a 256- or 65536-entry table, by the same formulas) and applied with
-one table look-up: the same result, bit for bit, as computing them per pixel, at a fraction of the cost.
+one table look-up: the same result, bit for bit, as computing them per pixel, at a fraction of the cost. Where
+there is nothing to compute — no VOI, no modality LUT, no rescale other than the identity, as in RSNA's 8-bit
+films — the display values are the stored ones as ``float32`` (inverted over their range for MONOCHROME1), made
+without any table.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ def display(
     """Modality LUT, VOI and polarity for ``arr`` (module docstring); through a table of every possible stored
     value when ``arr`` holds 8/16-bit integers and is large enough for that to pay."""
     bits = 8 * arr.dtype.itemsize
+    if arr.dtype.kind in "ui" and bits <= 16 and arr.ndim == 2 and _identity(ds, window_index):
+        meta["voi"] = None
+        values = arr.astype(np.float32)
+        if photometric == "MONOCHROME1":
+            import cv2
+
+            low, high = cv2.minMaxLoc(arr)[:2]
+            np.subtract(np.float32(low + high), values, out=values)  # exact: integers below 2**24
+        return values
     if arr.dtype.kind not in "ui" or bits > 16 or arr.size < _TABLE_MIN_PIXELS_PER_ENTRY * 2**bits:
         return _display_values(arr, arr, ds, photometric, window_index, meta, key)
     unsigned = np.dtype(f"u{arr.dtype.itemsize}")
@@ -117,6 +129,19 @@ def _display_values(
     if photometric == "MONOCHROME1":
         display = 255.0 - display
     return np.clip(display + 0.5, 0, 255).astype(np.uint8)
+
+
+def _identity(ds: Any, window_index: int) -> bool:
+    """No VOI (no VOI LUT, no valid window), no Modality LUT Sequence, and a rescale that is absent (pydicom applies
+    it only with both slope and intercept) or the identity: the display values are the stored ones."""
+    if ds.get("VOILUTSequence") or ds.get("ModalityLUTSequence") or _window(ds, window_index) is not None:
+        return False
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        try:
+            return float(ds.RescaleSlope) == 1.0 and float(ds.RescaleIntercept) == 0.0
+        except (TypeError, ValueError):  # an unreadable rescale: the general path reports it
+            return False
+    return True
 
 
 def _present(values: np.ndarray, values_in: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -228,6 +228,38 @@ def test_dockerfile_runs_unprivileged_with_a_ping_healthcheck() -> None:
             assert not re.search(r"\.(pth|pt|ckpt|safetensors)\b", line), f"weights baked in: {line}"
 
 
+def test_image_installs_the_gpu_extra_by_default(services: dict[str, dict[str, Any]]) -> None:
+    """The build stage installs ``.[${PIXELPERFECT_EXTRAS}]`` (default ``gpu``, pyproject's nvImageCodec extra), an
+    empty value installs the bare package; compose passes the argument from .env to every service built here."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.startswith("nvidia-nvimgcodec") for requirement in extras["gpu"])
+    instructions = [line.strip() for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()]
+    stages = [i for i, line in enumerate(instructions) if line.startswith("FROM ")]
+    build = instructions[stages[0] : stages[1]]
+    assert instructions[stages[0]].endswith(" AS build")
+    assert "ARG PIXELPERFECT_EXTRAS=gpu" in build
+    installs = [line for line in build if line.startswith("RUN pip install ") and "torch==" not in line]
+    assert len(installs) == 1
+    argument = installs[0].split()[3]  # what RUN's shell (POSIX sh) expands, with the argument in its environment
+    for value, expected in (("gpu", ".[gpu]"), ("", "."), ("gpu,dev", ".[gpu,dev]")):
+        shell = subprocess.run(["sh", "-c", f"echo {argument}"], env={"PIXELPERFECT_EXTRAS": value},
+                               capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+        assert shell.stdout.strip() == expected, (value, shell.stdout)
+    built = {name: service for name, service in services.items() if "build" in service}
+    assert built.keys() >= {"worker", "worker-multigpu", "migrate", "flower", "producer"}
+    for name, service in built.items():
+        match = INTERPOLATION.fullmatch(service["build"]["args"]["PIXELPERFECT_EXTRAS"])
+        assert match and match["name"] == "PIXELPERFECT_EXTRAS", name
+        assert (match["op"], match["arg"]) == ("-", "gpu"), f"{name}: unset means gpu, an empty value none"
+    assert _env_example()["PIXELPERFECT_EXTRAS"] == "gpu"
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    at = lines.index("PIXELPERFECT_EXTRAS=gpu")
+    comment = " ".join(line for line in lines[at - 3 : at] if line.startswith("#"))
+    assert "nvImageCodec" in comment and "Empty" in comment  # what it adds, and how to leave it out
+
+
 def test_dockerignore_keeps_secrets_and_weights_out_of_the_build() -> None:
     patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}
     assert {".env", ".venv", "**/*.pth"} <= patterns
@@ -353,6 +385,7 @@ def test_compose_config_accepts_the_file(raw: str) -> None:
     assert rendered["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "{}:{}".format(
         _env_example()["FLOWER_USER"], _env_example()["FLOWER_PASSWORD"]
     )
+    assert rendered["worker"]["build"]["args"]["PIXELPERFECT_EXTRAS"] == "gpu"
 
 
 def test_compose_config_refuses_a_missing_secret(raw: str, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,66 @@ def test_reduction_levels() -> None:
     assert codecs.reduction(2800, 256, 2) == 2  # fewer levels in the stream: the smallest it has
     assert codecs.reduction(1024, 1024, 5) == 0
     assert codecs.reduction(2049, 1024, 5) == 1  # ceil(2049 / 2) = 1025
+
+
+def test_reduced_layers() -> None:
+    assert codecs.reduced_layers(3, 0) == 3  # full resolution: every layer
+    assert codecs.reduced_layers(3, 1) == 1  # ceil(3 / 4)
+    assert codecs.reduced_layers(8, 1) == 2 and codecs.reduced_layers(9, 1) == 3
+    assert codecs.reduced_layers(20, 2) == 2  # ceil(20 / 16)
+    assert codecs.reduced_layers(1, 3) == 1  # never fewer than one
+    assert codecs.reduced_layers(0, 1) == 0  # unknown: all
+
+
+@pytest.mark.skipif(not codecs.available("PIL"), reason="Pillow decodes JPEG 2000 resolution levels and layers")
+def test_lossy_j2k_reduced_decode_reads_fewer_layers_and_the_full_decode_all(monkeypatch: Any) -> None:
+    data, _ = archive_phantom("j2k_lossy", 0, shape=(600, 500))
+    stream, info = dicom.fast_frame(parsed(data))  # type: ignore[misc]
+    header = codecs.j2k_header(stream)
+    assert header is not None and header.layers == 3 and not header.reversible
+    seen: list[tuple[int, int]] = []
+    pillow = next(c for c in codecs.CODECS[codecs.J2K] if c.name == "pillow-openjpeg")
+
+    def spy(stream: bytes, info: codecs.FrameInfo, r: int) -> np.ndarray:
+        seen.append((r, info.layers))
+        return pillow.decode(stream, info, r)
+
+    monkeypatch.setitem(codecs.CODECS, codecs.J2K, [replace(pillow, decode=spy)])
+    half = codecs.decode_frame(codecs.J2K, stream, info, model_side=250)  # one level down: ceil(3 / 4) = 1 layer
+    full = codecs.decode_frame(codecs.J2K, stream, info)
+    assert seen == [(1, 1), (0, 0)]
+    assert half is not None and half.scale == 2 and half.array.shape == (300, 250)
+    assert full is not None and full.scale == 1
+    assert_same(full.array, reference(data), codecs.J2K)  # the full decode reads every layer
+    import cv2
+
+    every_layer = pillow.decode(stream, replace(info, layers=0), 1)
+    assert not np.array_equal(every_layer, half.array)  # the layers really were dropped ...
+    shrunk = cv2.resize(full.array.astype(np.float32), (250, 300), interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk - half.array).mean() < 0.02 * 4095  # ... and the image is still the film at half size
+
+
+@pytest.mark.skipif(not codecs.available("PIL"), reason="Pillow encodes layered reversible JPEG 2000")
+def test_lossless_j2k_full_decode_is_bit_exact_with_several_layers() -> None:
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    data, _ = archive_phantom("j2k_lossless", 1, shape=(300, 256))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    stored = reference(data)
+    # reversible 5-3 wavelet, two quality layers: 1:20, then the rest of the bits (rate 1: lossless); 16-bit precision
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, format="JPEG2000", quality_mode="rates", quality_layers=[20, 1], no_jp2=True)
+    stream = out.getvalue()
+    header = codecs.j2k_header(stream)
+    assert header is not None and header.layers == 2 and header.reversible
+    ds.PixelData = encapsulate([stream])
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    item = parsed(buffer.getvalue())
+    assert np.array_equal(dicom.decode_stored(item, "k").array, stored)
+    reduced = dicom.decode_stored(item, "k", model_side=128)  # 150 >= 128: one level, ceil(2 / 4) = 1 layer
+    assert reduced.scale == 2 and reduced.array.shape == (150, 128)
 
 
 @pytest.mark.skipif(not codecs.available("PIL"), reason="Pillow decodes JPEG 2000 resolution levels")
@@ -234,10 +295,15 @@ def test_codestream_headers() -> None:
         False,
     )
     assert header.levels == 5 and codecs.j2k_complete(stream) and not codecs.j2k_complete(stream[:-10])
+    assert header.layers == 1 and header.reversible  # lossless: one layer, the 5-3 wavelet
     jpeg, _ = archive_phantom("jpeg_baseline", 0, shape=SMALL)
     stream, info = dicom.fast_frame(parsed(jpeg))  # type: ignore[misc]
     assert codecs.jpeg_header(stream) == (300, 256, 8, 1) and info.bits_allocated == 8
     assert codecs.jpeg_header(b"not a jpeg") is None and codecs.j2k_header(b"\x00" * 64) is None
+    assert codecs.jpeg_complete(stream) and codecs.jpeg_complete(stream + b"\x00")  # DICOM's even-length pad
+    assert not codecs.jpeg_complete(stream[:-2]) and not codecs.jpeg_complete(stream[: len(stream) // 2])
+    assert not codecs.jpeg_complete(b"\xff\xd8\xff\xd9")  # an end marker but no scan
+    assert codecs.jpeg_complete(stream[:-2] + b"\xff\xd9\x00\x00\x00")  # EOI, then more padding: searched
 
 
 def test_j2k_codestream_precision_other_than_bits_stored(monkeypatch: Any) -> None:

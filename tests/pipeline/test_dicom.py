@@ -252,3 +252,34 @@ def test_phantom_dicoms_round_trip_both_polarities(tmp_path: Path) -> None:
         assert np.abs(difference).max() <= 1  # the 12-bit full-range window vs the PNG's 255/4095 scaling
     assert {decode_image((tmp_path / "images" / f"{p.id}.dcm").read_bytes(), "x.dcm").meta["photometric"]
             for p in phantoms} == {"MONOCHROME1", "MONOCHROME2"}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {},
+        {"RescaleSlope": 1, "RescaleIntercept": 0},
+        {"RescaleSlope": 2},  # pydicom rescales only with both: identity
+        {"RescaleSlope": 2, "RescaleIntercept": -5},
+        {"RescaleSlope": 1, "RescaleIntercept": 0, "WindowCenter": 100, "WindowWidth": 300},
+    ],
+)
+def test_display_shortcut_equals_the_per_pixel_display(dtype: str, photometric: str, attrs: dict) -> None:
+    """Without VOI or rescale the display values are the stored ones, made without a table: the same values,
+    bit for bit, as pydicom's modality LUT and the polarity rule applied per pixel."""
+    from pixelperfect.pipeline import voi
+
+    info = np.iinfo(dtype)
+    arr = np.random.default_rng(1).integers(max(info.min, -3000), min(info.max, 3000), (300, 260)).astype(dtype)
+    ds = Dataset()
+    for name, value in attrs.items():
+        setattr(ds, name, value)
+    fast_meta: dict[str, Any] = {}
+    slow_meta: dict[str, Any] = {}
+    fast = voi.display(arr, ds, photometric, 0, fast_meta, "k")
+    slow = voi._display_values(arr, arr, ds, photometric, 0, slow_meta, "k")
+    assert fast.dtype == slow.dtype and np.array_equal(fast, slow)
+    assert fast_meta == slow_meta
+    assert voi._identity(ds, 0) == (attrs.get("RescaleIntercept", 0) == 0 and "WindowCenter" not in attrs)

@@ -118,6 +118,24 @@ def test_a_gpu_decode_is_full_resolution_and_keeps_the_grid(files: list[tuple[st
     assert image.shape == image.full_shape == (200, 160) and image.scale == 1
 
 
+def test_signed_j2k_codestreams_stay_on_the_cpu() -> None:
+    if not codecs.available("openjpeg"):
+        pytest.skip("pylibjpeg-openjpeg encodes the JPEG 2000 files")
+    from pixelperfect.pipeline import dicom
+    from tests.pipeline.test_signed_decode import parsed, reference, signed_dicom
+
+    gpu = gpu_decode.GpuDecoder(decoder=StandInDecoder(), wait_s=0.0)
+    gpu_decode.enable(gpu)
+    data = signed_dicom("j2k_signed", 16, 12, patterns=False)
+    stored = dicom.decode_stored(parsed(data), "s.dcm")
+    assert gpu.frames == 0 and stored.decoder != "nvimgcodec"  # the device is not asked for a signed codestream
+    assert np.array_equal(stored.array, reference(data))
+    unsigned_stream = signed_dicom("j2k_unsigned", 16, 12, patterns=True)  # signed values, unsigned codestream
+    stored = dicom.decode_stored(parsed(unsigned_stream), "u.dcm")
+    assert gpu.frames == 1 and stored.decoder == "nvimgcodec"
+    assert np.array_equal(stored.array, reference(unsigned_stream))
+
+
 def test_enable_for_device_leaves_the_cpu_alone_without_cuda() -> None:
     assert gpu_decode.enable_for_device("cpu") is None
     assert all(codec.name != "nvimgcodec" for codec in codecs.codecs_for(codecs.JPEG_BASELINE))
