@@ -33,7 +33,7 @@ if "worker" in sys.argv and getattr(sys.modules.get("billiard.common"), "REMAP_S
     )
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init
 
 from pixelperfect.config import Settings, get_settings
 
@@ -143,30 +143,3 @@ def _serve_metrics_from_main(sender: Any = None, **_: Any) -> None:
     from pixelperfect.worker.metrics import start_in_main_process
 
     start_in_main_process(sender)  # solo/threads pools run tasks here, so this process serves; prefork: no-op
-
-
-_sweepers: list[Any] = []
-
-
-@worker_ready.connect
-def _start_orphan_sweep(sender: Any = None, **_: Any) -> None:
-    """A worker consuming the gpu queue from a Redis broker sweeps for images whose message was lost
-    (worker/sweeper.py), every ``Settings.orphan_sweep_s`` seconds (0: never)."""
-    settings = get_settings()
-    if settings.orphan_sweep_s <= 0 or not str(settings.broker_url or "").startswith(("redis://", "rediss://")):
-        return
-    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", None) or ()}
-    if queues and GPU_QUEUE not in queues:
-        return
-    from pixelperfect.worker.sweeper import Sweeper
-    from pixelperfect.worker.tasks import segment_batch
-
-    sweeper = Sweeper(settings, app, segment_batch, GPU_QUEUE, str(getattr(sender, "hostname", "") or "worker"))
-    sweeper.start()
-    _sweepers.append(sweeper)
-
-
-@worker_shutdown.connect
-def _stop_orphan_sweep(**_: Any) -> None:
-    while _sweepers:
-        _sweepers.pop().stop()

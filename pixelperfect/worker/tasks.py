@@ -14,9 +14,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown
 
 from pixelperfect.config import get_settings
-from pixelperfect.worker.app import app
+from pixelperfect.worker.app import GPU_QUEUE, app
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +213,29 @@ def train(self: Task, config: dict[str, Any]) -> dict[str, Any]:
     from pixelperfect.training.task import run_training_task
 
     return run_training_task(self, config)
+
+
+_sweepers: list[Any] = []
+
+
+@worker_ready.connect
+def _start_orphan_sweep(sender: Any = None, **_: Any) -> None:
+    """A worker consuming the gpu queue from a Redis broker sweeps for images whose message was lost
+    (worker/sweeper.py), every ``Settings.orphan_sweep_s`` seconds (0: never)."""
+    settings = get_settings()
+    if settings.orphan_sweep_s <= 0 or not str(settings.broker_url or "").startswith(("redis://", "rediss://")):
+        return
+    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", None) or ()}
+    if queues and GPU_QUEUE not in queues:
+        return
+    from pixelperfect.worker.sweeper import Sweeper
+
+    sweeper = Sweeper(settings, app, segment_batch, GPU_QUEUE, str(getattr(sender, "hostname", "") or "worker"))
+    sweeper.start()
+    _sweepers.append(sweeper)
+
+
+@worker_shutdown.connect
+def _stop_orphan_sweep(**_: Any) -> None:
+    while _sweepers:
+        _sweepers.pop().stop()
