@@ -72,9 +72,14 @@ def install(seconds: float) -> None:
     runtime.Runtime.segmenter = segmenter  # type: ignore[method-assign]
 
 
+#: Hard links per copy of the archive's PNG (ext4's limit is 65,000).
+LINKS_PER_FILE = 50_000
+
+
 def write_archive(out: Path, n: int) -> tuple[Path, Path, Path]:
-    """``n`` keys ``img-<i>.png`` under ``out/images`` (hard links of one 64² PNG), an RSNA CSV with one box each,
-    and a manifest of the keys. Returns (images dir, labels CSV, manifest)."""
+    """``n`` keys ``img-<i>.png`` under ``out/images`` (hard links of one 64² PNG, a fresh copy every
+    :data:`LINKS_PER_FILE`: ext4 allows 65,000 links to a file), an RSNA CSV with one box each, and a manifest of
+    the keys. Returns (images dir, labels CSV, manifest)."""
     import cv2
 
     images = out / "images"
@@ -85,12 +90,14 @@ def write_archive(out: Path, n: int) -> tuple[Path, Path, Path]:
     ok, png = cv2.imencode(".png", pixels)
     assert ok
     first = images / "img-0000000.png"
-    first.write_bytes(png.tobytes())
     with (out / "labels.csv").open("w") as labels, (out / "manifest.txt").open("w") as manifest:
         labels.write("patientId,x,y,width,height,Target\n")
         for i in range(n):
             name = f"img-{i:07d}.png"
-            if i:
+            if i % LINKS_PER_FILE == 0:  # a file of its own, which the next keys link to
+                first = images / name
+                first.write_bytes(png.tobytes())
+            else:
                 with contextlib.suppress(FileExistsError):
                     os.link(first, images / name)
             labels.write(f"img-{i:07d},10,18,24,28,1\n")
