@@ -117,10 +117,8 @@ def _run_held(
         timings=summary.timings,
         seconds=time.perf_counter() - t_start,
     )
-    if deferred and publish_segs is not None:
-        done = [f.todo.image_id for f in fetched if f.reason is None and f.key in results]
-        if done:
-            publish_segs(run.id, done)
+    if deferred and publish_segs is not None and summary.done_ids:  # only what this execution wrote
+        publish_segs(run.id, list(summary.done_ids))
     log.info(
         "run %s batch: %d done, %d failed, %d skipped, db %.3fs",
         run.name,

@@ -24,6 +24,7 @@ class BatchSummary:
     skipped: int = 0  # finished, failed, or held by another message's lease: no model work here
     cancelled: int = 0  # its run was cancelled: acknowledged without model work
     segments: int = 0
+    done_ids: list[int] = field(default_factory=list)  # the images this call wrote as done (after the fence)
     failures: dict[str, str] = field(default_factory=dict)
     timings: list[dict[str, float]] = field(default_factory=list)  # per finished image, seconds per stage
 
@@ -72,6 +73,7 @@ def persist_batch(
                 done.append(bulk.DoneImage(f.todo.image_id, result.segments, fields))
                 done_timings[f.todo.image_id] = {**f.timings, **result.timings}  # fetch stages + model stages
                 summary.done += 1
+                summary.done_ids.append(f.todo.image_id)
                 summary.segments += len(result.segments)
             else:
                 reason = f.reason or "unknown"

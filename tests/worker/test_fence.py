@@ -46,13 +46,14 @@ def test_the_execution_holding_the_images_writes_them_and_the_other_writes_nothi
 
     lost = persist(db_url, first, "w1")  # the first execution finishes while the second runs: only c is its own
     assert (lost.done, lost.skipped) == (1, 2)
+    assert lost.done_ids == [i for i, k, _ in first.todo if k == "c"]  # its SEGs are published for c alone
     with session_scope(db_url) as s:
         rows = repo.images_by_key(s, run_id=run_id, keys=["a", "b", "c"])
         assert {k: r.status for k, r in rows.items()} == {"a": "queued", "b": "queued", "c": "done"}
         assert rows["a"].lease_worker == second.lease_id and rows["c"].lease_owner is None  # its own released only
 
     won = persist(db_url, second, "w2")
-    assert (won.done, won.skipped) == (2, 0)
+    assert (won.done, won.skipped) == (2, 0) and sorted(won.done_ids) == sorted(i for i, _, _ in second.todo)
     with session_scope(db_url) as s:
         rows = repo.images_by_key(s, run_id=run_id, keys=["a", "b", "c"])
         assert {r.status for r in rows.values()} == {"done"} and {r.attempts for r in rows.values()} == {1}
