@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-gpu soak clean
+.PHONY: install demo test lint typecheck unit bench bench-gpu gpu-wheels gpu-rehearsal soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,16 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+# The GPU plan (issue 33; bench/RESULTS.md says how to run it on a lent machine through the device tool): the wheels
+# it carries there (bench/wheels, git-ignored), and its rehearsal on this CPU in a bare venv with those wheels.
 bench-gpu:
 	bash bench/gpu.sh
+
+gpu-wheels:
+	bash bench/gpu-wheels.sh
+
+gpu-rehearsal:
+	bash bench/gpu-rehearsal.sh
 
 # The long fault runs (issue 15): producer SIGKILLed while publishing 200,000 keys, then a chaos soak of 2,000
 # images (pool SIGKILLs, Redis and PostgreSQL restarts, S3 5xx); `make test` runs them at 2,000 keys / 200 images.
