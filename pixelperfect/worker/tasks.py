@@ -2,7 +2,7 @@
 
 A failed batch is retried by Celery's autoretry with the settings' one :class:`~pixelperfect.config.RetryPolicy`
 (``autoretry_for``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``, ``max_retries`` on the decorator);
-when the last retry failed too, :func:`give_up` records its images as failed with the error. Whenever the outcome
+when the last retry failed too, ``persist.give_up`` records its images as failed with the error. Whenever the outcome
 cannot be recorded — the retry message cannot be published (broker down), or the database refuses the failure
 rows — the message is handed back to the broker instead of being acknowledged, so the batch runs again later.
 """
@@ -95,6 +95,8 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
             retries + 1,
             _short(exc),
         )
+        from pixelperfect.worker.persist import give_up
+
         try:
             return give_up(run_id, keys, exc)
         except Exception as db_exc:  # the failure cannot be recorded: keep the batch, try again later
@@ -175,27 +177,12 @@ def _isolate(task: Task, run_id: int, keys: list[str], lost: int) -> dict[str, A
         return {"run_id": run_id, "split": len(keys)}
     log.error("image %s of run %s took its pool process down %d times; marking it failed", keys[0], run_id, lost)
     error = RuntimeError(f"the worker's pool process died {lost} times while processing this image")
+    from pixelperfect.worker.persist import give_up
+
     try:
         return give_up(run_id, keys, error, reason="worker_lost")
     except Exception as db_exc:
         raise Reject(db_exc, requeue=True) from db_exc
-
-
-def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "batch_error") -> dict[str, Any]:
-    """Record a poison batch: its unfinished images end ``failed`` with ``reason`` and the error, so the queue
-    drains (a done image is never downgraded)."""
-    from pixelperfect.config import get_settings
-    from pixelperfect.db import repo
-    from pixelperfect.db.session import session_scope
-    from pixelperfect.worker.metrics import observe_batch
-
-    with session_scope(get_settings().database_url) as session:
-        rows = repo.images_by_key(session, run_id=run_id, keys=keys)
-        unfinished = [row for row in rows.values() if row.status != "done"]
-        for row in unfinished:
-            repo.mark_failed(session, image_id=row.id, reason=reason, error=f"{type(exc).__name__}: {exc}")
-    observe_batch(done=0, failures={row.key: reason for row in unfinished}, segments=0, timings=[], seconds=0.0)
-    return {"run_id": run_id, "done": 0, "failed": len(unfinished), "gave_up": True}
 
 
 def _short(exc: BaseException | Any, limit: int = 300) -> str:
