@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -323,3 +325,50 @@ def test_the_producer_cut_off_mid_submit_finishes_after_the_heal(
         partition_table.append(result.row())
         result.check(wasted_at_most=0)
         assert t_cut < t_heal
+
+
+@whole_set
+@pytest.mark.timeout(300)
+def test_a_late_ack_after_the_heal_drops_the_second_delivery_and_the_sweep_brings_its_images_back(
+    services: Services, tmp_path: Path, partition_table: list[dict[str, object]]
+) -> None:
+    """Acknowledgements after a partition. ``w1`` is cut off from Redis with its batch; the message comes back and
+    ``w2`` takes it (same message, same delivery tag). When ``w1`` is healed it acknowledges the message: Redis's
+    record of ``w2``'s delivery goes with it (kombu acknowledges by tag). Were ``w2`` to die now, nothing would
+    bring the message back — its pool process is killed to see: the orphan sweep publishes the images again once
+    ``w2``'s lease has expired, and each image is still written once."""
+    assert services.redis is not None
+    redis = services.redis.client()
+    needs_iptables(services, "drop")
+    with cluster(services, tmp_path, visibility_timeout=LEASE, orphan_sweep_s=3) as c:
+        c.upload_archive(2 * BATCH)
+        w1, w2 = c.start_workers(2, MODEL_S)
+        w1.hold("model")
+        c.submit("p")
+        w1.wait_held("model")
+        inflight = c.leased_by(w1)
+        c.wait_until("w2 finishes the other batch", lambda: c.counts()["done"] == BATCH, 60)
+        w2.hold("model")
+        t_cut = w1.host.cut([services.ports["redis"]], how="drop")
+        c.wait_until("w2 holds the batch again", lambda: set(c.leased_by(w2)) >= set(inflight), 6 * LEASE)
+        w2.wait_held("model")
+        w1.release("model")
+        c.wait_until("w1's late final transaction is fenced", lambda: w1.fenced() == BATCH, 60)
+        assert redis.hlen("unacked") == 1  # w2's delivery, on record
+        t_heal = w1.host.heal()
+        t_acked = c.wait_until("w1's late ack", lambda: redis.hlen("unacked") == 0, 90)
+        assert c.leased_by(w2) == inflight  # ... while w2 still works on the message: its record is gone
+        for pid in w2.pool_pids():
+            os.kill(pid, signal.SIGKILL)
+        w2.release("model")
+        t_back = c.wait_until("the sweep brings the images back", lambda: all(done_by(c, inflight).values()), 60)
+        c.wait_drained()
+        result = outcome(c, "late ack, then the second holder dies")
+        swept = sum(len(log_times(w.log, rf"{BATCH} queued image\(s\) had no message")) for w in c.workers)
+        assert swept >= 1 and result.fenced == BATCH
+        result.takeover_s, result.recover_s = t_back - t_cut, t_back - t_heal
+        result.notes.append(f"cut drop redis; late ack {t_acked - t_heal:.1f}s after the heal removed w2's "
+                            f"delivery record; w2's pool SIGKILLed; swept {swept}x, done {t_back - t_acked:.1f}s "
+                            "after the ack")  # fmt: skip
+        partition_table.append(result.row())
+        result.check(wasted_at_most=2 * BATCH)  # w1's pass and w2's killed pass over the batch
