@@ -16,7 +16,8 @@ differently:
 port. Both directions, every service at once. The host's end loses its carrier: its ARP for the bridge fails, a
 new connect fails with "no route to host" after the ARP retries (~3 s), and an established connection's
 retransmission waits in the neighbour queue for ARP. When the link comes back, ARP resolves and that
-retransmission leaves at once: measured here, data sent during a 15 s cut arrived 0.3 s after the heal.
+retransmission leaves at once: measured here, data sent during a 15 s cut arrived 0.3 s after the heal (a
+connection with nothing waiting for ARP at that moment backs off as under ``drop``).
 
 ``drop`` (``how="drop"``, optionally for some services' ports only): ``iptables`` DROP rules in the host's own
 namespace, OUTPUT to and INPUT from the service — a firewall that discards. ARP and the link stay up, so only the
@@ -38,6 +39,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -227,7 +229,7 @@ class Network:
         probe = f"import socket; socket.create_connection(('{self.address}', {port}), timeout=2).close()"
         deadline = time.monotonic() + timeout
         while True:
-            proc = _run("ip", "netns", "exec", host.ns, "python3", "-c", probe, check=False)
+            proc = _run("ip", "netns", "exec", host.ns, sys.executable, "-c", probe, check=False)
             if proc.returncode == 0:
                 return
             if time.monotonic() > deadline:
