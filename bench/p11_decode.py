@@ -2,9 +2,9 @@
 syntax, against the fastest single-thread decoder installed for the same codestream plus the same rescale/VOI
 written plainly in numpy (goal <= 1.2). Uncompressed files: ms per image only.
 
-Files are :mod:`pixelperfect.archive_phantoms` archives (2800x2300 12-bit CR; 1024² 8-bit JPEG baseline as RSNA's),
-MONOCHROME2 and MONOCHROME1. Everything runs on one thread (OpenCV, numba and OpenJPEG are single-threaded here;
-the worker decodes several images at once on its fetch threads). Times are the best of ``--repeats`` per file,
+Files are :mod:`pixelperfect.synthetic.archive_phantoms` archives (2800x2300 12-bit CR; 1024² 8-bit JPEG baseline as
+RSNA's), MONOCHROME2 and MONOCHROME1. Everything runs on one thread (OpenCV, numba and OpenJPEG are single-threaded
+here; the worker decodes several images at once on its fetch threads). Times are the best of ``--repeats`` per file,
 averaged over files.
 
 Run: ``python bench/p11_decode.py [--images 2] [--repeats 3] [--kinds j2k_lossless,rle]``.
@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 from common import Measure
 
-from pixelperfect.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
-from pixelperfect.pipeline import codecs, dicom
-from pixelperfect.pipeline.decode import decode_image
+from pixelperfect.pipeline.decode import codecs, dicom
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
 
 cv2.setNumThreads(1)
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 
 from pixelperfect.config import Settings
-from pixelperfect.worker.metrics import STAGES
+from pixelperfect.worker.telemetry import STAGES
 
 #: Images whose timings are summed for the stage shares (see ``repo.stage_timings``).
 STAGE_SAMPLE = 5000

@@ -70,11 +70,11 @@ def submit(
     are queued again."""
     from pixelperfect.embedded import SubmitError, SubmitRequest
     from pixelperfect.embedded import submit as do_submit
+    from pixelperfect.inputs.annotations import AnnotationError
+    from pixelperfect.pipeline.decode.spacing import parse_spacing_option
     from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
-    from pixelperfect.pipeline.prompts import Jitter
-    from pixelperfect.pipeline.spacing import parse_spacing_option
-    from pixelperfect.producer.annotations import AnnotationError
-    from pixelperfect.producer.variants import resolve_variants
+    from pixelperfect.pipeline.prompt.boxes import Jitter
+    from pixelperfect.producer.saved_variants import resolve_variants
 
     settings = command_settings()
     try:

@@ -14,7 +14,7 @@ from pixelperfect.cli.common import console, err, fail
 from pixelperfect.config import Settings, get_settings
 
 if TYPE_CHECKING:
-    from pixelperfect.training.config import TrainConfig
+    from pixelperfect.training.recipe import TrainConfig
 
 #: Paths among the options, made absolute ``file://`` URLs (a worker elsewhere must find the same files).
 URL_OPTIONS = ("source", "out", "checkpoint", "gt_masks", "annotations", "cache")
@@ -78,7 +78,7 @@ def train(
 
 
 def _url(value: str | None) -> str | None:
-    from pixelperfect.producer.sources import absolute_url
+    from pixelperfect.inputs.sources import absolute_url
 
     return value if value is None or "://" in value or value == "random" else absolute_url(value)
 
@@ -87,7 +87,7 @@ def train_config(settings: Settings, **options: Any) -> TrainConfig:
     """The ``TrainConfig`` of the ``train`` command's options: paths as URLs, ``model`` and ``checkpoint``
     defaulting to ``PIXELPERFECT_MODEL`` / ``PIXELPERFECT_CHECKPOINT``, ``min_area`` from the settings.
     Raises ``ValueError`` (naming the value) for an invalid configuration."""
-    from pixelperfect.training.config import TrainConfig
+    from pixelperfect.training.recipe import TrainConfig
 
     fields: dict[str, Any] = {k: (_url(v) if k in URL_OPTIONS else v) for k, v in options.items()}
     fields["cache_url"] = fields.pop("cache", None)

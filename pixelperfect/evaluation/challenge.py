@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pixelperfect.db.models import Annotation, Image, ImageStatus, Segment
-from pixelperfect.pipeline.metrics import rsna_image_precision
+from pixelperfect.pipeline.score.metrics import rsna_image_precision
 
 #: Rows fetched per round trip while streaming segments.
 STREAM_ROWS = 5000

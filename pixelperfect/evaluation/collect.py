@@ -1,5 +1,5 @@
 """Everything the report shows, gathered from the database once: summaries, comparisons, calibration,
-detection, the forest and the gallery cases. No rendering here (see :mod:`pixelperfect.evaluation.report`).
+detection, the forest and the gallery cases. No rendering here (see :mod:`pixelperfect.evaluation.build`).
 
 Memory does not grow with the run: aggregates come from ``GROUP BY`` queries (:mod:`pixelperfect.db.queries`);
 paired comparisons and rank correlations stream only their columns into float arrays that live for one

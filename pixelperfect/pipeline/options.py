@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pixelperfect.config import MIN_AREA
-from pixelperfect.pipeline.prompts import Jitter
+from pixelperfect.pipeline.prompt.boxes import Jitter
 
 PROMPT_MODES = ("boxes", "points", "auto")
 

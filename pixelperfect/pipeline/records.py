@@ -1,7 +1,7 @@
 """The records that travel between the stages of one image: input, prepared image, segment, result.
 
 ``ImageInput`` (decoded) -> ``PreparedImage`` (preprocessed, prompts drawn) -> the model's
-:class:`~pixelperfect.pipeline.prediction.Prediction` per variant -> ``SegmentRecord`` per prompt (scored, mask
+:class:`~pixelperfect.pipeline.model.protocol.Prediction` per variant -> ``SegmentRecord`` per prompt (scored, mask
 PNG-encoded) inside an ``ImageResult`` -> the store (mask objects) and the bulk writer (segment rows).
 """
 

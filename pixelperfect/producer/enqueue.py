@@ -26,13 +26,13 @@ from pixelperfect.db import bulk, control, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
+from pixelperfect.inputs.annotations import match_to_keys, stem
+from pixelperfect.inputs.sources import absolute_url
 from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings
-from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.producer import inputs
-from pixelperfect.producer.annotations import match_to_keys, stem
-from pixelperfect.producer.dicomweb import archive_settings
-from pixelperfect.producer.inputs import SubmitError
-from pixelperfect.producer.sources import absolute_url
+from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
+from pixelperfect.producer import intake
+from pixelperfect.producer.intake import SubmitError
+from pixelperfect.producer.pacs import archive_settings
 from pixelperfect.producer.stream import (
     PUBLISH_CHUNK,
     REGISTER_CHUNK,
@@ -194,17 +194,17 @@ def submit(
     batch_size = req.batch_size or settings.batch_size
     rsna = bool(req.annotations) and req.annotations_format == "rsna"
     filters = config["settings"].get("filters")
-    listing = inputs.source_listing(req.source, req.manifest, settings, filters, track_patients=rsna)
-    chunks = chunked(inputs.list_keys(req.source, req.manifest, settings, listing), REGISTER_CHUNK)
+    listing = intake.source_listing(req.source, req.manifest, settings, filters, track_patients=rsna)
+    chunks = chunked(intake.list_keys(req.source, req.manifest, settings, listing), REGISTER_CHUNK)
     first = next(chunks, [])
     if not first:
         raise SubmitError(f"no images under {req.source}")
     second = next(chunks, [])
     whole = not second  # the listing fits one chunk: matches can be checked against all of it before registering
     chunks = itertools.chain([first], [second] if second else [], chunks)
-    boxes = inputs.box_matcher(req.annotations, req.annotations_format, settings, listing) if req.annotations else None
-    points = KeyMatcher(inputs.read_points(req.points, settings)) if req.points else None
-    masks = inputs.mask_index(req.gt_masks, settings) if req.gt_masks else None
+    boxes = intake.box_matcher(req.annotations, req.annotations_format, settings, listing) if req.annotations else None
+    points = KeyMatcher(intake.read_points(req.points, settings)) if req.points else None
+    masks = intake.mask_index(req.gt_masks, settings) if req.gt_masks else None
     if whole and points is not None and not match_to_keys(points.values, first):
         raise SubmitError(f"no point in {req.points} matches an image key or stem")
     if whole and masks is not None and not any(stem(k) in masks for k in first):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any, Generic, TypeVar
 
-from pixelperfect.producer.annotations import stem
+from pixelperfect.inputs.annotations import stem
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 class KeyMatcher(Generic[V]):
-    """The streaming form of :func:`~pixelperfect.producer.annotations.match_to_keys`: attaches values named by
+    """The streaming form of :func:`~pixelperfect.inputs.annotations.match_to_keys`: attaches values named by
     image key or stem (RSNA ``patientId``) to keys as they are listed.
 
     A key matches an identifier equal to the key itself first; otherwise one equal to its stem, or whose own stem

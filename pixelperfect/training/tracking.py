@@ -21,8 +21,8 @@ from pixelperfect.db import repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import Image, Run
 from pixelperfect.db.session import session_scope
-from pixelperfect.producer.sources import absolute_url
-from pixelperfect.training.config import TrainConfig
+from pixelperfect.inputs.sources import absolute_url
+from pixelperfect.training.recipe import TrainConfig
 
 
 class TrainingRunError(ValueError):

@@ -125,14 +125,14 @@ def _preload(**_: Any) -> None:
     pool forks: a pool process — the first, or the replacement of one that died — then starts in a fraction of a
     second instead of importing for seconds. Only modules: no model, no CUDA context, no connection is created
     before the fork (runtime.py creates those lazily in each pool process)."""
-    import pixelperfect.pipeline.dicom
+    import pixelperfect.pipeline.decode.dicom
     import pixelperfect.worker.batch  # noqa: F401
 
 
 @worker_process_init.connect
 def _after_fork(sender: Any = None, **_: Any) -> None:
-    from pixelperfect.worker.metrics import start_in_pool_child
     from pixelperfect.worker.runtime import reset_after_fork
+    from pixelperfect.worker.telemetry import start_in_pool_child
 
     reset_after_fork()
     start_in_pool_child(str(sender or ""))  # prefork: each child serves metrics on metrics_port + its index
@@ -140,6 +140,6 @@ def _after_fork(sender: Any = None, **_: Any) -> None:
 
 @worker_init.connect
 def _serve_metrics_from_main(sender: Any = None, **_: Any) -> None:
-    from pixelperfect.worker.metrics import start_in_main_process
+    from pixelperfect.worker.telemetry import start_in_main_process
 
     start_in_main_process(sender)  # solo/threads pools run tasks here, so this process serves; prefork: no-op

@@ -25,9 +25,9 @@ from pixelperfect.db.session import session_scope
 from pixelperfect.worker import leases, segout
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
-from pixelperfect.worker.metrics import observe_batch
 from pixelperfect.worker.persist import BatchSummary, persist_batch
 from pixelperfect.worker.runtime import Runtime, get_runtime
+from pixelperfect.worker.telemetry import observe_batch
 
 log = logging.getLogger(__name__)
 

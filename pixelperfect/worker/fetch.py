@@ -15,10 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
-from pixelperfect.pipeline.prediction import model_input_side
+from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
+from pixelperfect.pipeline.decode.spacing import resolve_spacing
+from pixelperfect.pipeline.model.protocol import model_input_side
 from pixelperfect.pipeline.records import ImageInput, PreparedImage
-from pixelperfect.pipeline.spacing import resolve_spacing
 from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, SourceUnavailableError, read_url
 from pixelperfect.worker.runtime import RunSpec, Runtime
 

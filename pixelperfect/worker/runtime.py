@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, Settings, get_settings
-from pixelperfect.dicomweb import DicomwebStore, is_dicomweb_url
-from pixelperfect.pipeline.builder import build_segmenter
-from pixelperfect.pipeline.models import sha256_hex
+from pixelperfect.pipeline.model.builder import build_segmenter
+from pixelperfect.pipeline.model.protocol import Segmenter
+from pixelperfect.pipeline.model.weights import sha256_hex
 from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
-from pixelperfect.pipeline.prediction import Segmenter
-from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.pipeline.prompts import Jitter
+from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
+from pixelperfect.pipeline.prompt.boxes import Jitter
 from pixelperfect.storage import ObjectStore, open_store, read_url
+from pixelperfect.storage.dicomweb import DicomwebStore, is_dicomweb_url
 
 
 class CheckpointMismatchError(RuntimeError):

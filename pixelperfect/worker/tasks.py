@@ -187,7 +187,7 @@ def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "
     from pixelperfect.config import get_settings
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
-    from pixelperfect.worker.metrics import observe_batch
+    from pixelperfect.worker.telemetry import observe_batch
 
     with session_scope(get_settings().database_url) as session:
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)

@@ -36,7 +36,7 @@ class Orthanc:
     def stow_files(self, paths: list[Path]) -> None:
         import pydicom
 
-        from pixelperfect.dicomweb import DicomwebStore
+        from pixelperfect.storage.dicomweb import DicomwebStore
 
         failed = DicomwebStore(self.url).store([pydicom.dcmread(p) for p in paths])
         assert not failed, failed

@@ -13,7 +13,7 @@ def dicom_phantoms(out: Path, n: int, seed: int, size: int = 256, *, phi: bool =
     ``out/labels.csv`` name images by the file stem; ``out/labels_pid.csv`` by the DICOM PatientID."""
     import pydicom
 
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     write_phantoms(out, n, seed=seed, size=size, fmt="dicom")
     paths = sorted((out / "images").glob("*.dcm"))

@@ -80,7 +80,7 @@ def test_dicomweb_run_writes_seg_and_coco_without_phi(
     assert len(workers) == 2, workers  # both workers took part
 
     # QIDO-RS finds exactly one SEG per image and variant, back in the PACS
-    from pixelperfect.dicomweb import DicomwebStore
+    from pixelperfect.storage.dicomweb import DicomwebStore
 
     pacs = DicomwebStore(orthanc.url)
     found = [i for i in pacs.instances({"Modality": ["SEG"]}) if i.key.split("/")[0] in studies]

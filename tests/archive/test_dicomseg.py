@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pixelperfect.pipeline.dicomseg import SegAlgorithm, SegBuildError, build_seg
+from pixelperfect.pipeline.output.dicomseg import SegAlgorithm, SegBuildError, build_seg
 from tests.archive.helpers import dicom_phantoms
 
 ALG = SegAlgorithm("sam_tiny", "ab" * 32, "clahe", "0.0")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from pixelperfect.config import Settings
-from pixelperfect.dicomweb import DicomwebStore, service_url, split_key
 from pixelperfect.embedded import submit
-from pixelperfect.pipeline.dicomseg import SegAlgorithm, build_seg
-from pixelperfect.producer.dicomweb import DicomwebListing, parse_filters
+from pixelperfect.pipeline.output.dicomseg import SegAlgorithm, build_seg
 from pixelperfect.producer.enqueue import SubmitError, SubmitRequest
+from pixelperfect.producer.pacs import DicomwebListing, parse_filters
 from pixelperfect.storage import InvalidKeyError
+from pixelperfect.storage.dicomweb import DicomwebStore, service_url, split_key
 from tests.archive.conftest import FaultProxy, Orthanc
 from tests.archive.helpers import dicom_phantoms
 from tests.conftest import embedded_settings, free_port

@@ -14,7 +14,7 @@ from pixelperfect.db import segs as seg_repo
 from pixelperfect.db.models import Image, SegObject
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import submit
-from pixelperfect.pipeline.dicomseg import SegBuildError
+from pixelperfect.pipeline.output.dicomseg import SegBuildError
 from pixelperfect.producer.enqueue import SubmitRequest
 from pixelperfect.worker import segout
 from pixelperfect.worker.segretry import rebuild_segs, restow

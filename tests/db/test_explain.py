@@ -14,7 +14,7 @@ from sqlalchemy import event, select, text
 from pixelperfect.db import queries
 from pixelperfect.db.models import Run
 from pixelperfect.db.session import get_engine, session_scope
-from pixelperfect.evaluation.report import build_report
+from pixelperfect.evaluation.build import build_report
 from tests.conftest import embedded_settings
 from tests.evaluation.golden.load import load_golden
 from tests.evaluation.golden.synth import clone_run

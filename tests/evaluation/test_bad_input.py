@@ -13,7 +13,7 @@ import pytest
 
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
-from pixelperfect.evaluation.report import build_report
+from pixelperfect.evaluation.build import build_report
 from tests.conftest import embedded_settings
 from tests.evaluation.golden.load import load_golden
 
@@ -85,7 +85,7 @@ def test_json_and_csv_reports_import_no_model_plots_or_opencv(url: str, tmp_path
     code = (
         "import sys, pathlib\n"
         "from pixelperfect.config import Settings\n"
-        "from pixelperfect.evaluation.report import build_report\n"
+        "from pixelperfect.evaluation.build import build_report\n"
         f"s = Settings(database_url={url!r})\n"
         f"build_report(['g-sam', 'g-grab'], pathlib.Path({str(tmp_path / 'light')!r}), settings=s, fmt='json')\n"
         f"build_report(['g-sam', 'g-grab'], pathlib.Path({str(tmp_path / 'light')!r}), settings=s, fmt='csv')\n"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pixelperfect.evaluation.report import build_report
+from pixelperfect.evaluation.build import build_report
 from tests.conftest import embedded_settings
 from tests.evaluation.golden.load import load_golden
 

@@ -148,7 +148,7 @@ def test_summaries_failures_pairs_and_ranks(db_url: str) -> None:
         assert box.tolist() == pytest.approx([0.6] * 7) and dice.tolist() == pytest.approx([x for x, _ in expected])
 
         # reliability bins in SQL = pipeline.metrics' numpy bins on the same (score, Dice) pairs
-        from pixelperfect.pipeline.metrics import reliability_bins
+        from pixelperfect.pipeline.score.metrics import reliability_bins
 
         pairs = [(sc, d) for sc, d in zip(SCORE["raw"], DICE["raw"], strict=True) if d is not None]
         ref = reliability_bins([p[0] for p in pairs], [p[1] for p in pairs])

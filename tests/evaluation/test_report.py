@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pixelperfect.config import Settings
 from pixelperfect.embedded import SubmitRequest, submit
-from pixelperfect.evaluation.report import build_report
+from pixelperfect.evaluation.build import build_report
 from tests.conftest import embedded_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

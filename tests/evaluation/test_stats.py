@@ -58,7 +58,7 @@ def test_spearman_and_calibration_match_scipy() -> None:
 
     # the predictors then the Dice per segment with a Dice (NaN: predictor missing), and bins as the database gives
     cols = np.column_stack([score, np.full(30, np.nan), std, np.full(30, np.nan), dice])
-    from pixelperfect.pipeline.metrics import expected_calibration_error, reliability_bins
+    from pixelperfect.pipeline.score.metrics import expected_calibration_error, reliability_bins
 
     table = reliability_bins(score, dice)
     bins = [{"lo": b.lo, "hi": b.hi, "n": b.n, "score_mean": b.score_mean, "dice_mean": b.dice_mean} for b in table]

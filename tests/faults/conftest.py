@@ -31,7 +31,7 @@ def fault_proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
 @pytest.fixture(scope="session")
 def fault_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 small phantoms (128² px): fault tests measure delivery, not segmentation."""
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     out = tmp_path_factory.mktemp("fault-phantoms")
     write_phantoms(out, 24, seed=11, size=128, positive_fraction=1.0)

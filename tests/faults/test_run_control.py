@@ -72,7 +72,7 @@ def test_cancelled_run_is_acknowledged_without_model_work_and_submit_resumes_it(
     tiny_checkpoint: Path,
     start_worker,  # type: ignore[no-untyped-def]
 ) -> None:
-    from pixelperfect.producer.control import cancel
+    from pixelperfect.producer.lifecycle import cancel
 
     archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=16)
     stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url)

@@ -234,7 +234,7 @@ def test_object_keys_cannot_escape_their_store(tmp_path: Path, key: str) -> None
 
 
 def test_decompression_bomb_is_refused_from_its_header() -> None:
-    from pixelperfect.pipeline.decode import UnsupportedImageError, decode_image
+    from pixelperfect.pipeline.decode.reader import UnsupportedImageError, decode_image
 
     bomb = corpus.png_bomb(10_000)  # ~100 KiB that would inflate to 100 MB
     tracemalloc.start()

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from pixelperfect.config import Settings, use_settings
-from pixelperfect.worker import metrics
-from pixelperfect.worker.metrics import STAGES, GpuMemoryCollector, WorkerMetrics
+from pixelperfect.worker import telemetry as metrics
+from pixelperfect.worker.telemetry import STAGES, GpuMemoryCollector, WorkerMetrics
 from tests.conftest import ROOT, free_port
 
 
@@ -75,7 +75,7 @@ class _Records(logging.Handler):
 def test_serve_on_a_busy_port_warns_and_returns_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics, "_SERVED", {})
     records = _Records()
-    logging.getLogger("pixelperfect.worker.metrics").addHandler(records)
+    logging.getLogger("pixelperfect.worker.telemetry").addHandler(records)
     try:
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
@@ -83,7 +83,7 @@ def test_serve_on_a_busy_port_warns_and_returns_none(monkeypatch: pytest.MonkeyP
             port = busy.getsockname()[1]
             assert metrics.serve(port, addr="127.0.0.1") is None
     finally:
-        logging.getLogger("pixelperfect.worker.metrics").removeHandler(records)
+        logging.getLogger("pixelperfect.worker.telemetry").removeHandler(records)
     assert any(f"port {port} is not free" in m for m in records.messages), records.messages
     with pytest.raises(ValueError, match="not a TCP port"):
         metrics.serve(65535, index=1)

@@ -16,7 +16,7 @@ from pixelperfect.db.models import Image
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.monitor import RateWindow, format_eta, stage_shares, status_line, watch_run
-from pixelperfect.worker.metrics import STAGES
+from pixelperfect.worker.telemetry import STAGES
 
 
 @pytest.fixture(scope="module")

@@ -103,8 +103,8 @@ def main(argv: list[str]) -> None:
     ``phantom_dir`` and ``tiny_checkpoint`` make them)."""
     import torch
 
-    from pixelperfect.phantoms import write_phantoms
-    from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
+    from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     out = Path(argv[0]) if argv else GOLDEN
     with tempfile.TemporaryDirectory() as name:

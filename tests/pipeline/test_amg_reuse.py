@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
 
-from pixelperfect.pipeline.auto import grid_points
-from pixelperfect.pipeline.prediction import STABILITY_OFFSET
-from pixelperfect.pipeline.scoring import mask_bbox
+from pixelperfect.pipeline.model.protocol import STABILITY_OFFSET
+from pixelperfect.pipeline.prompt.auto import grid_points
+from pixelperfect.pipeline.score.overlap import mask_bbox
 
 
 def test_grid_points_are_amgs_grid_scaled_to_the_image() -> None:
@@ -34,8 +34,8 @@ def test_amg_boxes_are_our_tight_boxes_with_inclusive_corners() -> None:
 
 
 def test_stability_is_amgs_with_zero_for_an_empty_mask() -> None:
-    from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam
-    from pixelperfect.pipeline.sam import SamSegmenter
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam
 
     torch.manual_seed(0)
     images = [(np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)]

@@ -18,13 +18,13 @@ from pixelperfect.db.models import Annotation, Run, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitError, SubmitRequest, submit
 from pixelperfect.evaluation.collect import collect
-from pixelperfect.pipeline.auto import _nms, grid_points, lung_field, parse_points_csv, perturb_point
+from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
+from pixelperfect.pipeline.model.protocol import MaskPrediction
 from pixelperfect.pipeline.options import AutoSettings
-from pixelperfect.pipeline.prediction import MaskPrediction
-from pixelperfect.pipeline.preprocess import parse_variant
-from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
-from pixelperfect.pipeline.prompts import Jitter, prompt_rng
-from pixelperfect.pipeline.segment import GrabCutSegmenter
+from pixelperfect.pipeline.preprocess.variants import parse_variant
+from pixelperfect.pipeline.prompt.auto import _nms, grid_points, lung_field, parse_points_csv, perturb_point
+from pixelperfect.pipeline.prompt.boxes import Jitter, prompt_rng
+from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
 from tests.conftest import embedded_settings
 
 

@@ -15,9 +15,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from pixelperfect.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
-from pixelperfect.pipeline import codecs, dicom, voi
-from pixelperfect.pipeline.decode import CorruptImageError, ImageDecodeError, UnsupportedImageError, decode_image
+from pixelperfect.pipeline.decode import codecs, dicom, voi
+from pixelperfect.pipeline.decode.reader import CorruptImageError, ImageDecodeError, UnsupportedImageError, decode_image
+from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
 
 LOSSY = (codecs.JPEG_BASELINE, codecs.JPEG_EXTENDED, codecs.J2K)
 SMALL = (300, 256)  # rows x columns: non-square, small enough for a quick test

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelperfect.pipeline.decode import (
+from pixelperfect.pipeline.decode.reader import (
     CorruptImageError,
     ImageDecodeError,
     UnsupportedImageError,

@@ -18,10 +18,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from pixelperfect.phantoms import display_uint8, write_phantoms
-from pixelperfect.pipeline import codecs
-from pixelperfect.pipeline.decode import CorruptImageError, UnsupportedImageError, decode_image
-from pixelperfect.pipeline.dicom import hash_identifier
+from pixelperfect.pipeline.decode import codecs
+from pixelperfect.pipeline.decode.dicom import hash_identifier
+from pixelperfect.pipeline.decode.reader import CorruptImageError, UnsupportedImageError, decode_image
+from pixelperfect.synthetic.phantoms import display_uint8, write_phantoms
 
 MR_SMALL = [
     "MR_small.dcm",
@@ -269,7 +269,7 @@ def test_phantom_dicoms_round_trip_both_polarities(tmp_path: Path) -> None:
 def test_display_shortcut_equals_the_per_pixel_display(dtype: str, photometric: str, attrs: dict) -> None:
     """Without VOI or rescale the display values are the stored ones, made without a table: the same values,
     bit for bit, as pydicom's modality LUT and the polarity rule applied per pixel."""
-    from pixelperfect.pipeline import voi
+    from pixelperfect.pipeline.decode import voi
 
     info = np.iinfo(dtype)
     arr = np.random.default_rng(1).integers(max(info.min, -3000), min(info.max, 3000), (300, 260)).astype(dtype)

@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 
-from pixelperfect.archive_phantoms import archive_phantom, rsna_dicom
-from pixelperfect.pipeline import codecs, dicom_simple
-from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
+from pixelperfect.pipeline.decode import codecs, dicom_simple
+from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
+from pixelperfect.synthetic.archive_phantoms import archive_phantom, rsna_dicom
 
 
 def film(seed: int = 0, shape: tuple[int, int] = (256, 200)) -> np.ndarray:

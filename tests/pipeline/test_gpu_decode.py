@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pixelperfect.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
-from pixelperfect.pipeline import codecs, gpu_decode
-from pixelperfect.pipeline.decode import decode_image
+from pixelperfect.pipeline.decode import codecs
+from pixelperfect.pipeline.decode import gpu as gpu_decode
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
 
 KINDS = [k for k in ("jpeg_baseline", "jpeg_lossless_sv1", "j2k_lossless") if not encoder_missing(ARCHIVE_KINDS[k])]
 
@@ -121,7 +122,7 @@ def test_a_gpu_decode_is_full_resolution_and_keeps_the_grid(files: list[tuple[st
 def test_signed_j2k_codestreams_stay_on_the_cpu() -> None:
     if not codecs.available("openjpeg"):
         pytest.skip("pylibjpeg-openjpeg encodes the JPEG 2000 files")
-    from pixelperfect.pipeline import dicom
+    from pixelperfect.pipeline.decode import dicom
     from tests.pipeline.test_signed_decode import parsed, reference, signed_dicom
 
     gpu = gpu_decode.GpuDecoder(decoder=StandInDecoder(), wait_s=0.0)

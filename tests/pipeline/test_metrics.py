@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pixelperfect.pipeline.metrics import (
+from pixelperfect.pipeline.score.metrics import (
     RSNA_THRESHOLDS,
     expected_calibration_error,
     hd95,
@@ -121,10 +121,10 @@ def test_reliability_bins_known_answer() -> None:
 def test_stability_and_consistency_repeat_on_a_fixed_seed_tiny_sam() -> None:
     import torch
 
-    from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam
-    from pixelperfect.pipeline.preprocess import parse_variant
-    from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
-    from pixelperfect.pipeline.sam import SamSegmenter
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam
+    from pixelperfect.pipeline.preprocess.variants import parse_variant
+    from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
 
     rng = np.random.default_rng(0)
     pixels = (rng.random((128, 128)) * 80).astype(np.uint8)

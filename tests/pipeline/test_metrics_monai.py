@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pixelperfect.pipeline.metrics import hd95, nsd
-from pixelperfect.pipeline.scoring import dice, iou
+from pixelperfect.pipeline.score.metrics import hd95, nsd
+from pixelperfect.pipeline.score.overlap import dice, iou
 
 monai_metrics = pytest.importorskip("monai.metrics")
 torch = pytest.importorskip("torch")

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pixelperfect.phantoms import (
+from pixelperfect.synthetic.phantoms import (
     BOX_HEIGHT_RANGE,
     BOX_WIDTH_RANGE,
     MAX_VALUE,

@@ -7,7 +7,8 @@ import pytest
 from skimage.filters.rank import entropy as skimage_entropy
 from skimage.morphology import disk
 
-from pixelperfect.pipeline.preprocess import (
+from pixelperfect.pipeline.preprocess.steps import entropy_scale, rank_entropy
+from pixelperfect.pipeline.preprocess.variants import (
     BUILTIN_VARIANTS,
     STEPS,
     Step,
@@ -16,7 +17,6 @@ from pixelperfect.pipeline.preprocess import (
     parse_variant,
     to_uint8,
 )
-from pixelperfect.pipeline.steps import entropy_scale, rank_entropy
 
 U8 = np.uint8
 

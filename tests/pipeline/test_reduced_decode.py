@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from pixelperfect.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
-from pixelperfect.pipeline.decode import decode_image
-from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam
-from pixelperfect.pipeline.prediction import model_input_side
-from pixelperfect.pipeline.preprocess import parse_variant
-from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
-from pixelperfect.pipeline.prompts import Jitter
-from pixelperfect.pipeline.sam import SamSegmenter
-from pixelperfect.pipeline.scoring import dice
-from pixelperfect.pipeline.segment import GrabCutSegmenter
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
+from pixelperfect.pipeline.model.protocol import model_input_side
+from pixelperfect.pipeline.model.sam import SamSegmenter
+from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam
+from pixelperfect.pipeline.preprocess.variants import parse_variant
+from pixelperfect.pipeline.prompt.boxes import Jitter
+from pixelperfect.pipeline.score.overlap import dice
+from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
+from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
 from tests.conftest import embedded_settings
 
 

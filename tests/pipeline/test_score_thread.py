@@ -16,9 +16,11 @@ from pixelperfect.db import repo
 from pixelperfect.db.models import Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
-from pixelperfect.pipeline import process, score, spacing
+from pixelperfect.pipeline import stages as process
+from pixelperfect.pipeline.decode import spacing
+from pixelperfect.pipeline.model.sam import SamSegmenter
 from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
-from pixelperfect.pipeline.sam import SamSegmenter
+from pixelperfect.pipeline.score import segments as score
 from tests.conftest import embedded_settings
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pixelperfect.pipeline.builder import build_segmenter
-from pixelperfect.pipeline.models import CheckpointError, TinyConfig, build_tiny_sam, load_sam, sha256_hex
-from pixelperfect.pipeline.sam import SamSegmenter
-from pixelperfect.pipeline.segment import GrabCutSegmenter
+from pixelperfect.pipeline.model.builder import build_segmenter
+from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
+from pixelperfect.pipeline.model.sam import SamSegmenter
+from pixelperfect.pipeline.model.weights import CheckpointError, TinyConfig, build_tiny_sam, load_sam, sha256_hex
 from pixelperfect.storage import read_url
 from pixelperfect.worker.runtime import CheckpointMismatchError, RunSpec, Runtime
 from tests.conftest import S3Server, count_model_loads, embedded_settings
@@ -96,7 +96,7 @@ def test_grabcut_baseline_segments_a_bright_square() -> None:
 def test_grabcut_cuts_opacities_in_their_own_crop() -> None:
     """Phantom opacities: grey levels inside the box also fill the rest of the radiograph. A whole-image cut
     collapsed on every one of them; the local crop keeps most, and a collapse falls back to the box, flagged."""
-    from pixelperfect.phantoms import display_uint8, make_phantom
+    from pixelperfect.synthetic.phantoms import display_uint8, make_phantom
 
     seg = GrabCutSegmenter()
     dices, chosen = [], []

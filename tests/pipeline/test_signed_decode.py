@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from pixelperfect.pipeline import codecs, dicom, voi
-from pixelperfect.pipeline.decode import decode_image
+from pixelperfect.pipeline.decode import codecs, dicom, voi
+from pixelperfect.pipeline.decode.reader import decode_image
 
 SIGNED_REAL_FILES = [
     "MR_small_RLE.dcm",

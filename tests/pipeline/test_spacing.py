@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from pixelperfect.pipeline.decode import decode_image
-from pixelperfect.pipeline.metrics import hd95, nsd
-from pixelperfect.pipeline.options import ProcessSettings
-from pixelperfect.pipeline.records import ImageInput
-from pixelperfect.pipeline.score import prompt_accuracy
-from pixelperfect.pipeline.spacing import (
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.pipeline.decode.spacing import (
     dicom_spacing_meta,
     parse_spacing_option,
     resolve_spacing,
     surface_scores,
     validate_spacing,
 )
+from pixelperfect.pipeline.options import ProcessSettings
+from pixelperfect.pipeline.records import ImageInput
+from pixelperfect.pipeline.score.metrics import hd95, nsd
+from pixelperfect.pipeline.score.segments import prompt_accuracy
 from tests.pipeline.test_dicom import write_dicom
 
 

@@ -11,10 +11,10 @@ import typer
 from typer.testing import CliRunner
 
 from pixelperfect.cli.imaging import register, sample_keys
-from pixelperfect.phantoms import make_phantom, write_phantoms
-from pixelperfect.pipeline.preprocess import parse_step, parse_variant
-from pixelperfect.pipeline.preview import GAP, LABEL_HEIGHT, encode_png, panel_size, render_preview
-from pixelperfect.pipeline.tune import build_grid, histogram_entropy, parse_param_range, score_steps
+from pixelperfect.pipeline.preprocess.preview import GAP, LABEL_HEIGHT, encode_png, panel_size, render_preview
+from pixelperfect.pipeline.preprocess.tune import build_grid, histogram_entropy, parse_param_range, score_steps
+from pixelperfect.pipeline.preprocess.variants import parse_step, parse_variant
+from pixelperfect.synthetic.phantoms import make_phantom, write_phantoms
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixelperfect.producer.annotations import (
+from pixelperfect.inputs.annotations import (
     AnnotationError,
     match_masks,
     match_to_keys,

@@ -15,7 +15,7 @@ from pixelperfect.db.models import Annotation, Image
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.producer import enqueue
-from pixelperfect.producer.control import cancel
+from pixelperfect.producer.lifecycle import cancel
 from tests.conftest import embedded_settings
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["pixelperfect.producer.enqueue", "pixelperfect.cli", "pixelperfect.evaluation.report", "pixelperfect.monitor"],
+    ["pixelperfect.producer.enqueue", "pixelperfect.cli", "pixelperfect.evaluation.build", "pixelperfect.monitor"],
 )
 def test_module_does_not_import_torch(module: str) -> None:
     code = (
@@ -26,9 +26,9 @@ def test_module_does_not_import_torch(module: str) -> None:
 
 def test_segmenters_still_load_sam_on_demand() -> None:
     code = (
-        "import sys; from pixelperfect.pipeline.builder import build_segmenter; "
+        "import sys; from pixelperfect.pipeline.model.builder import build_segmenter; "
         "assert 'torch' not in sys.modules; "
         "seg = build_segmenter('sam_tiny', None, 'cpu'); print(type(seg).__module__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "pixelperfect.pipeline.sam"
+    assert out.strip() == "pixelperfect.pipeline.model.sam"

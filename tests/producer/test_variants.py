@@ -11,15 +11,15 @@ from typer.testing import CliRunner
 from pixelperfect.config import use_settings
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
-from pixelperfect.phantoms import write_phantoms
-from pixelperfect.pipeline.preprocess import parse_variant
-from pixelperfect.producer.variants import (
+from pixelperfect.pipeline.preprocess.variants import parse_variant
+from pixelperfect.producer.saved_variants import (
     VariantsFileError,
     load_variants,
     resolve_variants,
     save_variant,
     suggested_name,
 )
+from pixelperfect.synthetic.phantoms import write_phantoms
 
 
 def test_save_load_and_resolve(tmp_path: Path) -> None:

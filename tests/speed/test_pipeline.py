@@ -16,10 +16,10 @@ from pixelperfect.db import repo
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
-from pixelperfect.pipeline.decode import decode_image
-from pixelperfect.pipeline.prediction import MaskPrediction
-from pixelperfect.pipeline.process import ImageInput, process_images
-from pixelperfect.producer.sources import absolute_url
+from pixelperfect.inputs.sources import absolute_url
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.pipeline.model.protocol import MaskPrediction
+from pixelperfect.pipeline.stages import ImageInput, process_images
 from pixelperfect.storage import LocalStore
 from pixelperfect.worker import flow
 from pixelperfect.worker.batch import run_batch

@@ -8,9 +8,9 @@ import pytest
 import torch
 from segment_anything.utils.amg import calculate_stability_score
 
-from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam, load_sam
-from pixelperfect.pipeline.prediction import STABILITY_OFFSET
-from pixelperfect.pipeline.sam import SamInput, SamSegmenter
+from pixelperfect.pipeline.model.protocol import STABILITY_OFFSET
+from pixelperfect.pipeline.model.sam import SamInput, SamSegmenter
+from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam, load_sam
 
 BOXES = np.array([[10.0, 20, 120, 150], [60, 40, 200, 170], [0, 0, 255, 255]])
 
@@ -108,8 +108,8 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def _agreement(device: torch.device, n_images: int) -> list[float]:
     """ViT-B (random seeded weights), phantom radiographs at 1024², the research's boxes and their perturbations:
     mask IoU of the bf16 path against strict fp32 (TF32 off), one value per prompt."""
-    from pixelperfect.phantoms import display_uint8, make_phantom
-    from pixelperfect.pipeline.prompts import Jitter, perturb_box, prompt_rng
+    from pixelperfect.pipeline.prompt.boxes import Jitter, perturb_box, prompt_rng
+    from pixelperfect.synthetic.phantoms import display_uint8, make_phantom
 
     torch.manual_seed(0)
     sam = load_sam("sam_vit_b", None)  # one model: both segmenters share its weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixelperfect.producer.annotations import match_to_keys
+from pixelperfect.inputs.annotations import match_to_keys
 from pixelperfect.producer.stream import Backpressure, Batcher, KeyMatcher, chunked
 
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pixelperfect.config import use_settings
-from pixelperfect.training.config import TrainConfig
 from pixelperfect.training.finetune import train
+from pixelperfect.training.recipe import TrainConfig
 from pixelperfect.training.schedule import MIN_VAL_STEPS, Schedule, no_improvement_warning
 from tests.training.conftest import train_settings
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from pixelperfect.config import use_settings
 from pixelperfect.db.models import Run, Segment
 from pixelperfect.db.session import session_scope
-from pixelperfect.training.config import TrainConfig
 from pixelperfect.training.data import TrainingDataError
 from pixelperfect.training.finetune import train
+from pixelperfect.training.recipe import TrainConfig
 from tests.training.conftest import train_settings
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pixelperfect.config import use_settings
-from pixelperfect.pipeline.models import load_sam
-from pixelperfect.training.config import TrainConfig
+from pixelperfect.pipeline.model.weights import load_sam
 from pixelperfect.training.finetune import train
+from pixelperfect.training.recipe import TrainConfig
 from tests.conftest import S3Server, upload_dir
 from tests.training.conftest import train_settings
 

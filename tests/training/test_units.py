@@ -11,7 +11,6 @@ import torch
 
 from pixelperfect.storage import LocalStore
 from pixelperfect.training.cache import CachedEmbedding, EmbeddingCache
-from pixelperfect.training.config import TrainConfig
 from pixelperfect.training.data import (
     TargetSpec,
     component_prompts,
@@ -21,6 +20,7 @@ from pixelperfect.training.data import (
     split_by_image,
 )
 from pixelperfect.training.finetune import sam_loss
+from pixelperfect.training.recipe import TrainConfig
 from tests.training.conftest import train_settings
 
 
