@@ -41,8 +41,8 @@ def main() -> None:
 
     from pixelperfect.pipeline.model.sam import SamSegmenter
     from pixelperfect.pipeline.model.weights import load_sam, resolve_device
+    from pixelperfect.pipeline.options import Jitter
     from pixelperfect.pipeline.preprocess.variants import parse_variant
-    from pixelperfect.pipeline.prompt.boxes import Jitter
     from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
     from pixelperfect.synthetic.phantoms import make_phantom
 

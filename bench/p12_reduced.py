@@ -75,8 +75,8 @@ def dice_agreement(images: int) -> list[Measure]:
 
     from pixelperfect.pipeline.model.sam import SamSegmenter
     from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam
+    from pixelperfect.pipeline.options import Jitter
     from pixelperfect.pipeline.preprocess.variants import parse_variant
-    from pixelperfect.pipeline.prompt.boxes import Jitter
     from pixelperfect.pipeline.score.overlap import dice
     from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
 

@@ -18,7 +18,8 @@ def run(n_images: int, repeats: int) -> list[Measure]:
 
     from pixelperfect.pipeline.model.sam import SamSegmenter
     from pixelperfect.pipeline.model.weights import load_sam
-    from pixelperfect.pipeline.prompt.boxes import Jitter, perturb_box, prompt_rng
+    from pixelperfect.pipeline.options import Jitter
+    from pixelperfect.pipeline.prompt.boxes import perturb_box, prompt_rng
     from pixelperfect.synthetic.phantoms import display_uint8, make_phantom
 
     torch.manual_seed(0)

@@ -17,8 +17,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from pixelperfect.broker.names import STAGES
 from pixelperfect.config import Settings
-from pixelperfect.worker.telemetry import STAGES
 
 #: Images whose timings are summed for the stage shares (see ``repo.stage_timings``).
 STAGE_SAMPLE = 5000

@@ -72,8 +72,7 @@ def submit(
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.inputs.annotations import AnnotationError
     from pixelperfect.pipeline.decode.spacing import parse_spacing_option
-    from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
-    from pixelperfect.pipeline.prompt.boxes import Jitter
+    from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings
     from pixelperfect.producer.saved_variants import resolve_variants
 
     settings = command_settings()

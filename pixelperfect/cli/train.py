@@ -153,10 +153,10 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 
 def _enqueue(config: TrainConfig, settings: Settings, *, wait: bool) -> None:
     """Check what can be checked here, record the run row, and send one task to the ``train`` queue."""
+    from pixelperfect.broker.celery_app import app
+    from pixelperfect.broker.names import TRAIN, TRAIN_QUEUE
     from pixelperfect.storage import read_url
     from pixelperfect.training.setup import prepare
-    from pixelperfect.worker.app import TRAIN_QUEUE
-    from pixelperfect.worker.tasks import train as train_task
 
     if settings.embedded:
         fail("--queue needs PIXELPERFECT_BROKER_URL (a worker started with `pixelperfect worker --queues train`)")
@@ -165,7 +165,7 @@ def _enqueue(config: TrainConfig, settings: Settings, *, wait: bool) -> None:
     setup = prepare(config, settings, track=True)
     if setup.run_id is not None:
         update_progress(settings, setup.run_id, {"phase": "queued"})
-    sent = train_task.apply_async((config.as_dict(),), argsrepr=f"(run={setup.run_name!r}, out={config.out!r})")
+    sent = app.send_task(TRAIN, (config.as_dict(),), argsrepr=f"(run={setup.run_name!r}, out={config.out!r})")
     console.print(
         f"sent training [bold]{setup.run_name}[/] to queue '{TRAIN_QUEUE}' (task {sent.id}): "
         f"{len(setup.plan.train)} training and {len(setup.plan.val)} validation images; "

@@ -1,9 +1,11 @@
-"""Where images come from: every image-like key under an ``s3://`` or ``file://`` prefix, or a manifest."""
+"""Where images come from: every image-like key under a source (``s3://`` or ``file://`` prefix, a
+``dicomweb+http(s)://`` PACS with attribute filters), or a manifest."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pixelperfect.storage import ObjectStore, is_image_key, open_store, parse_url, read_url
 
@@ -44,3 +46,42 @@ def _manifest_keys(lines: Iterable[str]) -> Iterator[str]:
 
 def open_source(url: str, endpoint_url: str | None = None) -> ObjectStore:
     return open_store(absolute_url(url), endpoint_url=endpoint_url)
+
+
+class SourceListing:
+    """The image keys of a source store, streamed page by page as the store lists them (non-image objects are
+    counted in :attr:`skipped`). Where the store's keys name instances by UID (a PACS) and ``track_patients`` is
+    set, the hashed PatientID of each listed key is kept until a matcher consumes it (memory: one chunk's keys);
+    no PatientID is held in clear."""
+
+    def __init__(
+        self, store: ObjectStore, filters: Mapping[str, Sequence[str]] | None = None, *, track_patients: bool = False
+    ) -> None:
+        self.store = store
+        self.filters = dict(filters or {})
+        self.track_patients = track_patients and store.keys_by_uid
+        self.patient_hashes: dict[str, str] = {}
+        self.skipped = 0  # objects that are no image: SEG, SR, presentation states, a labels.csv, ...
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        settings: Any,
+        filters: Mapping[str, Sequence[str]] | None = None,
+        *,
+        track_patients: bool = False,
+    ) -> SourceListing:
+        """The listing of the source at ``url`` (opened with ``settings``: S3 endpoint, DICOMweb credentials)."""
+        return cls(open_store(absolute_url(url), settings), filters, track_patients=track_patients)
+
+    def __iter__(self) -> Iterator[str]:
+        from pixelperfect.pipeline.decode.dicom import hash_identifier  # numpy and pydicom only when listing
+
+        for entry in self.store.entries(self.filters):
+            if not entry.image:
+                self.skipped += 1
+                continue
+            if self.track_patients and entry.patient_id:
+                self.patient_hashes[entry.key] = hash_identifier(entry.patient_id)
+            yield entry.key

@@ -1,4 +1,5 @@
-"""Run-level settings of the pure pipeline: the prompt mode, the automatic mode's thresholds, scoring parameters.
+"""Run-level settings of the pure pipeline: the prompt mode, the jitter of the consistency protocol, the automatic
+mode's thresholds, scoring parameters.
 
 Stored with the run (``runs.settings``), so every worker scores a run the same way.
 """
@@ -9,9 +10,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pixelperfect.config import MIN_AREA
-from pixelperfect.pipeline.prompt.boxes import Jitter
 
 PROMPT_MODES = ("boxes", "points", "auto")
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """K perturbed boxes per prompt: centre shifted by integers in ``±shift`` px, size scaled by ``1 ± U(scale)``.
+
+    The research used K = 4, ±5 px and 0.1.
+    """
+
+    k: int = 4
+    shift: int = 5
+    scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.k <= 64:
+            raise ValueError(f"consistency K must be in 0..64, got {self.k}")
+        if not 0 <= self.shift <= 100:
+            raise ValueError(f"jitter shift must be in 0..100 px, got {self.shift}")
+        if not 0 <= self.scale < 1:
+            raise ValueError(f"jitter scale must be in [0, 1), got {self.scale}")
 
 
 @dataclass(frozen=True)

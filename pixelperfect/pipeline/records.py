@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+#: A pixel spacing ``(row, col)`` in mm, None when unknown (:mod:`~pixelperfect.pipeline.decode.spacing`).
+Spacing = tuple[float, float] | None
+
 
 @dataclass
 class ImageInput:
@@ -26,7 +29,7 @@ class ImageInput:
     #: (H, W) of the original when ``pixels`` is a reduced-resolution decode of it (boxes, gt_mask and masks are in
     #: the original's grid); None: ``pixels`` is the original
     full_size: tuple[int, int] | None = None
-    spacing: tuple[float, float] | None = None  # (row, col) mm, None when unknown (see pipeline/spacing.py)
+    spacing: Spacing = None  # (row, col) mm, None when unknown (see pipeline/decode/spacing.py)
 
 
 @dataclass

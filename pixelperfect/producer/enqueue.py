@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pixelperfect import __version__
+from pixelperfect.broker.names import GPU_QUEUE
 from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
 from pixelperfect.db import bulk, control, repo
 from pixelperfect.db.migrate import upgrade
@@ -299,13 +300,12 @@ class _Sink:
         self.publisher: Publisher | None = None
         self._length: Any = None
         if not settings.embedded:
-            from pixelperfect.worker.app import GPU_QUEUE
-            from pixelperfect.worker.tasks import segment_batch
+            from pixelperfect.broker.celery_app import app
 
             broker = settings.broker_url or ""
-            self._length = queue_length(segment_batch.app, broker, GPU_QUEUE)
+            self._length = queue_length(app, broker, GPU_QUEUE)
             pressure = Backpressure(self._length, settings.max_queued_batches)
-            self.publisher = Publisher(segment_batch.app, segment_batch, broker, run_id, run_name, pressure)
+            self.publisher = Publisher(app, broker, run_id, run_name, pressure)
 
     def send(self, batches: list[list[str]], *, known_images: int, known_batches: int) -> None:
         """Publish or run ``batches``; progress counts batches published (distributed) or images run (embedded)."""

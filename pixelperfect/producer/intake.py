@@ -9,9 +9,9 @@ from typing import Any
 
 from pixelperfect.config import Settings
 from pixelperfect.inputs.annotations import parse_annotations, stem
-from pixelperfect.inputs.sources import absolute_url, iter_manifest, list_image_keys, open_source
+from pixelperfect.inputs.sources import SourceListing, absolute_url, iter_manifest, list_image_keys, open_source
 from pixelperfect.pipeline.prompt.auto import parse_points_csv
-from pixelperfect.producer.pacs import DicomwebListing, PatientMatcher, is_dicomweb_url
+from pixelperfect.producer.pacs import PatientMatcher
 from pixelperfect.producer.stream import KeyMatcher
 from pixelperfect.storage import read_url
 
@@ -22,38 +22,39 @@ class SubmitError(ValueError):
 
 def source_listing(
     source: str, manifest: str | None, settings: Settings, filters: Any, *, track_patients: bool
-) -> DicomwebListing | None:
-    """The DICOMweb listing of ``source`` (None for object stores and manifests); ``track_patients`` keeps the
-    hashed PatientID of each instance for RSNA annotations."""
-    if manifest or not is_dicomweb_url(source):
+) -> SourceListing | None:
+    """The listing of ``source`` (None when a manifest names the keys); ``track_patients`` keeps the hashed
+    PatientID of each instance of a PACS for RSNA annotations."""
+    if manifest:
         return None
-    return DicomwebListing(source, settings, filters, track_patients=track_patients)
+    try:
+        return SourceListing.open(source, settings, filters, track_patients=track_patients)
+    except ValueError as exc:
+        raise SubmitError(f"cannot list {source}: {exc}") from None
 
 
-def box_matcher(annotations: str, fmt: str, settings: Settings, listing: DicomwebListing | None) -> Any:
-    """Boxes by key or stem; for a DICOMweb source with RSNA annotations, by hashed PatientID."""
+def box_matcher(annotations: str, fmt: str, settings: Settings, listing: SourceListing | None) -> Any:
+    """Boxes by key or stem; for a PACS source with RSNA annotations, by hashed PatientID."""
     values = read_boxes(annotations, fmt, settings)
     if listing is not None and listing.track_patients:
         return PatientMatcher(values, listing)
     return KeyMatcher(values)
 
 
-def list_keys(source: str, manifest: str | None, settings: Settings, listing: DicomwebListing | None) -> Iterator[str]:
-    """The image keys to register, streamed: from the DICOMweb listing, the manifest, or the source's listing."""
+def list_keys(source: str, manifest: str | None, settings: Settings, listing: SourceListing | None) -> Iterator[str]:
+    """The image keys to register, streamed: from the source's listing, or the manifest."""
     if listing is not None:
         try:
             yield from listing
         except OSError as exc:  # SourceUnavailableError, or an HTTP error such as 401
             raise SubmitError(f"cannot list {source}: {exc}") from None
         return
-    if manifest:
-        url = manifest if "://" in manifest else absolute_url(manifest)
-        try:
-            yield from iter_manifest(url, settings.s3_endpoint_url)
-        except (OSError, KeyError) as exc:
-            raise SubmitError(f"cannot read manifest {manifest}: {exc}") from None
-        return
-    yield from list_image_keys(open_source(source, settings.s3_endpoint_url))
+    assert manifest  # no listing: the manifest names the keys
+    url = manifest if "://" in manifest else absolute_url(manifest)
+    try:
+        yield from iter_manifest(url, settings.s3_endpoint_url)
+    except (OSError, KeyError) as exc:
+        raise SubmitError(f"cannot read manifest {manifest}: {exc}") from None
 
 
 def read_text(what: str, where: str, settings: Settings) -> str:

@@ -1,4 +1,4 @@
-"""Listing a DICOMweb source for a run: QIDO-RS pages, attribute filters, and annotations matched by PatientID.
+"""A PACS as a run's source and target: attribute filters, annotations matched by PatientID, the archive options.
 
 RSNA-format annotations name images by ``patientId`` (one image per patient there). A DICOMweb key is made of UIDs,
 so such rows are matched through the PatientID QIDO-RS returns for each instance: both sides are hashed
@@ -9,15 +9,16 @@ last part), like file stems.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
+from pixelperfect.inputs.sources import SourceListing
 from pixelperfect.pipeline.decode.dicom import hash_identifier
-from pixelperfect.storage.dicomweb import DicomwebStore, is_dicomweb_url
+from pixelperfect.storage.dicomweb import is_dicomweb_url, service_url
 
 V = TypeVar("V")
 
-__all__ = ["DicomwebListing", "PatientMatcher", "is_dicomweb_url", "parse_filters"]
+__all__ = ["PatientMatcher", "archive_settings", "parse_filters"]
 
 
 def parse_filters(texts: Sequence[str]) -> dict[str, list[str]]:
@@ -40,37 +41,12 @@ def parse_filters(texts: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-class DicomwebListing:
-    """The image keys of a DICOMweb source, streamed page by page; when ``track_patients``, the hashed PatientID
-    of each listed key is kept until :class:`PatientMatcher` consumes it (memory: one chunk's keys)."""
-
-    def __init__(
-        self, url: str, settings: Any, filters: dict[str, list[str]] | None = None, *, track_patients: bool = False
-    ) -> None:
-        self.store = DicomwebStore(url, settings)
-        self.filters = filters or {}
-        self.track_patients = track_patients
-        self.patient_hashes: dict[str, str] = {}
-        self.skipped = 0  # non-image instances (SEG, SR, presentation states, ...)
-
-    def __iter__(self) -> Iterator[str]:
-        from pixelperfect.storage.dicomweb import NON_IMAGE_SOP_PREFIXES
-
-        for instance in self.store.instances(self.filters):
-            if instance.sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
-                self.skipped += 1
-                continue
-            if self.track_patients and instance.patient_id:
-                self.patient_hashes[instance.key] = hash_identifier(instance.patient_id)
-            yield instance.key
-
-
 class PatientMatcher(Generic[V]):
     """Attaches values named by PatientID (RSNA ``patientId``) to DICOMweb keys, comparing hashes only. The first
     key listed for a patient takes the patient's value; same interface as
     :class:`~pixelperfect.producer.stream.KeyMatcher`."""
 
-    def __init__(self, values: dict[str, V], listing: DicomwebListing) -> None:
+    def __init__(self, values: dict[str, V], listing: SourceListing) -> None:
         self.values = {hash_identifier(pid): value for pid, value in values.items()}
         self.listing = listing
         self._claimed: set[str] = set()
@@ -95,8 +71,6 @@ def archive_settings(
 ) -> dict[str, Any]:
     """The run-config entries of the archive options (empty for a plain PNG run, so the config hash of runs
     created before these options existed is unchanged). Raises ``ValueError`` naming a bad option."""
-    from pixelperfect.storage.dicomweb import service_url
-
     chosen = [o.strip() for text in outputs for o in text.split(",") if o.strip()] or ["png"]
     for name in chosen:
         if name not in OUTPUTS:

@@ -18,12 +18,18 @@ import io
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pixelperfect.storage import ObjectNotFoundError, ObjectStore, SourceUnavailableError
+from pixelperfect.storage.base import (
+    Entry,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ObjectStore,
+    SourceUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 # dicomweb-client's retry decorator logs every failed attempt with a traceback even with retries off; ours are
@@ -81,8 +87,6 @@ def service_url(url: str) -> str:
 
 def split_key(key: str) -> tuple[str, str, str]:
     """``study/series/sop`` -> the three UIDs; raises :class:`~pixelperfect.storage.InvalidKeyError` otherwise."""
-    from pixelperfect.storage import InvalidKeyError
-
     parts = key.split("/")
     if len(parts) != 3 or not all(_UID.match(p) and len(p) <= 64 for p in parts):
         raise InvalidKeyError(f"a DICOMweb key is StudyUID/SeriesUID/SOPInstanceUID, not {key[:200]!r}")
@@ -130,6 +134,8 @@ class DicomwebStore(ObjectStore):
     non-image SOP classes; ``put`` stores one DICOM object with STOW-RS (the key is not used: the object's UIDs
     address it).
     """
+
+    keys_by_uid = True
 
     def __init__(self, url: str, settings: Any = None) -> None:
         import requests
@@ -202,15 +208,17 @@ class DicomwebStore(ObjectStore):
                     break
                 offset += len(page)
 
-    def image_instances(self, filters: dict[str, list[str]] | None = None) -> Iterator[Instance]:
-        for instance in self.instances(filters):
-            if not instance.sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
-                yield instance
+    def entries(self, filters: Mapping[str, Sequence[str]] | None = None) -> Iterator[Entry]:
+        """Every instance matching ``filters``, non-image SOP classes (SEG, SR, …) marked ``image=False``, each with
+        the PatientID QIDO-RS returned."""
+        for instance in self.instances({k: list(v) for k, v in (filters or {}).items()}):
+            image = not instance.sop_class.startswith(NON_IMAGE_SOP_PREFIXES)
+            yield Entry(instance.key, image=image, patient_id=instance.patient_id)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        for instance in self.image_instances():
-            if instance.key.startswith(prefix):
-                yield instance.key
+        for entry in self.entries():
+            if entry.image and entry.key.startswith(prefix):
+                yield entry.key
 
     def exists(self, key: str) -> bool:
         study, series, sop = split_key(key)
@@ -268,7 +276,3 @@ class DicomwebStore(ObjectStore):
             reason = item.get("FailureReason", "")
             failed[str(item.get("ReferencedSOPInstanceUID", ""))] = f"failure reason {reason}"
         return failed
-
-
-def open_dicomweb(url: str, settings: Any = None) -> DicomwebStore:
-    return DicomwebStore(url, settings)

@@ -15,11 +15,9 @@ from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, Settings, get_setti
 from pixelperfect.pipeline.model.builder import build_segmenter
 from pixelperfect.pipeline.model.protocol import Segmenter
 from pixelperfect.pipeline.model.weights import sha256_hex
-from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
+from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings
 from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
-from pixelperfect.pipeline.prompt.boxes import Jitter
 from pixelperfect.storage import ObjectStore, open_store, read_url
-from pixelperfect.storage.dicomweb import DicomwebStore, is_dicomweb_url
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -96,10 +94,7 @@ class Runtime:
         DICOMweb credentials), opened once per process."""
         with self._lock:
             if url not in self._stores:
-                if is_dicomweb_url(url):
-                    self._stores[url] = DicomwebStore(url, self.settings)
-                else:
-                    self._stores[url] = open_store(url, endpoint_url=self.settings.s3_endpoint_url)
+                self._stores[url] = open_store(url, self.settings)
             return self._stores[url]
 
     def segmenter(self, run: RunSpec) -> Segmenter:

@@ -35,9 +35,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Per-image stages recorded in ``Image.timings`` (seconds), in pipeline order: fetch, decode, preprocessing, image
-#: encoder (the image's share of a batched call), prompt decoder, ``post`` (scoring, mask PNGs), upload, database.
-STAGES: tuple[str, ...] = ("download", "decode", "preprocess", "encode", "prompts", "post", "upload", "db")
 #: Buckets of per-image stage seconds: 1 ms (a small PNG decode) to 2 min (a huge image encoded on CPU).
 STAGE_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 #: Buckets of whole-batch seconds: a batch of 8 takes ~1 s on a GPU and minutes on a CPU.

@@ -12,9 +12,10 @@ import pytest
 
 from pixelperfect.config import Settings
 from pixelperfect.embedded import submit
+from pixelperfect.inputs.sources import SourceListing
 from pixelperfect.pipeline.output.dicomseg import SegAlgorithm, build_seg
 from pixelperfect.producer.enqueue import SubmitError, SubmitRequest
-from pixelperfect.producer.pacs import DicomwebListing, parse_filters
+from pixelperfect.producer.pacs import parse_filters
 from pixelperfect.storage import InvalidKeyError
 from pixelperfect.storage.dicomweb import DicomwebStore, service_url, split_key
 from tests.archive.conftest import FaultProxy, Orthanc
@@ -60,16 +61,16 @@ def test_listing_is_paged_filtered_and_skips_segs(tmp_path: Path, orthanc: Ortha
     DicomwebStore(orthanc.url).put("seg", seg)
     settings = Settings(dicomweb_page_size=2)
 
-    listing = DicomwebListing(fault_proxy.url, settings)
+    listing = SourceListing.open(fault_proxy.url, settings)
     keys = list(listing)
     assert len(keys) >= 5 and listing.skipped >= 1
     assert all(len(split_key(k)) == 3 for k in keys)
     qido = [h for h in fault_proxy.hits if h.startswith("/dicom-web/instances")]
     assert any("offset=2" in h for h in qido) and all("limit=2" in h for h in qido)  # paged, never one response
 
-    cr = list(DicomwebListing(orthanc.url, settings, parse_filters(["Modality=CR"])))
-    dx = list(DicomwebListing(orthanc.url, settings, parse_filters(["Modality=DX"])))
-    both = list(DicomwebListing(orthanc.url, settings, parse_filters(["Modality=CR,DX"])))
+    cr = list(SourceListing.open(orthanc.url, settings, parse_filters(["Modality=CR"])))
+    dx = list(SourceListing.open(orthanc.url, settings, parse_filters(["Modality=DX"])))
+    both = list(SourceListing.open(orthanc.url, settings, parse_filters(["Modality=CR,DX"])))
     ours = {str(__import__("pydicom").dcmread(p).SOPInstanceUID) for p in paths}
     assert len({k.rsplit("/", 1)[1] for k in cr} & ours) == 3 and len({k.rsplit("/", 1)[1] for k in dx} & ours) == 2
     assert sorted(both) == sorted(cr + dx)
@@ -120,7 +121,7 @@ def test_5xx_during_run_fails_source_unavailable_then_retry_recovers(
     settings = embedded_settings(tmp_path, dicomweb_attempts=3, dicomweb_backoff_s=0.05)
     fault_proxy.failing = "/dicom-web/studies/"  # WADO-RS retrievals answer 503; QIDO-RS listing works
     manifest = tmp_path / "keys.txt"
-    keys = [k for k in DicomwebListing(orthanc.url, settings) if k.split("/")[0] in uids]
+    keys = [k for k in SourceListing.open(orthanc.url, settings) if k.split("/")[0] in uids]
     manifest.write_text("\n".join(keys))
     submit(SubmitRequest(source=fault_proxy.url, run="flaky", variants=["raw"], manifest=str(manifest)), settings)
     assert set(_statuses(settings, "flaky").values()) == {("failed", "source_unavailable")}
@@ -138,7 +139,7 @@ def test_instance_deleted_between_listing_and_fetch_is_not_found(tmp_path: Path,
     orthanc.stow_files(paths)
     sops = [str(pydicom.dcmread(p).SOPInstanceUID) for p in paths]
     settings = embedded_settings(tmp_path)
-    keys = [k for k in DicomwebListing(orthanc.url, settings) if k.rsplit("/", 1)[1] in sops]
+    keys = [k for k in SourceListing.open(orthanc.url, settings) if k.rsplit("/", 1)[1] in sops]
     assert len(keys) == 2
     orthanc.delete_instance(sops[0])
     manifest = tmp_path / "keys.txt"
@@ -161,7 +162,7 @@ def test_credentials_come_from_settings_and_stay_out_of_logs(
     token = Settings(dicomweb_token=SecretStr("tok-SECRET-1"), dicomweb_attempts=1)
     basic = Settings(dicomweb_username="alice", dicomweb_password=SecretStr("pw-SECRET-2"), dicomweb_attempts=1)
     caplog.set_level("DEBUG")
-    key = next(iter(DicomwebListing(fault_proxy.url, token)))
+    key = next(iter(SourceListing.open(fault_proxy.url, token)))
     DicomwebStore(fault_proxy.url, basic).get(key)
     assert fault_proxy.authorization[0] == "Bearer tok-SECRET-1"
     assert fault_proxy.authorization[-1] == "Basic " + base64.b64encode(b"alice:pw-SECRET-2").decode()

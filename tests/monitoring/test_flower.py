@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelperfect.worker.telemetry import STAGES
+from pixelperfect.broker.names import STAGES
 from tests.conftest import PIXELPERFECT, ROOT, S3Server
 from tests.monitoring.live import (
     Flower,

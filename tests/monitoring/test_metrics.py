@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from pixelperfect.broker.names import STAGES
 from pixelperfect.config import Settings, use_settings
 from pixelperfect.worker import telemetry as metrics
-from pixelperfect.worker.telemetry import STAGES, GpuMemoryCollector, WorkerMetrics
+from pixelperfect.worker.telemetry import GpuMemoryCollector, WorkerMetrics
 from tests.conftest import ROOT, free_port
 
 

@@ -10,13 +10,13 @@ import pytest
 from rich.console import Console
 from sqlalchemy import select, update
 
+from pixelperfect.broker.names import STAGES
 from pixelperfect.config import Settings, use_settings
 from pixelperfect.db import repo
 from pixelperfect.db.models import Image
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.monitor import RateWindow, format_eta, stage_shares, status_line, watch_run
-from pixelperfect.worker.telemetry import STAGES
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from pixelperfect.embedded import SubmitError, SubmitRequest, submit
 from pixelperfect.evaluation.collect import collect
 from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
 from pixelperfect.pipeline.model.protocol import MaskPrediction
-from pixelperfect.pipeline.options import AutoSettings
+from pixelperfect.pipeline.options import AutoSettings, Jitter
 from pixelperfect.pipeline.preprocess.variants import parse_variant
 from pixelperfect.pipeline.prompt.auto import _nms, grid_points, lung_field, parse_points_csv, perturb_point
-from pixelperfect.pipeline.prompt.boxes import Jitter, prompt_rng
+from pixelperfect.pipeline.prompt.boxes import prompt_rng
 from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
 from tests.conftest import embedded_settings
 

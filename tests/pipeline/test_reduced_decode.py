@@ -16,8 +16,8 @@ from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
 from pixelperfect.pipeline.model.protocol import model_input_side
 from pixelperfect.pipeline.model.sam import SamSegmenter
 from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam
+from pixelperfect.pipeline.options import Jitter
 from pixelperfect.pipeline.preprocess.variants import parse_variant
-from pixelperfect.pipeline.prompt.boxes import Jitter
 from pixelperfect.pipeline.score.overlap import dice
 from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
 from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing

@@ -17,9 +17,9 @@ from pixelperfect.db.models import Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.pipeline import stages as process
-from pixelperfect.pipeline.decode import spacing
 from pixelperfect.pipeline.model.sam import SamSegmenter
 from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
+from pixelperfect.pipeline.score import metrics
 from pixelperfect.pipeline.score import segments as score
 from tests.conftest import embedded_settings
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 SCORING = {
     process: ["score_prediction", "encode_mask_png"],
     score: ["consistency", "boxes_from_mask", "dice", "iou", "surface_scores", "box_iou", "box_dice", "mask_bbox"],
-    spacing: ["nsd", "hd95"],  # surface_scores' metrics, in mm or px
+    metrics: ["nsd", "hd95"],  # surface_scores' metrics, in mm or px
 }
 MODEL = ["encode", "predict_boxes", "predict_points"]
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pixelperfect.pipeline.prompt.boxes import Jitter, perturb_box, prompt_rng, xywh_to_xyxy
+from pixelperfect.pipeline.options import Jitter
+from pixelperfect.pipeline.prompt.boxes import perturb_box, prompt_rng, xywh_to_xyxy
 from pixelperfect.pipeline.score.overlap import (
     box_dice,
     box_iou,

@@ -12,12 +12,11 @@ from pixelperfect.pipeline.decode.spacing import (
     dicom_spacing_meta,
     parse_spacing_option,
     resolve_spacing,
-    surface_scores,
     validate_spacing,
 )
 from pixelperfect.pipeline.options import ProcessSettings
 from pixelperfect.pipeline.records import ImageInput
-from pixelperfect.pipeline.score.metrics import hd95, nsd
+from pixelperfect.pipeline.score.metrics import hd95, nsd, surface_scores
 from pixelperfect.pipeline.score.segments import prompt_accuracy
 from tests.pipeline.test_dicom import write_dicom
 

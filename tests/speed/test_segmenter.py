@@ -108,7 +108,8 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def _agreement(device: torch.device, n_images: int) -> list[float]:
     """ViT-B (random seeded weights), phantom radiographs at 1024², the research's boxes and their perturbations:
     mask IoU of the bf16 path against strict fp32 (TF32 off), one value per prompt."""
-    from pixelperfect.pipeline.prompt.boxes import Jitter, perturb_box, prompt_rng
+    from pixelperfect.pipeline.options import Jitter
+    from pixelperfect.pipeline.prompt.boxes import perturb_box, prompt_rng
     from pixelperfect.synthetic.phantoms import display_uint8, make_phantom
 
     torch.manual_seed(0)

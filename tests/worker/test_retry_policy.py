@@ -1,5 +1,5 @@
-"""One retry policy: the Celery task's autoretry options and the embedded runner's waits come from the settings'
-RetryPolicy, whose countdowns are Celery's own exponential backoff."""
+"""One retry policy: the Celery tasks' retries (read when a task runs) and the embedded runner's waits come from the
+settings' RetryPolicy, whose countdowns are Celery's own exponential backoff."""
 
 from __future__ import annotations
 
@@ -27,16 +27,25 @@ def test_countdowns_are_celerys_backoff(backoff: float) -> None:
     assert len(set(draws)) > 1 or jittered.countdown(3) == 0
 
 
-def test_the_task_carries_the_policy_of_the_settings() -> None:
-    from pixelperfect.worker.tasks import segment_batch
+def test_the_tasks_read_the_policy_when_they_run() -> None:
+    """The batch tasks take their retry limit and backoff from the settings in force when a task runs, not from
+    those of the process that imported the module: no autoretry options are fixed on the task at import."""
+    from pixelperfect.config import get_settings, use_settings
+    from pixelperfect.worker import tasks
 
-    task = segment_batch._get_current_object() if hasattr(segment_batch, "_get_current_object") else segment_batch
-    policy = Settings().retry_policy
-    assert task.autoretry_for == (Exception,)
-    assert task.max_retries == policy.max_retries == Settings().task_max_retries
-    assert task.retry_backoff == policy.backoff_s and task.retry_backoff_max == RETRY_BACKOFF_MAX_S
-    assert task.retry_jitter is policy.jitter and task.default_retry_delay == 0
+    task = tasks.segment_batch
+    assert not getattr(task, "autoretry_for", ()), "retry options fixed when the module was imported"
     assert task.acks_late and task.reject_on_worker_lost
+    before = get_settings()
+    try:
+        use_settings(Settings(task_max_retries=2, retry_backoff_s=4, retry_jitter=False))
+        assert [tasks.retry_countdown(n) for n in range(3)] == [4, 8, None]
+        use_settings(Settings(task_max_retries=0))
+        assert tasks.retry_countdown(0) is None  # no retry at all: the first failure gives up
+        use_settings(Settings(task_max_retries=5, retry_backoff_s=0))
+        assert [tasks.retry_countdown(n) for n in range(6)] == [0, 0, 0, 0, 0, None]
+    finally:
+        use_settings(before)
 
 
 def test_visibility_timeout_is_checked_against_the_policy() -> None:

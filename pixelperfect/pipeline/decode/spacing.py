@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 
-from pixelperfect.pipeline.score.metrics import Spacing, hd95, nsd
+from pixelperfect.pipeline.records import Spacing
 
 #: Beyond this ratio of the two spacings a value is taken for an encoding error, not a detector.
 MAX_ANISOTROPY = 10.0
@@ -109,33 +109,6 @@ def parse_spacing_option(text: str) -> tuple[float, float]:
     if spacing is None:
         raise ValueError((warning or f"--pixel-spacing {text!r} is invalid").split(":")[0] + " (use ROW,COL in mm)")
     return spacing
-
-
-class SurfaceScores(TypedDict):
-    """NSD and HD95 of one mask and the unit they are in (``"mm"`` or ``"px"``)."""
-
-    nsd: float | None
-    hd95: float | None
-    surface_unit: str
-
-
-def surface_scores(
-    pred: np.ndarray,
-    truth: np.ndarray,
-    spacing: Spacing,
-    tolerance_px: float,
-    tolerance_mm: float | None,
-) -> SurfaceScores:
-    """NSD and HD95 of a mask against its ground truth, with their unit: in mm at ``tolerance_mm`` when the image
-    has a spacing and the run a mm tolerance (``surface_unit = "mm"``), else in px at ``tolerance_px``
-    (``"px"``). ``pred``, ``truth``: ``(H, W)`` bool."""
-    if spacing is not None and tolerance_mm is not None:
-        return {
-            "nsd": nsd(pred, truth, tolerance_mm, spacing),
-            "hd95": hd95(pred, truth, spacing),
-            "surface_unit": "mm",
-        }
-    return {"nsd": nsd(pred, truth, tolerance_px), "hd95": hd95(pred, truth), "surface_unit": "px"}
 
 
 def _present(ds: Any, tag: str) -> bool:

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from pixelperfect.pipeline.model.protocol import Prediction, Segmenter, empty_prediction
-from pixelperfect.pipeline.options import ProcessSettings
+from pixelperfect.pipeline.options import Jitter, ProcessSettings
 from pixelperfect.pipeline.preprocess.steps import to_uint8
-from pixelperfect.pipeline.prompt.boxes import Jitter, prompt_rng
+from pixelperfect.pipeline.prompt.boxes import prompt_rng
 from pixelperfect.pipeline.records import ImageInput
 
 _LUNG_WORK_SIZE = 256  # the lung-field estimate runs at this long side: it is a coarse shape

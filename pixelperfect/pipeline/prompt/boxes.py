@@ -6,29 +6,10 @@ Boxes are ``(M, 4)`` float64 XYXY pixel coordinates of the original image, ``x2`
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Jitter:
-    """K perturbed boxes per prompt: centre shifted by integers in ``±shift`` px, size scaled by ``1 ± U(scale)``.
-
-    The research used K = 4, ±5 px and 0.1.
-    """
-
-    k: int = 4
-    shift: int = 5
-    scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.k <= 64:
-            raise ValueError(f"consistency K must be in 0..64, got {self.k}")
-        if not 0 <= self.shift <= 100:
-            raise ValueError(f"jitter shift must be in 0..100 px, got {self.shift}")
-        if not 0 <= self.scale < 1:
-            raise ValueError(f"jitter scale must be in [0, 1), got {self.scale}")
+from pixelperfect.pipeline.options import Jitter
 
 
 def prompt_rng(seed: int, key: str, prompt_index: int, variant: str = "") -> np.random.Generator:

@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from scipy import ndimage
 
+from pixelperfect.pipeline.records import Spacing
 from pixelperfect.pipeline.score.overlap import box_iou
 
 #: ``(row, col)`` pixel spacing in mm, or ``None`` for pixel units.
-Spacing = tuple[float, float] | None
 
 #: The RSNA Pneumonia Detection Challenge's IoU thresholds: 0.40, 0.45, ..., 0.75.
 RSNA_THRESHOLDS: tuple[float, ...] = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
@@ -130,6 +130,33 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = 
 
 
 # --- RSNA challenge detection metric ---------------------------------------------------------------------------
+
+
+class SurfaceScores(TypedDict):
+    """NSD and HD95 of one mask and the unit they are in (``"mm"`` or ``"px"``)."""
+
+    nsd: float | None
+    hd95: float | None
+    surface_unit: str
+
+
+def surface_scores(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing: Spacing,
+    tolerance_px: float,
+    tolerance_mm: float | None,
+) -> SurfaceScores:
+    """NSD and HD95 of a mask against its ground truth, with their unit: in mm at ``tolerance_mm`` when the image
+    has a spacing and the run a mm tolerance (``surface_unit = "mm"``), else in px at ``tolerance_px``
+    (``"px"``). ``pred``, ``truth``: ``(H, W)`` bool."""
+    if spacing is not None and tolerance_mm is not None:
+        return {
+            "nsd": nsd(pred, truth, tolerance_mm, spacing),
+            "hd95": hd95(pred, truth, spacing),
+            "surface_unit": "mm",
+        }
+    return {"nsd": nsd(pred, truth, tolerance_px), "hd95": hd95(pred, truth), "surface_unit": "px"}
 
 
 def rsna_image_precision(

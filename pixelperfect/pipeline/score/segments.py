@@ -12,11 +12,10 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from pixelperfect.pipeline.decode.spacing import surface_scores
 from pixelperfect.pipeline.model.protocol import Prediction
 from pixelperfect.pipeline.options import ProcessSettings
-from pixelperfect.pipeline.records import ImageInput, SegmentRecord
-from pixelperfect.pipeline.score.metrics import Spacing
+from pixelperfect.pipeline.records import ImageInput, SegmentRecord, Spacing
+from pixelperfect.pipeline.score.metrics import surface_scores
 from pixelperfect.pipeline.score.overlap import (
     box_dice,
     box_iou,
