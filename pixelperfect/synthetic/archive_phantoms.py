@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from pydicom.uid import ExplicitVRLittleEndian
 
 from pixelperfect.pipeline.decode import codecs
 from pixelperfect.synthetic.phantoms import Phantom, display_uint8, make_phantom, phantom_dataset
@@ -40,7 +41,7 @@ CR_SHAPE = (2300, 2800)  # rows x columns of a 35 x 43 cm plate read at ~0.15 mm
 ARCHIVE_KINDS: dict[str, ArchiveKind] = {
     k.name: k
     for k in (
-        ArchiveKind("explicit_le", "1.2.840.10008.1.2.1", 12, CR_SHAPE),
+        ArchiveKind("explicit_le", ExplicitVRLittleEndian, 12, CR_SHAPE),
         ArchiveKind("jpeg_baseline", codecs.JPEG_BASELINE, 8, (1024, 1024), lossy=True, package="PIL"),
         ArchiveKind("jpeg_lossless_sv1", codecs.JPEG_LOSSLESS_SV1, 12, CR_SHAPE, package="imagecodecs"),
         ArchiveKind("j2k_lossless", codecs.J2K_LOSSLESS, 12, CR_SHAPE, package="openjpeg"),

@@ -15,6 +15,7 @@ The modality LUT, VOI and polarity are :mod:`~pixelperfect.pipeline.decode.voi`'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from dataclasses import dataclass
@@ -22,19 +23,27 @@ from typing import Any
 
 import numpy as np
 
-from pixelperfect.pipeline.decode import codecs, dicom_simple
+from pixelperfect.pipeline.decode import codecs
 from pixelperfect.pipeline.decode.image import (
     DEFAULT_MAX_PIXELS,
     CorruptImageError,
     DecodedImage,
-    ImageDecodeError,
     UnsupportedImageError,
     is_dicom,
 )
 from pixelperfect.pipeline.decode.spacing import dicom_spacing_meta
 from pixelperfect.pipeline.decode.voi import apply_window, display, first_line
 
-__all__ = ["ParsedDicom", "apply_window", "decode_dicom", "decode_stored", "finish_dicom", "parse_dicom"]
+__all__ = [
+    "ParsedDicom",
+    "apply_window",
+    "check_dataset",
+    "decode_dicom",
+    "decode_stored",
+    "finish_dicom",
+    "parse_dicom",
+    "read_header",
+]
 
 #: Identifiers kept on the image row, hashed (meta key): the hash links images of one patient or study without
 #: revealing them.
@@ -51,10 +60,10 @@ def hash_identifier(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParsedDicom:
-    """A DICOM object read up to its pixels: the dataset, the frame asked for, its photometric interpretation and
-    whether it is greyscale (one sample, MONOCHROME1/2)."""
+    """A DICOM object read up to its pixels: the dataset, the frame asked for, and its image pixel attributes, each
+    read from the dataset once (photometric interpretation, greyscale or not: one sample, MONOCHROME1/2)."""
 
     ds: Any
     frames: int
@@ -62,15 +71,17 @@ class ParsedDicom:
     photometric: str
     monochrome: bool
     max_pixels: int = DEFAULT_MAX_PIXELS
+    rows: int = 0
+    columns: int = 0
+    bits_allocated: int = 0
+    bits_stored: int = 0
+    representation: int = 0  # PixelRepresentation: 0 unsigned, 1 signed (two's complement)
+    syntax: str = ""  # the transfer syntax UID
 
     @property
     def index(self) -> int | None:
         """The frame to decode: ``None`` for a single-frame object."""
         return self.frame if self.frames > 1 else None
-
-    @property
-    def syntax(self) -> str:
-        return str(self.ds.file_meta.TransferSyntaxUID)
 
 
 def decode_dicom(
@@ -89,54 +100,131 @@ def decode_dicom(
     ``colour_to_grey``: convert RGB/YBR/palette colour to luminance instead of refusing it.
     ``window_index``: which window centre/width or VOI LUT to apply when the file holds several (the first if
     the file has fewer). ``model_side``: decode JPEG 2000 / JPEG at the smallest resolution whose long side is
-    still ``>= model_side`` (:mod:`~pixelperfect.pipeline.decode.codecs`). The pixel count is checked from the header
-    before any pixel is decoded. A plain single-frame JPEG file is read without pydicom's dataset
-    (:mod:`~pixelperfect.pipeline.decode.dicom_simple`), with the same result.
+    still ``>= model_side`` (:mod:`~pixelperfect.pipeline.decode.codecs`). The pixel count is checked from the
+    header before any pixel is decoded. A file in a compressed transfer syntax that a fast decoder takes is read by
+    pydicom's element parser for the attributes the decode uses only (:func:`read_header`), with the same result.
     """
-    image = _decode_simple(data, key, max_pixels=max_pixels, frame=frame, window_index=window_index,
-                           model_side=model_side)  # fmt: skip
-    if image is not None:
-        return image
+    header = read_header(data)
+    if header is not None:
+        image = _decode_header(header, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey,
+                               window_index=window_index, model_side=model_side)  # fmt: skip
+        if image is not None:
+            return image
     parsed = parse_dicom(data, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey)
     stored = decode_stored(parsed, key, model_side=model_side)
     return finish_dicom(parsed, stored.array, key, window_index=window_index, scale=stored.scale)
 
 
-def _decode_simple(
-    data: bytes, key: str, *, max_pixels: int, frame: int | None, window_index: int, model_side: int | None
+#: The attributes the decode reads (checks, stored values, modality rescale, window, spacing, metadata, hashes).
+HEADER_KEYWORDS = (
+    "SpecificCharacterSet",
+    "Modality",
+    "AccessionNumber",
+    "PatientID",
+    "BodyPartExamined",
+    "EstimatedRadiographicMagnificationFactor",
+    "ImagerPixelSpacing",
+    "ViewPosition",
+    "StudyInstanceUID",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "WindowCenter",
+    "WindowWidth",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "VOILUTFunction",
+    "PixelData",
+)
+#: Attributes whose presence sends a file to :func:`parse_dicom`'s whole dataset: the LUT sequences (pydicom applies
+#: them from the dataset) and pixel data other than ``PixelData``.
+WHOLE_DATASET_KEYWORDS = ("ModalityLUTSequence", "VOILUTSequence", "FloatPixelData", "DoubleFloatPixelData")
+_TRANSFER_SYNTAX_TAG = 0x00020010
+_PIXEL_DATA_TAG = 0x7FE00010
+
+
+@functools.lru_cache(maxsize=1)
+def _header_tags() -> tuple[frozenset[int], frozenset[int]]:
+    from pydicom.datadict import tag_for_keyword
+
+    def tags(keywords: tuple[str, ...]) -> frozenset[int]:
+        return frozenset(int(tag_for_keyword(k) or 0) for k in keywords)
+
+    return tags(HEADER_KEYWORDS), tags(WHOLE_DATASET_KEYWORDS)
+
+
+def read_header(data: bytes) -> Any | None:
+    """The decode's attributes (:data:`HEADER_KEYWORDS`) and pixel data of a Part 10 file whose transfer syntax a
+    fast decoder of :mod:`.codecs` takes, as a pydicom ``Dataset`` of those elements only: pydicom's element parser
+    (``filereader.data_element_generator``) walks the file once, and pydicom converts a value when it is first read,
+    without building the rest of the dataset. ``None`` for any other file (another transfer syntax, a LUT sequence,
+    anything the element parser refuses): :func:`parse_dicom` reads it whole."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filereader import data_element_generator
+    from pydicom.tag import BaseTag
+    from pydicom.uid import UID
+
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    wanted, refused = _header_tags()
+    elements: dict[BaseTag, Any] = {}
+    syntax: str | None = None
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    try:  # the meta group is explicit VR little endian, and so is the dataset of every syntax of codecs.CODECS
+        for raw in data_element_generator(fp, False, True):
+            tag = raw.tag
+            if tag == _TRANSFER_SYNTAX_TAG:
+                syntax = bytes(raw.value or b"").decode("ascii").strip(" \x00")
+            elif tag > 0x0002FFFF and syntax not in codecs.CODECS:
+                return None  # another syntax, or none named: its dataset may be encoded otherwise
+            elif tag in refused:
+                return None
+            elif tag in wanted:
+                elements[tag] = raw
+    except Exception:  # whatever pydicom's element parser refuses: the whole-dataset read names the problem
+        return None
+    if syntax not in codecs.CODECS or _PIXEL_DATA_TAG not in elements:
+        return None
+    ds = Dataset(elements)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+def _decode_header(
+    ds: Any,
+    key: str,
+    *,
+    max_pixels: int,
+    frame: int | None,
+    colour_to_grey: bool,
+    window_index: int,
+    model_side: int | None,
 ) -> DecodedImage | None:
-    """The image of a plain single-frame JPEG file (:mod:`.dicom_simple`) read without pydicom's dataset; ``None``
-    for any other file and whenever this path does not end in an image: the caller's pydicom path then decides,
-    and names any error (a file that fails here fails there the same way)."""
-    ds = dicom_simple.read_simple(data)
-    if ds is None:
-        return None
-    rows, cols = ds.get("Rows", 0), ds.get("Columns", 0)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    plain = (
-        rows > 0
-        and cols > 0
-        and rows * cols <= max_pixels
-        and ds.get("NumberOfFrames", 1) == 1
-        and frame in (None, 0)
-        and photometric in ("MONOCHROME1", "MONOCHROME2")
-        and ds.get("SamplesPerPixel", 1) == 1
-    )
-    if not plain:
-        return None
-    parsed = ParsedDicom(ds, 1, frame, photometric, True, max_pixels)
+    """The image of a :func:`read_header` dataset by a fast decoder; ``None`` whenever this path does not end in an
+    image: the caller's whole-dataset path then decides, and names any error (a file that fails here fails there the
+    same way)."""
     try:
+        parsed = check_dataset(ds, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey)
         stored = _decode_fast(parsed, key, model_side)
         if stored is None:
             return None
         return finish_dicom(parsed, stored.array, key, window_index=window_index, scale=stored.scale)
-    except ImageDecodeError:
+    except Exception:
         return None
 
 
 def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, colour_to_grey: bool) -> ParsedDicom:
-    """Read the dataset and check it before any pixel is decoded: pixel data present, size within ``max_pixels``,
-    frame choice, greyscale (unless ``colour_to_grey``). Raises the typed errors of :mod:`.image`."""
+    """Read the whole dataset and check it before any pixel is decoded: pixel data present, then
+    :func:`check_dataset`. Raises the typed errors of :mod:`.image`."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -155,6 +243,12 @@ def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, co
             raise CorruptImageError(key, "truncated", "the file ends in or right after its meta header")
         raise UnsupportedImageError(key, "no_pixel_data", "the DICOM object has no pixel data element")
     _ensure_transfer_syntax(ds)
+    return check_dataset(ds, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey)
+
+
+def check_dataset(ds: Any, key: str, *, max_pixels: int, frame: int | None, colour_to_grey: bool) -> ParsedDicom:
+    """The checks before any pixel is decoded: a size within ``max_pixels``, the frame choice, greyscale (unless
+    ``colour_to_grey``). Raises the typed errors of :mod:`.image`."""
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if rows <= 0 or cols <= 0:
@@ -174,7 +268,20 @@ def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, co
         raise UnsupportedImageError(
             key, "colour", f"photometric {photometric} with {samples} samples; radiographs are greyscale"
         )
-    return ParsedDicom(ds, frames, frame, photometric, monochrome, max_pixels)
+    return ParsedDicom(
+        ds,
+        frames,
+        frame,
+        photometric,
+        monochrome,
+        max_pixels,
+        rows=rows,
+        columns=cols,
+        bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
+        bits_stored=int(ds.get("BitsStored", 0) or 0),
+        representation=int(ds.get("PixelRepresentation", 0) or 0),
+        syntax=str(ds.file_meta.TransferSyntaxUID),
+    )
 
 
 def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
@@ -182,28 +289,24 @@ def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
     unsigned or signed (PixelRepresentation 0 / 1), BitsAllocated 8/16, a compressed syntax of
     :data:`codecs.CODECS`. ``None`` otherwise."""
     ds = parsed.ds
-    bits_allocated, bits_stored = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
-    representation = int(ds.get("PixelRepresentation", 0) or 0)
+    bits_allocated, bits_stored = parsed.bits_allocated, parsed.bits_stored
     eligible = (
         parsed.monochrome
         and parsed.syntax in codecs.CODECS
-        and "PixelData" in ds
-        and representation in (0, 1)
+        and parsed.representation in (0, 1)
         and bits_allocated in (8, 16)
         and 1 <= bits_stored <= bits_allocated
+        and "PixelData" in ds
     )
     if not eligible:
         return None
-    if isinstance(ds, dicom_simple.SimpleDataset):
-        stream = ds.frame
-    else:
-        from pydicom.encaps import get_frame
+    from pydicom.encaps import get_frame
 
-        try:
-            stream = get_frame(ds.PixelData, parsed.index or 0, number_of_frames=parsed.frames)
-        except Exception:  # a broken encapsulation: pydicom's own path gives the reason
-            return None
-    info = codecs.FrameInfo(int(ds.Rows), int(ds.Columns), bits_allocated, bits_stored, signed=representation == 1)
+    try:
+        stream = get_frame(ds.PixelData, parsed.index or 0, number_of_frames=parsed.frames)
+    except Exception:  # a broken encapsulation: pydicom's own path gives the reason
+        return None
+    info = codecs.FrameInfo(parsed.rows, parsed.columns, bits_allocated, bits_stored, signed=parsed.representation == 1)
     return bytes(stream), info
 
 
@@ -238,8 +341,8 @@ def finish_dicom(
     """Stored values ``arr`` (``(h, w)``, or ``(h, w, 3)`` colour) -> the display image and its metadata.
     ``scale`` > 1: ``arr`` is a reduced decode (the original size is the dataset's Rows x Columns)."""
     ds, photometric = parsed.ds, parsed.photometric
-    meta = _metadata(ds, photometric, parsed.frames, parsed.frame)
-    original = (int(ds.Rows), int(ds.Columns))
+    meta = _metadata(parsed)
+    original = (parsed.rows, parsed.columns)
     if scale != 1:
         meta.update(decoded_shape=[int(arr.shape[0]), int(arr.shape[1])], decode_scale=scale)
     if not parsed.monochrome:
@@ -307,26 +410,28 @@ def _to_luminance(arr: np.ndarray, ds: Any, photometric: str, key: str) -> np.nd
     return np.asarray(arr, np.float32) @ _LUMA
 
 
-def _metadata(ds: Any, photometric: str, frames: int, frame: int | None) -> dict[str, Any]:
+def _metadata(parsed: ParsedDicom) -> dict[str, Any]:
+    ds = parsed.ds
+
     def text(tag: str) -> str | None:
         value = str(ds.get(tag, "") or "").strip()
         return value or None
 
     meta: dict[str, Any] = {
         "format": "dicom",
-        "bits": int(ds.get("BitsStored", 0) or 0) or None,
-        "bits_allocated": int(ds.get("BitsAllocated", 0) or 0) or None,
-        "signed": bool(int(ds.get("PixelRepresentation", 0) or 0)),
-        "photometric": photometric,
+        "bits": parsed.bits_stored or None,
+        "bits_allocated": parsed.bits_allocated or None,
+        "signed": bool(parsed.representation),
+        "photometric": parsed.photometric,
         "modality": text("Modality"),
         "view_position": text("ViewPosition"),
         "body_part": text("BodyPartExamined"),
         **dicom_spacing_meta(ds),  # pixel_spacing (raw), spacing_mm, spacing_source[, spacing_warning]
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
-        "frames": frames,
+        "frames": parsed.frames,
     }
-    if frame is not None:
-        meta["frame"] = frame
+    if parsed.frame is not None:
+        meta["frame"] = parsed.frame
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
         meta["rescale"] = [float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)]
     for tag, name in HASHED_IDENTIFIERS.items():

@@ -1,6 +1,7 @@
-"""The plain JPEG DICOM file read without pydicom's dataset (``pipeline/dicom_simple.py``): the same pixels and
-metadata as the pydicom path on pydicom's JPEG test files, RSNA-style and archive films and files written here
-with the attributes the decode reads; every odd file goes to pydicom, with the same result or the same error."""
+"""A compressed DICOM file read by pydicom's element parser for the decode's attributes only
+(``dicom.read_header``): the same pixels and metadata as the whole-dataset path on pydicom's JPEG test files,
+RSNA-style and archive films and files written here with the attributes the decode reads; every file it does not
+take goes to the whole dataset, with the same result or the same error."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 
-from pixelperfect.pipeline.decode import codecs, dicom_simple
+from pixelperfect.pipeline.decode import codecs, dicom
 from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
 from pixelperfect.synthetic.archive_phantoms import archive_phantom, rsna_dicom
 
@@ -99,8 +100,12 @@ def _truncate(ds: Dataset) -> None:
     ds.PixelData = encapsulate([frame[: len(frame) // 2]])
 
 
+def _decompress(ds: Dataset) -> None:
+    ds.decompress()
+
+
 RSNA = rsna_dicom(film(), "patient-1")
-# name -> (bytes, read by dicom_simple?)
+# name -> (bytes, read by read_header?)
 CASES: dict[str, tuple[Callable[[], bytes], bool]] = {
     "rsna": (lambda: RSNA, True),
     "archive_m2": (lambda: archive_phantom("jpeg_baseline", 0, shape=(300, 256))[0], True),
@@ -134,21 +139,22 @@ CASES: dict[str, tuple[Callable[[], bytes], bool]] = {
     "colour_photometric": (lambda: rewrite(RSNA, _set(PhotometricInterpretation="RGB")), True),
     "two_frames": (lambda: rewrite(RSNA, _set(NumberOfFrames=2)), True),
     "truncated": (lambda: rewrite(RSNA, _truncate), True),
-    # not read here
-    "bad_spacing": (lambda: RSNA.replace(b"0.168\\0.168", b"abc\\0.16800"), False),  # pydicom writes no "abc"
-    "empty_rescale": (lambda: rewrite(RSNA, _set(RescaleSlope="", RescaleIntercept="")), False),
-    "non_ascii_patient": (lambda: rewrite(RSNA, _set(SpecificCharacterSet="ISO_IR 100", PatientID="Müller")), False),
-    "two_modalities": (lambda: rewrite(RSNA, _set(Modality="CR\\DX")), False),
+    "bad_spacing": (lambda: RSNA.replace(b"0.168\\0.168", b"abc\\0.16800"), True),  # pydicom writes no "abc"
+    "empty_rescale": (lambda: rewrite(RSNA, _set(RescaleSlope="", RescaleIntercept="")), True),
+    "non_ascii_patient": (lambda: rewrite(RSNA, _set(SpecificCharacterSet="ISO_IR 100", PatientID="Müller")), True),
+    "two_modalities": (lambda: rewrite(RSNA, _set(Modality="CR\\DX")), True),
+    "lossless_syntax": (lambda: archive_phantom("jpeg_lossless_sv1", 0, shape=(64, 48))[0], True),
+    "offsets_of_two_frames": (lambda: rewrite(RSNA, _offsets_of_two_frames), True),
+    "trailing_element": (lambda: RSNA + b"\xfc\xff\xfc\xffOB\x00\x00\x02\x00\x00\x00\x00\x00", True),
+    # not read here: the whole dataset
     "modality_lut": (lambda: rewrite(RSNA, _modality_lut), False),
     "no_preamble": (lambda: RSNA[132:], False),
-    "lossless_syntax": (lambda: archive_phantom("jpeg_lossless_sv1", 0, shape=(64, 48))[0], False),
-    "offsets_of_two_frames": (lambda: rewrite(RSNA, _offsets_of_two_frames), False),
-    "trailing_element": (lambda: RSNA + b"\xfc\xff\xfc\xffOB\x00\x00\x02\x00\x00\x00\x00\x00", False),
+    "uncompressed": (lambda: rewrite(RSNA, _decompress), False),
 }
 
 
 def both(data: bytes, monkeypatch: Any, **options: Any) -> tuple[Any, Any]:
-    """The decode with this path, then with pydicom's only: each an image or the error it raised."""
+    """The decode with this path, then with the whole dataset only: each an image or the error it raised."""
 
     def run() -> Any:
         try:
@@ -158,7 +164,7 @@ def both(data: bytes, monkeypatch: Any, **options: Any) -> tuple[Any, Any]:
 
     fast = run()
     with monkeypatch.context() as patched:
-        patched.setattr(dicom_simple, "read_simple", lambda data: None)
+        patched.setattr(dicom, "read_header", lambda data: None)
         slow = run()
     return fast, slow
 
@@ -175,19 +181,19 @@ def assert_same(fast: Any, slow: Any) -> None:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_same_pixels_and_metadata_as_the_pydicom_path(name: str, monkeypatch: Any) -> None:
-    make, simple = CASES[name]
+    make, header = CASES[name]
     data = make()
-    assert (dicom_simple.read_simple(data) is not None) == simple
+    assert (dicom.read_header(data) is not None) == header
     for options in ({}, {"model_side": 64}, {"frame": 0}, {"window_index": 1}):
         assert_same(*both(data, monkeypatch, **options))
     assert_same(*both(data, monkeypatch, max_pixels=1000))  # too large: the same refusal
 
 
 @pytest.mark.parametrize("name", ["rsna", "archive_m1", "window", "sequence_undefined_length"])
-def test_a_plain_file_is_decoded_without_pydicom_reading_it(name: str, monkeypatch: Any) -> None:
+def test_a_compressed_file_is_decoded_without_reading_its_whole_dataset(name: str, monkeypatch: Any) -> None:
     data = CASES[name][0]()
     with monkeypatch.context() as patched:
-        patched.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("pydicom read a plain file"))
+        patched.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("the whole dataset was read"))
         image = decode_image(data, "f.dcm")
     assert image.meta["transfer_syntax"] == codecs.JPEG_BASELINE
 
@@ -220,30 +226,22 @@ def test_pydicom_jpeg_test_files(name: str, monkeypatch: Any) -> None:
         pytest.skip(f"pydicom test file {name} is not installed")
     data = Path(path).read_bytes()
     if name in ("JPEG-lossy.dcm", "JPGExtended.dcm"):  # greyscale, with a sequence of undefined length
-        assert dicom_simple.read_simple(data) is not None
+        assert dicom.read_header(data) is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for options in ({}, {"frame": 0, "colour_to_grey": True}):
             assert_same(*both(data, monkeypatch, **options))
 
 
-@pytest.mark.parametrize("name", [n for n, (_, simple) in CASES.items() if simple])
-def test_values_are_pydicoms(name: str) -> None:
+@pytest.mark.parametrize("name", [n for n, (_, header) in CASES.items() if header])
+def test_values_are_the_whole_datasets(name: str) -> None:
     data = CASES[name][0]()
-    simple = dicom_simple.read_simple(data)
-    assert simple is not None
+    header = dicom.read_header(data)
+    assert header is not None
     ds = pydicom.dcmread(io.BytesIO(data))
-    assert str(simple.file_meta.TransferSyntaxUID) == str(ds.file_meta.TransferSyntaxUID)
-    for keyword in dicom_simple.ELEMENTS:
-        assert (keyword in simple) == (keyword in ds), keyword
-        if keyword not in ds:
-            continue
-        ours, theirs = simple.get(keyword), ds.get(keyword)
-        if isinstance(theirs, str | int | float):
-            assert ours == (theirs.strip() if isinstance(theirs, str) else theirs), keyword
-            assert type(ours) is type(theirs) or isinstance(theirs, type(ours)), keyword
-        else:  # a MultiValue
-            assert ours == list(theirs), keyword
-    from pydicom.encaps import get_frame
-
-    assert simple.frame == bytes(get_frame(ds.PixelData, 0, number_of_frames=1))
+    assert str(header.file_meta.TransferSyntaxUID) == str(ds.file_meta.TransferSyntaxUID)
+    for keyword in dicom.HEADER_KEYWORDS:
+        assert (keyword in header) == (keyword in ds), keyword
+        if keyword in ds:
+            assert header[keyword].value == ds[keyword].value, keyword
+    assert {e.keyword for e in header} <= set(dicom.HEADER_KEYWORDS)  # nothing else was kept
