@@ -222,8 +222,15 @@ def print_status(run: str, settings: Settings, *, as_json: bool) -> None:
         fail(str(exc))
         return
     if as_json:
-        keys = ("run", "images", "segments", "failures", "images_per_s", "eta_s")
-        console.print_json(json.dumps({k: info[k] for k in keys}))
+        subset = {
+            "run": info["run"],
+            "images": info["images"],
+            "segments": info["segments"],
+            "failures": info["failures"],
+            "images_per_s": info["images_per_s"],
+            "eta_s": info["eta_s"],
+        }
+        console.print_json(json.dumps(subset))
         return
     counts = info["images"]
     table = Table(title=f"run {run} — {info['model']} × {', '.join(info['variants'])}")
@@ -268,6 +275,7 @@ def retry_failed(
     unknown run and ``ValueError`` for a bad ``batch_size``.
     """
     from pixelperfect.db import repo
+    from pixelperfect.db.models import ImageStatus
     from pixelperfect.db.session import session_scope
     from pixelperfect.embedded import dispatch
 
@@ -280,7 +288,7 @@ def retry_failed(
             raise LookupError(f"no run named {run!r} in the database")
         run_id = row.id
         reasons = repo.failure_counts(session, run_id=run_id)
-        keys = repo.keys_with_status(session, run_id=run_id, statuses=["failed"], reason=reason)
+        keys = repo.keys_with_status(session, run_id=run_id, statuses=[ImageStatus.failed.value], reason=reason)
         repo.requeue(session, run_id=run_id, keys=keys)
     batches = [keys[i : i + size] for i in range(0, len(keys), size)]
     if batches:

@@ -21,13 +21,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from pixelperfect.config import Settings
 from pixelperfect.db.session import session_scope
-from pixelperfect.evaluation.collect import ReportData, collect
+from pixelperfect.evaluation.collect import Comparison, ReportData, collect
 
 FORMATS = ("html", "json", "csv")
 
@@ -70,10 +70,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def report_json(data: ReportData) -> dict[str, Any]:
-    return _clean(
+class ReportJson(TypedDict):
+    """``report.json`` (the module docstring describes each part)."""
+
+    notes: list[str]
+    runs: list[dict[str, Any]]
+    comparisons: list[Comparison]
+    detection: list[dict[str, Any]]
+
+
+def report_json(data: ReportData) -> ReportJson:
+    out: ReportJson = _clean(
         {"notes": data.notes, "runs": data.runs_json(), "comparisons": data.comparisons, "detection": data.detection}
     )
+    return out
 
 
 # --- CSV -------------------------------------------------------------------------------------------------------

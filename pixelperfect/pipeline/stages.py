@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pixelperfect.pipeline.model.protocol import Prediction, Segmenter, prepare_input
-from pixelperfect.pipeline.options import ProcessSettings
+from pixelperfect.pipeline.options import ProcessSettings, PromptKind, PromptMode
 from pixelperfect.pipeline.output.masks import encode_mask_png
 from pixelperfect.pipeline.preprocess.variants import Variant
 from pixelperfect.pipeline.prompt.auto import predict_prompts
@@ -47,7 +47,7 @@ __all__ = [
 def is_prompted(image: ImageInput, settings: ProcessSettings) -> bool:
     """boxes mode: the boxes are the prompts; points mode: the points; auto: every image (boxes are truth only)."""
     mode = settings.prompt_mode
-    return bool(image.points if mode == "points" else image.boxes or mode == "auto")
+    return bool(image.points if mode == PromptMode.points else image.boxes or mode == PromptMode.auto)
 
 
 def prepare_image(
@@ -59,7 +59,7 @@ def prepare_image(
     if is_prompted(image, settings):
         inputs = {v.name: prepare_input(segmenter, v(image.pixels), image.full_size) for v in variants}
     boxes, n = np.zeros((0, 4)), 0
-    if settings.prompt_mode == "boxes" and inputs:
+    if settings.prompt_mode == PromptMode.boxes and inputs:
         height, width = image.full_size or image.pixels.shape[:2]
         base = clip_boxes(np.asarray(image.boxes, np.float64), height, width)
         jittered = [perturb_box(b, settings.jitter, prompt_rng(settings.seed, image.key, p), height, width)
@@ -84,10 +84,10 @@ def predict_images(
         for i, embedding in zip(prompted, embeddings, strict=True):
             prep = prepared[i]
             t1 = time.perf_counter()
-            if settings.prompt_mode == "boxes":
+            if settings.prompt_mode == PromptMode.boxes:
                 n = prep.n_prompts
                 output = segmenter.predict_boxes(embedding, prep.boxes)
-                out[i][variant.name] = Prediction("box", prep.boxes[:n], prep.boxes[n:], output)
+                out[i][variant.name] = Prediction(PromptKind.box, prep.boxes[:n], prep.boxes[n:], output)
             else:
                 out[i][variant.name] = predict_prompts(prep.image, embedding, segmenter, settings)
             prep.timings["encode"] += share

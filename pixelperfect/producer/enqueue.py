@@ -29,7 +29,7 @@ from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
 from pixelperfect.inputs.annotations import match_to_keys, stem
 from pixelperfect.inputs.sources import absolute_url
-from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings
+from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings, PromptMode
 from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
 from pixelperfect.producer import intake
 from pixelperfect.producer.intake import SubmitError
@@ -142,7 +142,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
         "checkpoint": checkpoint,
         "checkpoint_sha256": sha,
         "variants": [{"name": v.name, "spec": v.spec, "hash": v.spec_hash} for v in variants],
-        "prompt_mode": process.prompt_mode,
+        "prompt_mode": process.prompt_mode.value,
         "settings": {
             **process.as_dict(),
             "annotations": bool(req.annotations),
@@ -153,19 +153,20 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
     }
 
 
-def prompt_mode(req: SubmitRequest, model: str) -> str:
+def prompt_mode(req: SubmitRequest, model: str) -> PromptMode:
     """The run's prompts: as asked, or by default ``auto`` for a SAM run without annotations (GrabCut has no
     confidence to filter automatic masks by, so it keeps ``boxes``), ``points`` when a points file is given."""
-    mode = req.prompts
-    if mode is None:
-        mode = "points" if req.points else ("boxes" if req.annotations or model == "grabcut" else "auto")
-    if mode not in PROMPT_MODES:
-        raise SubmitError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {mode!r}")
-    if mode == "points" and not req.points:
+    asked = req.prompts
+    if asked is None:
+        asked = "points" if req.points else ("boxes" if req.annotations or model == "grabcut" else "auto")
+    if asked not in PROMPT_MODES:
+        raise SubmitError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {asked!r}")
+    mode = PromptMode(asked)
+    if mode == PromptMode.points and not req.points:
         raise SubmitError("--prompts points needs --points CSV (key,x,y[,label])")
-    if req.points and mode != "points":
+    if req.points and mode != PromptMode.points:
         raise SubmitError(f"--points is only used with --prompts points, not {mode}")
-    if mode == "auto" and model == "grabcut":
+    if mode == PromptMode.auto and model == "grabcut":
         raise SubmitError("--prompts auto needs a SAM model: GrabCut has no confidence to filter masks by")
     return mode
 

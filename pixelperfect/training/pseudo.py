@@ -16,6 +16,7 @@ from pixelperfect.config import Settings
 from pixelperfect.db import repo
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
+from pixelperfect.pipeline.options import PromptKind
 from pixelperfect.training.recipe import TrainConfig
 from pixelperfect.training.targets import TargetSpec, TrainingDataError
 
@@ -48,7 +49,7 @@ def pseudo_label_specs(
                 Segment.variant == variant,
                 Segment.consistency_iou >= threshold,
                 Segment.mask_key.is_not(None),
-                Segment.prompt_kind == "box",
+                Segment.prompt_kind == PromptKind.box.value,
             )
             .order_by(Image.key, Segment.prompt_index)
         ).all()

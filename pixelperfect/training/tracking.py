@@ -19,9 +19,10 @@ from pixelperfect import __version__
 from pixelperfect.config import Settings
 from pixelperfect.db import repo
 from pixelperfect.db.migrate import upgrade
-from pixelperfect.db.models import Image, Run
+from pixelperfect.db.models import Image, ImageStatus, Run
 from pixelperfect.db.session import session_scope
 from pixelperfect.inputs.sources import absolute_url
+from pixelperfect.pipeline.options import PromptMode
 from pixelperfect.training.recipe import TrainConfig
 
 
@@ -67,7 +68,7 @@ def start_run(
                 "checkpoint": checkpoint,
                 "checkpoint_sha256": checkpoint_sha256,
                 "variants": [variant],
-                "prompt_mode": "boxes",
+                "prompt_mode": PromptMode.boxes.value,
                 "settings": {"training": config.as_dict(), "progress": {"phase": "queued"}},
                 "code_version": __version__,
                 "config_hash": digest,
@@ -81,8 +82,8 @@ def start_run(
         # a resumed or extended training: its images are in training again
         session.execute(
             update(Image)
-            .where(Image.run_id == run_id, Image.status != "queued")
-            .values(status="queued", error=None, error_reason=None, finished_at=None)
+            .where(Image.run_id == run_id, Image.status != ImageStatus.queued.value)
+            .values(status=ImageStatus.queued.value, error=None, error_reason=None, finished_at=None)
         )
     return run_id
 

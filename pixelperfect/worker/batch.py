@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
+from pixelperfect.pipeline.options import PromptMode
 from pixelperfect.worker import leases, segout
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
@@ -90,7 +91,9 @@ def _run_held(
     keys = [key for _, key, _ in hold.todo]
     with session_scope(rt.settings.database_url) as session:
         boxes = repo.boxes_for(session, run_id=run.id, keys=keys)
-        points = repo.points_for(session, run_id=run.id, keys=keys) if run.process.prompt_mode == "points" else {}
+        points = (
+            repo.points_for(session, run_id=run.id, keys=keys) if run.process.prompt_mode == PromptMode.points else {}
+        )
     todo = [ImageTodo(key, image_id, gt) for image_id, key, gt in hold.todo]
     read_s = time.perf_counter() - t_start
     segmenter = rt.segmenter(run)  # loaded once per process; raises (-> batch retry) if the model cannot load

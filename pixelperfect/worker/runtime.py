@@ -15,7 +15,7 @@ from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, Settings, get_setti
 from pixelperfect.pipeline.model.builder import build_segmenter
 from pixelperfect.pipeline.model.protocol import Segmenter
 from pixelperfect.pipeline.model.weights import sha256_hex
-from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings
+from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings, PromptMode
 from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
 from pixelperfect.storage import ObjectStore, open_store, read_url
 
@@ -68,7 +68,7 @@ class RunSpec:
                 jitter=jitter,
                 min_area=int(s.get("min_area", MIN_AREA)),
                 seed=int(s.get("seed", 0)),
-                prompt_mode=run.prompt_mode or "boxes",
+                prompt_mode=PromptMode(run.prompt_mode or PromptMode.boxes),
                 nsd_tolerance=float(s.get("nsd_tolerance", 2.0)),
                 # a run from before millimetres has no mm tolerance: its segments stay in px, as they were
                 nsd_tolerance_mm=None if s.get("nsd_tolerance_mm") is None else float(s["nsd_tolerance_mm"]),

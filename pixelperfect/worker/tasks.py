@@ -196,12 +196,13 @@ def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "
     drains (a done image is never downgraded)."""
     from pixelperfect.config import get_settings
     from pixelperfect.db import repo
+    from pixelperfect.db.models import ImageStatus
     from pixelperfect.db.session import session_scope
     from pixelperfect.worker.telemetry import observe_batch
 
     with session_scope(get_settings().database_url) as session:
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)
-        unfinished = [row for row in rows.values() if row.status != "done"]
+        unfinished = [row for row in rows.values() if row.status != ImageStatus.done]
         for row in unfinished:
             repo.mark_failed(session, image_id=row.id, reason=reason, error=f"{type(exc).__name__}: {exc}")
     observe_batch(done=0, failures={row.key: reason for row in unfinished}, segments=0, timings=[], seconds=0.0)

@@ -14,11 +14,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pixelperfect.pipeline.options import PromptKind
+
 #: segment-anything's automatic generator uses an offset of 1.0 on the mask logits for its stability score.
 STABILITY_OFFSET = 1.0
 
 #: The prompt kinds of segment rows (``segments.prompt_kind``).
-PROMPT_KINDS = ("box", "point", "auto")
+PROMPT_KINDS = tuple(k.value for k in PromptKind)
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Prediction:
     jittered prompts, prompt-major. ``output``: the segmenter's masks for the ``n + n·K`` prompts in that order.
     """
 
-    kind: str
+    kind: PromptKind
     prompts: np.ndarray
     perturbed: np.ndarray
     output: MaskPrediction
@@ -59,6 +61,7 @@ class Prediction:
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:
             raise ValueError(f"prediction kind must be one of {', '.join(PROMPT_KINDS)}, not {self.kind!r}")
+        self.kind = PromptKind(self.kind)
 
     @property
     def n_prompts(self) -> int:

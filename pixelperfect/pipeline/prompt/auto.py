@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from pixelperfect.pipeline.model.protocol import Prediction, Segmenter, empty_prediction
-from pixelperfect.pipeline.options import Jitter, ProcessSettings
+from pixelperfect.pipeline.options import Jitter, ProcessSettings, PromptKind, PromptMode
 from pixelperfect.pipeline.preprocess.steps import to_uint8
 from pixelperfect.pipeline.prompt.boxes import prompt_rng
 from pixelperfect.pipeline.records import ImageInput
@@ -128,13 +128,13 @@ def predict_prompts(image: ImageInput, embedding: Any, segmenter: Segmenter, set
     """The prediction of one image's embedding for ``settings.prompt_mode`` ``points`` or ``auto``: the prompts
     (``(n, 2)`` XY) and their K jittered copies, decoded in one call (the automatic mode first decodes its grid
     to choose the prompts)."""
-    if settings.prompt_mode == "points":
+    if settings.prompt_mode == PromptMode.points:
         pts = np.asarray(image.points, np.float64).reshape(-1, 3)
         positive, negative = pts[pts[:, 2] == 1, :2], pts[pts[:, 2] == 0, :2]
-        return _decode_with_jitter("point", image, embedding, segmenter, settings, positive, negative)
-    if settings.prompt_mode == "auto":
+        return _decode_with_jitter(PromptKind.point, image, embedding, segmenter, settings, positive, negative)
+    if settings.prompt_mode == PromptMode.auto:
         seeds = auto_seeds(image, embedding, segmenter, settings)
-        return _decode_with_jitter("auto", image, embedding, segmenter, settings, seeds, np.zeros((0, 2)))
+        return _decode_with_jitter(PromptKind.auto, image, embedding, segmenter, settings, seeds, np.zeros((0, 2)))
     raise ValueError(f"predict_prompts handles prompt modes points and auto, not {settings.prompt_mode!r}")
 
 
@@ -180,7 +180,7 @@ def _nms(masks: list[np.ndarray], scores: list[float], threshold: float) -> list
 
 
 def _decode_with_jitter(
-    kind: str,
+    kind: PromptKind,
     image: ImageInput,
     embedding: Any,
     segmenter: Segmenter,

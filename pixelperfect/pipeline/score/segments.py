@@ -13,7 +13,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from pixelperfect.pipeline.model.protocol import Prediction
-from pixelperfect.pipeline.options import ProcessSettings
+from pixelperfect.pipeline.options import ProcessSettings, PromptKind
 from pixelperfect.pipeline.records import ImageInput, SegmentRecord, Spacing
 from pixelperfect.pipeline.score.metrics import surface_scores
 from pixelperfect.pipeline.score.overlap import (
@@ -46,7 +46,7 @@ def score_prediction(
     for p in range(n):
         mask, prompt = out.masks[p], prediction.prompts[p]
         jit = slice(n + p * k, n + (p + 1) * k)
-        if prediction.kind == "box":
+        if prediction.kind == PromptKind.box:
             accuracy = prompt_accuracy(mask, prompt, image.gt_mask, settings, image.spacing)
         else:
             accuracy = full_image_accuracy(mask, image.boxes, image.gt_mask, settings, image.spacing)
@@ -56,7 +56,7 @@ def score_prediction(
             SegmentRecord(
                 variant=variant,
                 prompt_index=p,
-                prompt_kind=prediction.kind,
+                prompt_kind=prediction.kind.value,
                 prompt=[float(v) for v in prompt],
                 score=_finite(best[p]),
                 scores=[_finite(v) for v in out.scores[p]],
