@@ -34,6 +34,11 @@ RUN pip install ".${PIXELPERFECT_EXTRAS:+[${PIXELPERFECT_EXTRAS}]}" \
 
 FROM ${PYTHON_IMAGE}
 ARG APP_UID=10001
+# The commit the image is built from, <12 hex digits>[.dirty] (the image has no .git): every process records
+# <version>+g<commit> as its code version (pixelperfect/version.py), and a worker refuses the images of a run created
+# with other code. docker-compose.yml passes it from the environment; empty means +unknown.
+ARG PIXELPERFECT_COMMIT=
+ENV PIXELPERFECT_COMMIT=${PIXELPERFECT_COMMIT}
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

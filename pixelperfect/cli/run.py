@@ -62,12 +62,17 @@ def submit(
     output: str = typer.Option("png", "--output", help="png or png,dicom-seg (DICOM sources: one SEG per image)"),
     stow_to: str | None = typer.Option(None, help="send the SEGs to dicomweb+http://HOST:PORT/PATH (STOW-RS)"),
     filter_: list[str] = typer.Option([], "--filter", help="DICOMweb source: QIDO filter, e.g. Modality=CR,DX"),
+    allow_version_change: bool = typer.Option(
+        False,
+        help="accept workers running other code than the run was created with (their refused images are queued again)",
+    ),
 ) -> None:
     """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset).
 
     Re-submitting a run resumes it: finished images are skipped, and images whose message is still in the broker
     are not published twice. Submitting a cancelled run (`pixelperfect cancel`) resumes it: its cancelled images
-    are queued again."""
+    are queued again. A worker running other code than the run was created with (the version recorded per run)
+    refuses its images (`version_changed`) until the run is re-submitted with --allow-version-change."""
     from pixelperfect.embedded import SubmitError, SubmitRequest
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.inputs.annotations import AnnotationError
@@ -96,6 +101,7 @@ def submit(
         points=points,
         manifest=manifest,
         republish=republish,
+        allow_version_change=allow_version_change,
         outputs=(output,),
         stow_to=stow_to,
         filters=filter_,

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pixelperfect import __version__
 from pixelperfect.broker.names import GPU_QUEUE
 from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
 from pixelperfect.db import bulk, control, repo
@@ -45,6 +44,7 @@ from pixelperfect.producer.stream import (
     queue_length,
 )
 from pixelperfect.storage import read_url
+from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class SubmitRequest:
     process: ProcessSettings = field(default_factory=ProcessSettings)
     # publish every queued image again, even those a message was published for (after a broker lost its data)
     republish: bool = False
+    # accept workers running other code than the run was created with (kept in runs.settings)
+    allow_version_change: bool = False
 
 
 @dataclass
@@ -87,7 +89,7 @@ class SubmitResult:
     pending: int
     batches: int
     annotated: int
-    resumed: int = 0  # cancelled images queued again (submit on a cancelled run resumes it)
+    resumed: int = 0  # cancelled images, and with --allow-version-change images refused by version, queued again
     stopped: bool = False  # the run was cancelled while this submission was publishing: it stopped
 
 
@@ -220,10 +222,10 @@ def submit(
         if existing is not None and existing.config_hash != digest:
             raise SubmitError(_config_diff(req.run, existing, config))
         run = existing or repo.create_run(
-            session, name=req.run, fields={**config, "code_version": __version__, "config_hash": digest}
+            session, name=req.run, fields={**config, "code_version": CODE_VERSION, "config_hash": digest}
         )
         run_id = run.id
-        resumed = _resume(session, run)
+        resumed = _resume(session, run) + _version_change(session, run, req.allow_version_change)
 
     sink = _Sink(run_id, req.run, settings, on_progress, run_batches) if execute else None
     batcher = Batcher(batch_size)
@@ -274,6 +276,24 @@ def _resume(session: Any, run: Any) -> int:
         log.info("run %s was cancelled: resumed, %d cancelled images queued again", run.name, n)
         return n
     return 0
+
+
+def _version_change(session: Any, run: Any, allow: bool) -> int:
+    """``--allow-version-change``: the run accepts workers of other code than its own (``runs.settings``), and its
+    images they refused are queued again. Without it, a run of other code than this process's is named in a
+    warning (workers of this code refuse its images)."""
+    if not allow:
+        if run.code_version != CODE_VERSION and not (run.settings or {}).get(ALLOW_VERSION_CHANGE):
+            log.warning(
+                "run %s was created with code %s, this is %s: workers running other code than the run's refuse its "
+                "images (submit --allow-version-change accepts them)", run.name, run.code_version, CODE_VERSION
+            )  # fmt: skip
+        return 0
+    run.settings = {**(run.settings or {}), ALLOW_VERSION_CHANGE: True}
+    n = control.requeue_failed(session, run_id=run.id, reason=VERSION_CHANGED)
+    if n:
+        log.info("run %s: %d image(s) refused by version queued again", run.name, n)
+    return n
 
 
 def _check_runner(settings: Settings, run_batches: BatchRunner | None) -> None:

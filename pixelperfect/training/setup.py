@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from pixelperfect import __version__
 from pixelperfect.config import RANDOM_CHECKPOINT, Settings
 from pixelperfect.inputs.sources import absolute_url
 from pixelperfect.pipeline.model.weights import sha256_hex
@@ -21,6 +20,7 @@ from pixelperfect.training import tracking
 from pixelperfect.training.checkpoints import CONFIG, LAST, CheckpointStore
 from pixelperfect.training.data import DataPlan, TrainImage, plan_data
 from pixelperfect.training.recipe import TrainConfig
+from pixelperfect.version import CODE_VERSION
 
 
 class TrainError(ValueError):
@@ -98,7 +98,7 @@ class TrainSetup:
                 "precision": "bf16 autocast" if _bf16(self.settings) else "fp32",
                 "device": self.settings.device,
             },
-            "code_version": __version__,
+            "code_version": CODE_VERSION,
             "versions": {"torch": torch.__version__, "segment_anything": _version("segment-anything")},
         }
         CheckpointStore(self.out_store).write_json(CONFIG, value)

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import update
 
-from pixelperfect import __version__
 from pixelperfect.config import Settings
 from pixelperfect.db import repo
 from pixelperfect.db.migrate import upgrade
@@ -24,6 +23,7 @@ from pixelperfect.db.session import session_scope
 from pixelperfect.inputs.sources import absolute_url
 from pixelperfect.pipeline.options import PromptMode
 from pixelperfect.training.recipe import TrainConfig
+from pixelperfect.version import CODE_VERSION
 
 
 class TrainingRunError(ValueError):
@@ -70,7 +70,7 @@ def start_run(
                 "variants": [variant],
                 "prompt_mode": PromptMode.boxes.value,
                 "settings": {"training": config.as_dict(), "progress": {"phase": "queued"}},
-                "code_version": __version__,
+                "code_version": CODE_VERSION,
                 "config_hash": digest,
                 "kind": "train",
             },

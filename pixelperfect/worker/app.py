@@ -27,6 +27,7 @@ from celery.signals import worker_init, worker_process_init
 
 from pixelperfect.broker.celery_app import PUBLISH_RETRY_POLICY, app, broker_ssl, broker_transport_options, make_celery
 from pixelperfect.broker.names import GPU_QUEUE, SEG_QUEUE, TRAIN_QUEUE
+from pixelperfect.version import CODE_VERSION  # read as the worker starts: the code it runs
 
 __all__ = [
     "GPU_QUEUE",
@@ -48,6 +49,8 @@ def _preload(**_: Any) -> None:
     before the fork (runtime.py creates those lazily in each pool process)."""
     import pixelperfect.pipeline.decode.dicom
     import pixelperfect.worker.batch  # noqa: F401
+
+    logging.getLogger(__name__).info("pixelperfect %s", CODE_VERSION)  # runs of other code are refused
 
 
 @worker_process_init.connect
