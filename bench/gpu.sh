@@ -32,10 +32,10 @@ if [[ ",$PARTS," == *",decode,"* ]]; then
   fi
   if "$PY" -c "import nvidia.nvimgcodec" 2>/dev/null; then
     timeout 180 "$PY" bench/gpu_decode.py 2>&1 | tee -a "$OUTDIR/gpu.txt" || true
-    timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/pipeline/test_gpu_decode.py 2>&1 | tee -a "$OUTDIR/gpu.txt" || true
+    timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/pipeline/decode/test_gpu.py 2>&1 | tee -a "$OUTDIR/gpu.txt" || true
   fi
 fi
 [[ ",$PARTS," == *",p6,"* ]] || exit 0
 # 7 minutes for the benchmark (it skips its optional parts when short of time), 1 minute for the test
 timeout 420 "$PY" bench/gpu_bench.py --budget 380 --compile 2>&1 | tee -a "$OUTDIR/gpu.txt"
-timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/speed/test_segmenter.py 2>&1 | tee -a "$OUTDIR/gpu.txt"
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/pipeline/model/test_sam.py 2>&1 | tee -a "$OUTDIR/gpu.txt"

@@ -255,3 +255,8 @@ def count_model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(runtime, "build_segmenter", counting)
     return loads
+
+
+# --- Orthanc (the archive tests' PACS), registered for every directory ----------------------------------------
+
+from tests.orthanc import orthanc, orthanc_proxy  # noqa: E402, F401

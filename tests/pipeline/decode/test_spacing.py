@@ -18,7 +18,7 @@ from pixelperfect.pipeline.options import ProcessSettings
 from pixelperfect.pipeline.records import ImageInput
 from pixelperfect.pipeline.score.metrics import hd95, nsd, surface_scores
 from pixelperfect.pipeline.score.segments import prompt_accuracy
-from tests.pipeline.test_dicom import write_dicom
+from tests.pipeline.decode.test_dicom import write_dicom
 
 
 def _ds(**attrs: object) -> Dataset:

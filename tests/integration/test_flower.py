@@ -10,7 +10,7 @@ import pytest
 
 from pixelperfect.broker.names import STAGES
 from tests.conftest import PIXELPERFECT, ROOT, S3Server
-from tests.monitoring.live import (
+from tests.integration.live import (
     Flower,
     archive_env,
     host_node,

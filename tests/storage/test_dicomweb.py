@@ -18,9 +18,8 @@ from pixelperfect.producer.enqueue import SubmitError, SubmitRequest
 from pixelperfect.producer.pacs import parse_filters
 from pixelperfect.storage import InvalidKeyError
 from pixelperfect.storage.dicomweb import DicomwebStore, service_url, split_key
-from tests.archive.conftest import FaultProxy, Orthanc
-from tests.archive.helpers import dicom_phantoms
 from tests.conftest import embedded_settings, free_port
+from tests.orthanc import Orthanc, OrthancProxy, dicom_phantoms
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +48,9 @@ def test_url_and_filter_validation() -> None:
         parse_filters(["Modalty=CR"])
 
 
-def test_listing_is_paged_filtered_and_skips_segs(tmp_path: Path, orthanc: Orthanc, fault_proxy: FaultProxy) -> None:
+def test_listing_is_paged_filtered_and_skips_segs(
+    tmp_path: Path, orthanc: Orthanc, orthanc_proxy: OrthancProxy
+) -> None:
     paths = dicom_phantoms(tmp_path, 5, seed=41)
     orthanc.stow_files(paths)
     # a SEG of the first image in the same study: a non-image SOP class the listing must skip
@@ -61,11 +62,11 @@ def test_listing_is_paged_filtered_and_skips_segs(tmp_path: Path, orthanc: Ortha
     DicomwebStore(orthanc.url).put("seg", seg)
     settings = Settings(dicomweb_page_size=2)
 
-    listing = SourceListing.open(fault_proxy.url, settings)
+    listing = SourceListing.open(orthanc_proxy.url, settings)
     keys = list(listing)
     assert len(keys) >= 5 and listing.skipped >= 1
     assert all(len(split_key(k)) == 3 for k in keys)
-    qido = [h for h in fault_proxy.hits if h.startswith("/dicom-web/instances")]
+    qido = [h for h in orthanc_proxy.hits if h.startswith("/dicom-web/instances")]
     assert any("offset=2" in h for h in qido) and all("limit=2" in h for h in qido)  # paged, never one response
 
     cr = list(SourceListing.open(orthanc.url, settings, parse_filters(["Modality=CR"])))
@@ -111,7 +112,7 @@ def test_rsna_annotations_match_by_hashed_patient_id(tmp_path: Path, orthanc: Or
 
 
 def test_5xx_during_run_fails_source_unavailable_then_retry_recovers(
-    tmp_path: Path, orthanc: Orthanc, fault_proxy: FaultProxy
+    tmp_path: Path, orthanc: Orthanc, orthanc_proxy: OrthancProxy
 ) -> None:
     from pixelperfect.cli.run import retry_failed
 
@@ -119,15 +120,15 @@ def test_5xx_during_run_fails_source_unavailable_then_retry_recovers(
     orthanc.stow_files(paths)
     uids = [str(__import__("pydicom").dcmread(p).StudyInstanceUID) for p in paths]
     settings = embedded_settings(tmp_path, dicomweb_attempts=3, dicomweb_backoff_s=0.05)
-    fault_proxy.failing = "/dicom-web/studies/"  # WADO-RS retrievals answer 503; QIDO-RS listing works
+    orthanc_proxy.failing = "/dicom-web/studies/"  # WADO-RS retrievals answer 503; QIDO-RS listing works
     manifest = tmp_path / "keys.txt"
     keys = [k for k in SourceListing.open(orthanc.url, settings) if k.split("/")[0] in uids]
     manifest.write_text("\n".join(keys))
-    submit(SubmitRequest(source=fault_proxy.url, run="flaky", variants=["raw"], manifest=str(manifest)), settings)
+    submit(SubmitRequest(source=orthanc_proxy.url, run="flaky", variants=["raw"], manifest=str(manifest)), settings)
     assert set(_statuses(settings, "flaky").values()) == {("failed", "source_unavailable")}
-    wado = [h for h in fault_proxy.hits if h.startswith("/dicom-web/studies/")]
+    wado = [h for h in orthanc_proxy.hits if h.startswith("/dicom-web/studies/")]
     assert len(wado) == 3 * len(keys)  # each retrieval tried dicomweb_attempts times
-    fault_proxy.failing = None
+    orthanc_proxy.failing = None
     retry_failed("flaky", settings)
     assert set(_statuses(settings, "flaky").values()) == {("done", None)}
 
@@ -152,7 +153,7 @@ def test_instance_deleted_between_listing_and_fetch_is_not_found(tmp_path: Path,
 
 
 def test_credentials_come_from_settings_and_stay_out_of_logs(
-    tmp_path: Path, orthanc: Orthanc, fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, orthanc: Orthanc, orthanc_proxy: OrthancProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     import base64
 
@@ -162,8 +163,8 @@ def test_credentials_come_from_settings_and_stay_out_of_logs(
     token = Settings(dicomweb_token=SecretStr("tok-SECRET-1"), dicomweb_attempts=1)
     basic = Settings(dicomweb_username="alice", dicomweb_password=SecretStr("pw-SECRET-2"), dicomweb_attempts=1)
     caplog.set_level("DEBUG")
-    key = next(iter(SourceListing.open(fault_proxy.url, token)))
-    DicomwebStore(fault_proxy.url, basic).get(key)
-    assert fault_proxy.authorization[0] == "Bearer tok-SECRET-1"
-    assert fault_proxy.authorization[-1] == "Basic " + base64.b64encode(b"alice:pw-SECRET-2").decode()
+    key = next(iter(SourceListing.open(orthanc_proxy.url, token)))
+    DicomwebStore(orthanc_proxy.url, basic).get(key)
+    assert orthanc_proxy.authorization[0] == "Bearer tok-SECRET-1"
+    assert orthanc_proxy.authorization[-1] == "Basic " + base64.b64encode(b"alice:pw-SECRET-2").decode()
     assert "SECRET" not in caplog.text and "SECRET" not in repr(token)

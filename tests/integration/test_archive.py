@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.archive.conftest import Orthanc
-from tests.archive.helpers import PHI, dicom_phantoms
 from tests.conftest import service_env
 from tests.integration.test_distributed import cli, wait_for_run
+from tests.orthanc import PHI, Orthanc, dicom_phantoms
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -123,7 +123,7 @@ def test_signed_j2k_codestreams_stay_on_the_cpu() -> None:
     if not codecs.available("openjpeg"):
         pytest.skip("pylibjpeg-openjpeg encodes the JPEG 2000 files")
     from pixelperfect.pipeline.decode import dicom
-    from tests.pipeline.test_signed_decode import parsed, reference, signed_dicom
+    from tests.pipeline.decode.test_codecs_signed import parsed, reference, signed_dicom
 
     gpu = gpu_decode.GpuDecoder(decoder=StandInDecoder(), wait_s=0.0)
     gpu_decode.enable(gpu)

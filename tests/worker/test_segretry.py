@@ -20,8 +20,8 @@ from pixelperfect.producer.enqueue import SubmitRequest
 from pixelperfect.worker import segretry
 from pixelperfect.worker.app import SEG_QUEUE, app
 from pixelperfect.worker.batch import run_batch
-from tests.archive.helpers import dicom_phantoms
 from tests.conftest import embedded_settings
+from tests.orthanc import dicom_phantoms
 
 pytestmark = pytest.mark.integration
 

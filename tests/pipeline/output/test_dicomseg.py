@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from pixelperfect.pipeline.output.dicomseg import SegAlgorithm, SegBuildError, build_seg
-from tests.archive.helpers import dicom_phantoms
+from tests.orthanc import dicom_phantoms
 
 ALG = SegAlgorithm("sam_tiny", "ab" * 32, "clahe", "0.0")
 

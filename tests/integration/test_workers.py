@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, func, select
 
 from pixelperfect.db.models import Image, Segment
 from tests.conftest import S3Server
-from tests.monitoring.live import archive_env, host_node, listen_ports, positive_boxes, scrape, submit, wait_for_run
+from tests.integration.live import archive_env, host_node, listen_ports, positive_boxes, scrape, submit, wait_for_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

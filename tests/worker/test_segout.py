@@ -18,9 +18,8 @@ from pixelperfect.pipeline.output.dicomseg import SegBuildError
 from pixelperfect.producer.enqueue import SubmitRequest
 from pixelperfect.worker import segout
 from pixelperfect.worker.segretry import rebuild_segs, restow
-from tests.archive.conftest import FaultProxy, Orthanc
-from tests.archive.helpers import dicom_phantoms
 from tests.conftest import S3Server, embedded_settings
+from tests.orthanc import Orthanc, OrthancProxy, dicom_phantoms
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +32,7 @@ def _rows(url: str) -> list[tuple[str, str | None, str | None, str | None]]:
 def test_seg_error_keeps_masks_and_retry_seg_rebuilds(
     tmp_path: Path,
     orthanc: Orthanc,
-    fault_proxy: FaultProxy,
+    orthanc_proxy: OrthancProxy,
     monkeypatch: pytest.MonkeyPatch,
     s3_server: S3Server,
     s3_bucket: str,
@@ -45,10 +44,10 @@ def test_seg_error_keeps_masks_and_retry_seg_rebuilds(
         raise SegBuildError("injected: highdicom refused the SEG")
 
     monkeypatch.setattr(segout, "build_seg", refuse)
-    fault_proxy.failing = "/dicom-web/studies"  # STOW-RS answers 503 as well
+    orthanc_proxy.failing = "/dicom-web/studies"  # STOW-RS answers 503 as well
     req = SubmitRequest(source=str(tmp_path / "archive" / "images"), run="segs", variants=["raw", "clahe"],
                         annotations=str(tmp_path / "archive" / "labels.csv"), outputs=("png,dicom-seg",),
-                        stow_to=fault_proxy.url)  # fmt: skip
+                        stow_to=orthanc_proxy.url)  # fmt: skip
     submit(req, settings)
     with session_scope(settings.database_url) as s:
         assert {i.status for i in s.scalars(select(Image))} == {"done"}
@@ -66,7 +65,7 @@ def test_seg_error_keeps_masks_and_retry_seg_rebuilds(
     assert all(key and key.endswith(".dcm") and err is None and stow == "failed" for _, key, err, stow in rows)
     assert rebuild_segs("segs", settings).rebuilt == 0  # nothing missing any more
 
-    fault_proxy.failing = None
+    orthanc_proxy.failing = None
     assert restow("segs", settings).stowed == len(rows)
     with session_scope(settings.database_url) as s:
         assert seg_repo.seg_counts(s, run_id=1) == {"stored": len(rows), "seg_error": 0, "stowed": len(rows),
