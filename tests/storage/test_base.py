@@ -1,3 +1,5 @@
+"""The store interface: keys validated against traversal, and the same behaviour from a directory and from S3."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,35 +74,27 @@ def test_image_keys() -> None:
     assert not is_image_key("labels.csv") and not is_image_key("a/.hidden")
 
 
-def test_open_store_is_the_one_dispatch(tmp_path: Path) -> None:
-    """One function opens every store by its URL, a PACS included (no request is made until it is used)."""
-    from pixelperfect.config import Settings
-    from pixelperfect.storage.dicomweb import DicomwebStore
+@pytest.mark.parametrize(
+    "key", ["../etc/passwd", "a/../../b.png", "/abs.png", "a/./b.png", "a\\..\\b", "x\x00.png", "C:/win.png", ""]
+)
+def test_object_keys_cannot_escape_their_store(tmp_path: Path, key: str) -> None:
+    from pixelperfect.storage import InvalidKeyError, LocalStore, S3Store
 
-    settings = Settings(s3_endpoint_url="http://127.0.0.1:1")
-    assert isinstance(open_store(str(tmp_path), settings), LocalStore)
-    s3 = open_store("s3://bucket/pre", settings)
-    assert isinstance(s3, S3Store) and s3.endpoint_url == "http://127.0.0.1:1"
-    assert open_store("s3://bucket/pre", settings, endpoint_url="http://other:9").endpoint_url == "http://other:9"
-    pacs = open_store("dicomweb+http://127.0.0.1:8042/dicom-web/", settings)
-    assert isinstance(pacs, DicomwebStore) and pacs.url == "dicomweb+http://127.0.0.1:8042/dicom-web"
-    assert pacs.keys_by_uid and not s3.keys_by_uid
-    with pytest.raises(ValueError, match="credentials"):
-        open_store("dicomweb+http://user:secret@127.0.0.1:8042/dicom-web", settings)
-    with pytest.raises(ValueError, match="unsupported store URL"):
-        open_store("ftp://host/dir", settings)
-
-
-def test_a_listing_streams_image_keys_and_counts_the_rest(tmp_path: Path) -> None:
-    """The producer's listing of an object store: image-like keys in order, other objects counted as skipped, no
-    patient tracking (file keys match annotations by stem), attribute filters refused."""
-    from pixelperfect.inputs.sources import SourceListing
-
-    store = LocalStore(tmp_path)
-    for key in ("b/2.dcm", "a/1.png", "labels.csv", "c/1.2.840.5", ".hidden.png"):
+    store = LocalStore(tmp_path / "root")
+    with pytest.raises(InvalidKeyError):
         store.put(key, b"x")
-    listing = SourceListing(store, track_patients=True)
-    assert list(listing) == ["a/1.png", "b/2.dcm"]
-    assert listing.skipped == 3 and not listing.track_patients and listing.patient_hashes == {}
-    with pytest.raises(ValueError, match="attribute filters apply to DICOMweb sources"):
-        list(SourceListing(store, {"Modality": ["CR"]}))
+    with pytest.raises(InvalidKeyError):
+        store.get(key)
+
+    class NoRequests:
+        def get_object(self, **_: object) -> None:
+            raise AssertionError("a request was made for an invalid key")
+
+        put_object = get_object
+
+    s3 = S3Store("bucket", "prefix", client=NoRequests())
+    with pytest.raises(InvalidKeyError):
+        s3.get(key)
+    with pytest.raises(InvalidKeyError):
+        s3.put(key, b"x")
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

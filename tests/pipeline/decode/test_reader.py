@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import time
+import tracemalloc
 import zlib
 
 import cv2
@@ -18,6 +19,7 @@ from pixelperfect.pipeline.decode.reader import (
     UnsupportedImageError,
     decode_image,
 )
+from tests.faults import corpus
 
 
 def encode(image: np.ndarray, ext: str) -> bytes:
@@ -133,3 +135,25 @@ def test_bad_options_are_value_errors() -> None:
         decode_image(b"x", "k", max_pixels=0)
     with pytest.raises(ValueError, match="frame"):
         decode_image(b"x", "k", frame=-1)
+
+
+def test_decompression_bomb_is_refused_from_its_header() -> None:
+    from pixelperfect.pipeline.decode.reader import UnsupportedImageError, decode_image
+
+    bomb = corpus.png_bomb(10_000)  # ~100 KiB that would inflate to 100 MB
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(UnsupportedImageError) as info:
+        decode_image(bomb, "bomb.png", max_pixels=50_000_000)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert info.value.reason == "too_large" and elapsed < 0.5 and peak < 5_000_000, (elapsed, peak)
+    for data, key in (
+        (corpus.png_claiming(60000, 60000), "h.png"),
+        (corpus.jpeg_claiming(65000, 65000), "h.jpg"),
+        (corpus.tiff_claiming(100000, 100000), "h.tif"),
+        (corpus.dicom(Rows=60000, Columns=60000), "h.dcm"),
+    ):
+        with pytest.raises(UnsupportedImageError, match="too_large"):
+            decode_image(data, key)
