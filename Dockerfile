@@ -12,7 +12,7 @@
 #
 # PIXELPERFECT_EXTRAS: the optional dependencies of pyproject.toml to install with the package, comma-separated.
 # Default `gpu`: NVIDIA nvImageCodec (nvJPEG, nvJPEG2000 as CUDA 13 wheels, like torch's), so a worker decodes
-# JPEG / JPEG 2000 DICOMs on its GPU (pipeline/gpu_decode.py; the CPU decoders stay the fallback). Build with
+# JPEG / JPEG 2000 DICOMs on its GPU (pipeline/decode/gpu.py; the CPU decoders stay the fallback). Build with
 # `--build-arg PIXELPERFECT_EXTRAS=` (empty) for an image without it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

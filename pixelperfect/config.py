@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # Decode JPEG 2000 / JPEG DICOMs at full resolution even when the model needs less. By default (False) they are
     # decoded at the smallest resolution level (J2K) or DCT scale (JPEG) whose long side is still >= the model's
     # input size (SAM: 1024): a 2800x2300 JPEG 2000 costs a quarter of its full decode. Masks and boxes stay in
-    # the original's pixel grid either way (pipeline/codecs.py, bench/p12_reduced.py).
+    # the original's pixel grid either way (pipeline/decode/codecs.py, bench/p12_reduced.py).
     decode_full_resolution: bool = False
     # DICOMweb sources and STOW-RS targets (dicomweb+http://host:port/path): basic auth or a bearer token, from the
     # environment only, never from the URL (which goes into the run row and logs). Requests that fail with a

@@ -1,7 +1,7 @@
 """Steering runs: ``pixelperfect runs [--json]``, ``pixelperfect cancel RUN``, ``pixelperfect delete RUN``.
 
 ``status RUN`` stays the view of one run; ``runs`` is every run on one screen (two queries, no model import). The
-work is in ``producer/control.py``.
+work is in ``producer/lifecycle.py``.
 """
 
 from __future__ import annotations

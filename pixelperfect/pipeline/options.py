@@ -117,7 +117,7 @@ class ProcessSettings:
     png_compression: int = 1  # zlib level: 1 is ~4x faster than 6 on masks and only a few % larger
     prompt_mode: PromptMode = PromptMode.boxes  # the run's prompt_mode column (see pipeline/prompt/auto.py)
     nsd_tolerance: float = 2.0  # px: NSD tolerance where an image's pixel spacing is unknown
-    # mm: NSD tolerance where the spacing is known (pipeline/spacing.py); None: pixels always (runs before 0004)
+    # mm: NSD tolerance where the spacing is known (pipeline/decode/spacing.py); None: pixels always (runs before 0004)
     nsd_tolerance_mm: float | None = 2.0
     pixel_spacing: tuple[float, float] | None = None  # (row, col) mm for images that carry none (--pixel-spacing)
     auto: AutoSettings = field(default_factory=AutoSettings)

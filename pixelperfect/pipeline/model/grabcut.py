@@ -1,5 +1,5 @@
 """The classical baseline segmenter, GrabCut, behind :class:`~pixelperfect.pipeline.model.protocol.Segmenter` (SAM
-is ``pipeline/sam.py``; :func:`pixelperfect.pipeline.model.builder.build_segmenter` picks one). No torch here.
+is ``pipeline/model/sam.py``; :func:`pixelperfect.pipeline.model.builder.build_segmenter` picks one). No torch here.
 
 Encode once, prompt many: :meth:`Segmenter.encode` turns a list of preprocessed images into embeddings (one
 encoder pass per chunk of images); :meth:`Segmenter.predict_boxes` decodes any number of boxes on one embedding

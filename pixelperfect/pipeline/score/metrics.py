@@ -7,7 +7,7 @@ spacing is applied per axis inside the exact Euclidean distance transform, not a
 
 Conventions, where the references differ (cross-checked against MONAI 1.x ``compute_surface_dice``,
 ``compute_hausdorff_distance(percentile=95)``, ``compute_dice``/``compute_iou`` in
-``tests/pipeline/test_metrics_monai.py``):
+``tests/pipeline/score/test_metrics_monai.py``):
 
 - boundary: mask pixels with a 4-neighbour outside the mask, the image edge counting as outside (MONAI's
   ``get_mask_edges`` without sub-voxels: scipy ``binary_erosion`` with its default cross, XOR the mask); the size of

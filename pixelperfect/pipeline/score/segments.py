@@ -2,7 +2,7 @@
 (box, point or automatic prompts and their jittered copies) -> one :class:`SegmentRecord` per prompt: the model's
 scores, the mask's component boxes, consistency under jitter and accuracy against the ground truth.
 
-Runs on the worker's post threads, never on the model thread (tests/pipeline/test_score_thread.py checks it).
+Runs on the worker's post threads, never on the model thread (tests/worker/test_flow_threads.py checks it).
 """
 
 from __future__ import annotations
