@@ -179,7 +179,7 @@ def read_header(data: bytes) -> Any | None:
     fp.seek(132)
     try:  # the meta group is explicit VR little endian, and so is the dataset of every syntax of codecs.CODECS
         for raw in data_element_generator(fp, False, True):
-            tag = raw.tag
+            tag = int(raw.tag)  # a plain int: BaseTag compares in Python
             if tag == _TRANSFER_SYNTAX_TAG:
                 syntax = bytes(raw.value or b"").decode("ascii").strip(" \x00")
             elif tag > 0x0002FFFF and syntax not in codecs.CODECS:
@@ -187,7 +187,7 @@ def read_header(data: bytes) -> Any | None:
             elif tag in refused:
                 return None
             elif tag in wanted:
-                elements[tag] = raw
+                elements[raw.tag] = raw
     except Exception:  # whatever pydicom's element parser refuses: the whole-dataset read names the problem
         return None
     if syntax not in codecs.CODECS or _PIXEL_DATA_TAG not in elements:
