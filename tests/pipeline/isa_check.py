@@ -2,8 +2,9 @@
 [--pytest]``.
 
 Runs the golden checkpoint (``golden.write_checkpoint``) on the golden phantoms once per CPU kernel setting, each
-in a fresh process (the variables are read when torch, MKL and oneDNN load): the machine's own, then ATen's AVX2
-and default (scalar) kernels, both with MKL and oneDNN held to AVX2. Prints the CPU's flags, then per setting
+in a fresh process (the variables are read when the libraries load): the machine's own, then ATen's AVX2 and
+default (scalar) kernels, both with MKL and oneDNN held to AVX2, then the latter with numpy's and OpenCV's SIMD
+dispatch off too. Prints the CPU's flags, then per setting
 the kernel ATen reports, the SHA-256 of the checkpoint file and of the phantoms (both must not change), and
 against the machine's own kernels: how many raw mask logits differ bitwise, by how much, how many mask pixels
 and predicted IoUs that moves. ``--pytest`` also runs the golden tests under each setting.
@@ -24,9 +25,17 @@ SETTINGS: dict[str, dict[str, str]] = {
     "native": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
     "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    # and numpy's and OpenCV's own dispatch held to their baselines (phantoms, CLAHE, resizing, scoring)
+    "baseline": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 X86_V3 AVX512_ICL AVX512_SPR",
+        "OPENCV_CPU_DISABLE": "AVX512-SKX,AVX512-CLX,AVX512-ICL,AVX2,FP16",
+    },
 }
 RANDOM_BOXES = 24  # per image and variant, beside the phantoms' own boxes: more boundaries to flip
-_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+_ISA_VARIABLES = {name for env in SETTINGS.values() for name in env}
 
 
 def dump(out: Path) -> None:
