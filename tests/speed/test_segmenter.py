@@ -140,7 +140,7 @@ def _agreement(device: torch.device, n_images: int) -> list[float]:
 #: bf16 matmuls in ATen's scalar kernels: no AVX2 (or ATEN_CPU_CAPABILITY=default) and no BF16 instructions oneDNN
 #: may use (AVX512-BF16, AMX; or ONEDNN_MAX_CPU_ISA below them). A bf16 Linear of ViT-B's size then took 34x its
 #: native time on the project's VM (1.98 s against 0.058 s; AVX2 kernels: 0.50 s), so the check below (~40 s)
-#: would pass pytest's 10-minute limit; where bf16 runs natively or in AVX2 kernels it runs.
+#: would run past pytest's 10-minute limit; where bf16 runs natively or in AVX2 kernels the check runs.
 SCALAR_BF16 = torch.backends.cpu.get_cpu_capability() == "DEFAULT" and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
