@@ -1,41 +1,77 @@
 #!/usr/bin/env bash
-# P6, the GPU benchmark (issue 8): one prepared run, under 8 minutes on one CUDA GPU.
-#   ViT-B with random seeded weights (no checkpoint needed for speed): encoder images/s and peak GPU memory for
-#   chunks of 1/8/32 in fp32 and bf16, end-to-end images/s from images pre-staged on local disk (1 and 2 processes
-#   on the card), torch.compile's cold start, then the bf16-vs-fp32 mask agreement test (mean IoU >= 0.98).
-# P11g (issue 17), opt-in so that the default run fits one 480 s device call: JPEG / JPEG 2000 DICOM decoding
-#   on the GPU with nvImageCodec against the CPU decoders (about 2 minutes). The device machine has no network: the nvImageCodec wheels come from a local folder,
-#   $NVIMGCODEC_WHEELS (default bench/wheels, git-ignored; fill it on a machine with network with
-#   pip download nvidia-nvimgcodec-cu13 nvidia-nvjpeg2k-cu13 'nvidia-nvjpeg>=13,<14' --no-deps -d bench/wheels,
-#   33 MB); without them that part is skipped. PP_GPU_PARTS=decode runs only it, =decode,p6 both (~12 min), the
-#   default p6 only P6.
-# Usage: bash bench/gpu.sh   (or: make bench-gpu). Results also go to $OUT/gpu.txt (or bench/out/gpu.txt).
-set -euo pipefail
+# The GPU benchmark as one plan for a loan (issues 8, 17, 33): the parts of bench/gpu_parts.py, the most valuable
+# first, within a time budget, on one CUDA GPU:
+#   p6      P6, the number this project exists for: ViT-B encoder images/s and peak memory (fp32, bf16, chunks
+#           1/8/32), end-to-end images/s (1 and 2 processes), torch.compile's cold start; then the bf16-vs-fp32
+#           mask test (bench/gpu_bench.py, tests/pipeline/model/test_sam.py -m gpu)
+#   sam2    SAM 2.1 (bench/gpu_sam2.py, when it exists)
+#   sam3    SAM 3 (bench/gpu_sam3.py, when it exists)
+#   decode  P11g, JPEG / JPEG 2000 DICOM decoding with nvImageCodec against the CPU (bench/gpu_decode.py)
+# A part that does not fit in what is left of the budget is skipped, saying so. Each part's lines go to
+# $OUT/<part>.txt and everything to $OUT/gpu.txt as soon as printed ($OUT unset: bench/out), so a device call cut
+# off at its limit still returns what was measured. How to call it through the device tool: bench/RESULTS.md.
+#
+# The lent machine has its own image (bench/device-image-packages.txt) and no network: when the project's needs
+# beyond it are not installed, the wheels carried in $PP_GPU_WHEELS (default bench/wheels, made by
+# bench/gpu-wheels.sh) are installed with pip --target into $PP_GPU_SITE (default /tmp/site), and the parts run
+# with PYTHONPATH=$PP_GPU_SITE:$PWD. make gpu-rehearsal runs this same script that way on this CPU (--smoke).
+#
+# Usage: [PP_GPU_PARTS=p6,sam2,sam3,decode] bash bench/gpu.sh [--budget SECONDS] [--smoke]   (make bench-gpu)
+#   --budget  seconds for the whole plan, this script's set-up included (default 480)
+#   --smoke   each part's --smoke on a CPU: the plumbing, not the numbers
+#   PY        the interpreter (default .venv/bin/python if there, else python3: the image's on a lent machine)
+set -uo pipefail
+STARTED=$(date +%s)
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+BUDGET=480
+SMOKE=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --budget) BUDGET=$2; shift 2 ;;
+    --budget=*) BUDGET=${1#--budget=}; shift ;;
+    --smoke) SMOKE=(--smoke); shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
 OUTDIR=${OUT:-bench/out}
 mkdir -p "$OUTDIR"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-PARTS=${PP_GPU_PARTS:-p6}
-: > "$OUTDIR/gpu.txt"
-if [[ ",$PARTS," == *",decode,"* ]]; then
-  WHEELS=${NVIMGCODEC_WHEELS:-bench/wheels}
-  if ! "$PY" -c "import nvidia.nvimgcodec" 2>/dev/null; then
-    if compgen -G "$WHEELS/nvidia_nvimgcodec_cu13-*.whl" >/dev/null; then
-      "$PY" -m pip install --no-index --no-deps --quiet "$WHEELS"/*.whl \
-        || echo "# P11g: the nvImageCodec wheels in $WHEELS did not install" | tee -a "$OUTDIR/gpu.txt"
+LOG=$OUTDIR/gpu.txt
+: > "$LOG"
+say() { echo "$*" | tee -a "$LOG"; }
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+WHEELS=${PP_GPU_WHEELS:-bench/wheels}
+SITE=${PP_GPU_SITE:-/tmp/site}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
+say "# gpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ): parts ${PP_GPU_PARTS:-all}, budget ${BUDGET} s, ${SMOKE[*]:-on the GPU}," \
+  "$("$PY" -c 'import platform; print("Python", platform.python_version())' 2>&1) ($PY), $(nproc) CPUs"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/# GPU: /' | tee -a "$LOG"
+else
+  say "# GPU: no nvidia-smi here"
+fi
+
+# The project's needs beyond the machine's image: installed (a development venv), else carried.
+if ! lacking=$("$PY" bench/gpu_carry.py missing 2>&1); then
+  if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    t0=$(date +%s) PIPLOG=$(mktemp)
+    if "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        "$WHEELS"/*.whl > "$PIPLOG" 2>&1; then
+      # nvImageCodec's wheel ships nvidia/__init__.py: in $SITE it would hide the image's nvidia.* packages (CUDA
+      # libraries) behind a regular package; without it, nvidia stays one namespace across both folders.
+      rm -f "$SITE/nvidia/__init__.py"
+      export PYTHONPATH="$SITE:$PWD"
+      say "# carried: $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS installed into $SITE in $(( $(date +%s) - t0 )) s"
     else
-      echo "# P11g: no nvImageCodec wheel in $WHEELS: GPU decoding not measured" | tee -a "$OUTDIR/gpu.txt"
+      say "# carried: pip could not install the wheels in $WHEELS (for another Python?):"
+      grep -v "is ignored: it is neither" "$PIPLOG" | tail -5 | sed 's/^/#   /' | tee -a "$LOG"
     fi
-  fi
-  if "$PY" -c "import nvidia.nvimgcodec" 2>/dev/null; then
-    timeout 180 "$PY" bench/gpu_decode.py 2>&1 | tee -a "$OUTDIR/gpu.txt" || true
-    timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/pipeline/decode/test_gpu.py 2>&1 | tee -a "$OUTDIR/gpu.txt" || true
+    rm -f "$PIPLOG"
+  else
+    say "# carried: none in $WHEELS, and this Python lacks: $(echo "$lacking" | tr '\n' ' ')"
+    say "#   (on a machine with network: bash bench/gpu-wheels.sh, then carry bench/wheels)"
   fi
 fi
-[[ ",$PARTS," == *",p6,"* ]] || exit 0
-# 7 minutes for the benchmark (it skips its optional parts when short of time), 1 minute for the test
-timeout 420 "$PY" bench/gpu_bench.py --budget 380 --compile 2>&1 | tee -a "$OUTDIR/gpu.txt"
-timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/pipeline/model/test_sam.py 2>&1 | tee -a "$OUTDIR/gpu.txt"
+"$PY" bench/gpu_parts.py --budget "$BUDGET" --started "$STARTED" --out "$OUTDIR" "${SMOKE[@]}"

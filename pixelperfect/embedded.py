@@ -29,7 +29,7 @@ def run_embedded(
     policy (``settings.retry_policy``, the one the Celery task has): retry a failing batch, then give up on it.
     ``on_progress(images_done, images_total)`` after each batch."""
     from pixelperfect.worker.batch import run_batch
-    from pixelperfect.worker.tasks import give_up
+    from pixelperfect.worker.persist import give_up  # not worker.tasks: that would import Celery (issue 33)
 
     total = sum(len(b) for b in batches)
     done = 0

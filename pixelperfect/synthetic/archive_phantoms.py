@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import ExplicitVRLittleEndian
 
 from pixelperfect.pipeline.decode import codecs
 from pixelperfect.synthetic.phantoms import Phantom, display_uint8, make_phantom, phantom_dataset
@@ -26,28 +25,36 @@ from pixelperfect.synthetic.phantoms import Phantom, display_uint8, make_phantom
 
 @dataclass(frozen=True)
 class ArchiveKind:
-    """One storage: ``syntax`` (transfer syntax UID), ``bits`` stored (8 or 12), ``shape`` ``(rows, columns)``,
-    ``lossy`` (the stored values differ from the phantom's), ``package`` (the encoder it needs)."""
+    """One storage: ``uid_name`` (its transfer syntax by pydicom.uid's name; :attr:`syntax` the UID), ``bits``
+    stored (8 or 12), ``shape`` ``(rows, columns)``, ``lossy`` (the stored values differ from the phantom's),
+    ``package`` (the encoder it needs)."""
 
     name: str
-    syntax: str
+    uid_name: str
     bits: int
     shape: tuple[int, int]
     lossy: bool = False
     package: str | None = None
+
+    @property
+    def syntax(self) -> str:
+        """The transfer syntax UID (pydicom is imported when a kind is first written, not with this module)."""
+        from pydicom import uid
+
+        return str(getattr(uid, self.uid_name))
 
 
 CR_SHAPE = (2300, 2800)  # rows x columns of a 35 x 43 cm plate read at ~0.15 mm, landscape
 ARCHIVE_KINDS: dict[str, ArchiveKind] = {
     k.name: k
     for k in (
-        ArchiveKind("explicit_le", ExplicitVRLittleEndian, 12, CR_SHAPE),
-        ArchiveKind("jpeg_baseline", codecs.JPEG_BASELINE, 8, (1024, 1024), lossy=True, package="PIL"),
-        ArchiveKind("jpeg_lossless_sv1", codecs.JPEG_LOSSLESS_SV1, 12, CR_SHAPE, package="imagecodecs"),
-        ArchiveKind("j2k_lossless", codecs.J2K_LOSSLESS, 12, CR_SHAPE, package="openjpeg"),
-        ArchiveKind("j2k_lossy", codecs.J2K, 12, CR_SHAPE, lossy=True, package="openjpeg"),
-        ArchiveKind("jpeg_ls", codecs.JPEG_LS_LOSSLESS, 12, CR_SHAPE, package="imagecodecs"),
-        ArchiveKind("rle", codecs.RLE_LOSSLESS, 12, CR_SHAPE),
+        ArchiveKind("explicit_le", "ExplicitVRLittleEndian", 12, CR_SHAPE),
+        ArchiveKind("jpeg_baseline", "JPEGBaseline8Bit", 8, (1024, 1024), lossy=True, package="PIL"),
+        ArchiveKind("jpeg_lossless_sv1", "JPEGLosslessSV1", 12, CR_SHAPE, package="imagecodecs"),
+        ArchiveKind("j2k_lossless", "JPEG2000Lossless", 12, CR_SHAPE, package="openjpeg"),
+        ArchiveKind("j2k_lossy", "JPEG2000", 12, CR_SHAPE, lossy=True, package="openjpeg"),
+        ArchiveKind("jpeg_ls", "JPEGLSLossless", 12, CR_SHAPE, package="imagecodecs"),
+        ArchiveKind("rle", "RLELossless", 12, CR_SHAPE),
     )
 }
 _PACKAGE_NAMES = {"PIL": "pillow", "imagecodecs": "imagecodecs", "openjpeg": "pylibjpeg-openjpeg"}

@@ -9,11 +9,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from pixelperfect.config import get_settings
 from pixelperfect.db import bulk, repo
 from pixelperfect.db import segs as seg_repo
+from pixelperfect.db.models import ImageStatus
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.records import ImageResult
 from pixelperfect.worker.fetch import FetchedImage
+from pixelperfect.worker.telemetry import observe_batch
 
 
 @dataclass
@@ -96,3 +99,16 @@ def persist_batch(
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 5) for k, v in timings.items()}
+
+
+def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "batch_error") -> dict[str, Any]:
+    """Record a poison batch: its unfinished images end ``failed`` with ``reason`` and the error, so the queue
+    drains (a done image is never downgraded). The Celery tasks call it after their last retry, embedded runs after
+    theirs; it lives here, not in ``worker/tasks.py``, so that an embedded run imports no Celery (issue 33)."""
+    with session_scope(get_settings().database_url) as session:
+        rows = repo.images_by_key(session, run_id=run_id, keys=keys)
+        unfinished = [row for row in rows.values() if row.status != ImageStatus.done]
+        for row in unfinished:
+            repo.mark_failed(session, image_id=row.id, reason=reason, error=f"{type(exc).__name__}: {exc}")
+    observe_batch(done=0, failures={row.key: reason for row in unfinished}, segments=0, timings=[], seconds=0.0)
+    return {"run_id": run_id, "done": 0, "failed": len(unfinished), "gave_up": True}

@@ -1,11 +1,11 @@
 """Thin, ID-driven tasks: JSON arguments in, ``run_batch`` does the work, Celery does the retrying.
 
-A failed batch is retried through Celery's ``Task.retry`` with the one :class:`~pixelperfect.config.RetryPolicy` of
-the settings as they are when the task runs (its countdown, Celery's exponential backoff with jitter, and its
-``max_retries``), never as they were when this module was imported; when the last retry failed too,
-:func:`give_up` records its images as failed with the error. Whenever the outcome
-cannot be recorded — the retry message cannot be published (broker down), or the database refuses the failure
-rows — the message is handed back to the broker instead of being acknowledged, so the batch runs again later.
+A failed batch is retried through Celery's ``Task.retry`` with the one :class:`~pixelperfect.config.RetryPolicy` of the
+settings as they are when the task runs (its countdown, Celery's exponential backoff with jitter, and its
+``max_retries``), never as they were when this module was imported; when the last retry failed too, ``persist.give_up``
+records its images as failed with the error. Whenever the outcome cannot be recorded — the retry message cannot be
+published (broker down), or the database refuses the failure rows — the message is handed back to the broker instead of
+being acknowledged, so the batch runs again later.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def segment_batch(self: BatchTask, run_id: int, keys: list[str]) -> dict[str, An
             retries + 1,
             _short(exc),
         )
+        from pixelperfect.worker.persist import give_up
+
         try:
             return give_up(run_id, keys, exc)
         except Exception as db_exc:  # the failure cannot be recorded: keep the batch, try again later
@@ -185,28 +187,12 @@ def _isolate(task: Task, run_id: int, keys: list[str], lost: int) -> dict[str, A
         return {"run_id": run_id, "split": len(keys)}
     log.error("image %s of run %s took its pool process down %d times; marking it failed", keys[0], run_id, lost)
     error = RuntimeError(f"the worker's pool process died {lost} times while processing this image")
+    from pixelperfect.worker.persist import give_up
+
     try:
         return give_up(run_id, keys, error, reason="worker_lost")
     except Exception as db_exc:
         raise Reject(db_exc, requeue=True) from db_exc
-
-
-def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "batch_error") -> dict[str, Any]:
-    """Record a poison batch: its unfinished images end ``failed`` with ``reason`` and the error, so the queue
-    drains (a done image is never downgraded)."""
-    from pixelperfect.config import get_settings
-    from pixelperfect.db import repo
-    from pixelperfect.db.models import ImageStatus
-    from pixelperfect.db.session import session_scope
-    from pixelperfect.worker.telemetry import observe_batch
-
-    with session_scope(get_settings().database_url) as session:
-        rows = repo.images_by_key(session, run_id=run_id, keys=keys)
-        unfinished = [row for row in rows.values() if row.status != ImageStatus.done]
-        for row in unfinished:
-            repo.mark_failed(session, image_id=row.id, reason=reason, error=f"{type(exc).__name__}: {exc}")
-    observe_batch(done=0, failures={row.key: reason for row in unfinished}, segments=0, timings=[], seconds=0.0)
-    return {"run_id": run_id, "done": 0, "failed": len(unfinished), "gave_up": True}
 
 
 def _short(exc: BaseException | Any, limit: int = 300) -> str:

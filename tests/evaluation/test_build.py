@@ -14,11 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from markupsafe import escape
 from typer.testing import CliRunner
 
 from pixelperfect.config import Settings
 from pixelperfect.embedded import SubmitRequest, submit
 from pixelperfect.evaluation.build import build_report
+from pixelperfect.evaluation.page import SECTIONS
 from tests.conftest import embedded_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -181,6 +183,9 @@ def test_html_report_opens_in_chromium_with_every_image(workdir: Path, tmp_path:
         "Model against its prompt box",
     ):
         assert title in text
+    for sid, title, _, _ in SECTIONS:  # each section once, in its <section> and its heading
+        assert text.count(f'<section id="{sid}">') == 1, sid
+        assert text.count(f"<h2>{escape(title)}</h2>") == 1, title
 
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", IMAGE_CHECK + "</body>"))

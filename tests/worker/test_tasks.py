@@ -7,7 +7,7 @@ from pathlib import Path
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
-from pixelperfect.worker.tasks import give_up
+from pixelperfect.worker.persist import give_up
 from pixelperfect.worker.telemetry import get_metrics
 from tests.conftest import embedded_settings
 

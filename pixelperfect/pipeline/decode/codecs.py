@@ -32,34 +32,104 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
-from pydicom import uid
 
-# transfer syntaxes by pydicom's names
-JPEG_BASELINE = uid.JPEGBaseline8Bit
-JPEG_EXTENDED = uid.JPEGExtended12Bit
-JPEG_LOSSLESS = uid.JPEGLossless
-JPEG_LOSSLESS_SV1 = uid.JPEGLosslessSV1
-JPEG_LS_LOSSLESS = uid.JPEGLSLossless
-JPEG_LS_NEAR_LOSSLESS = uid.JPEGLSNearLossless
-J2K_LOSSLESS = uid.JPEG2000Lossless
-J2K = uid.JPEG2000
-HTJ2K = (uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K)
-RLE_LOSSLESS = uid.RLELossless
-
-JPEG_SYNTAXES = (JPEG_BASELINE, JPEG_EXTENDED)
-JPEG_LOSSLESS_SYNTAXES = (JPEG_LOSSLESS, JPEG_LOSSLESS_SV1)
-JPEG_LS_SYNTAXES = (JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS)
-J2K_SYNTAXES = (J2K_LOSSLESS, J2K, *HTJ2K)
-
-#: The package that adds a decoder for a syntax, named in ``missing_codec`` messages.
-PACKAGE_FOR: dict[str, str] = {
-    **dict.fromkeys(JPEG_SYNTAXES + JPEG_LOSSLESS_SYNTAXES, "imagecodecs or pylibjpeg-libjpeg"),
-    **dict.fromkeys(JPEG_LS_SYNTAXES, "imagecodecs or pylibjpeg-libjpeg"),
-    **dict.fromkeys(J2K_SYNTAXES, "pylibjpeg-openjpeg or imagecodecs"),
-    RLE_LOSSLESS: "pylibjpeg-rle",
+#: The transfer syntaxes by their pydicom.uid names (ours -> pydicom's), read from pydicom when first used: this
+#: module is on every worker's import path, also where no DICOM is read and pydicom is not installed (the GPU run's
+#: PNG parts, bench/gpu_parts.py). ``codecs.JPEG_BASELINE`` and the like below are module attributes (PEP 562).
+UID_NAMES = {
+    "JPEG_BASELINE": "JPEGBaseline8Bit",
+    "JPEG_EXTENDED": "JPEGExtended12Bit",
+    "JPEG_LOSSLESS": "JPEGLossless",
+    "JPEG_LOSSLESS_SV1": "JPEGLosslessSV1",
+    "JPEG_LS_LOSSLESS": "JPEGLSLossless",
+    "JPEG_LS_NEAR_LOSSLESS": "JPEGLSNearLossless",
+    "J2K_LOSSLESS": "JPEG2000Lossless",
+    "J2K": "JPEG2000",
+    "RLE_LOSSLESS": "RLELossless",
 }
+HTJ2K_NAMES = ("HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K")
+
+
+@dataclass(frozen=True)
+class Syntaxes:
+    """The transfer syntaxes the fast decoders take, their groups, and per syntax the decoders (:data:`CODECS`, one
+    dict for the process: ``gpu.enable`` puts the GPU decoder in front) and the package that adds one."""
+
+    JPEG_BASELINE: str
+    JPEG_EXTENDED: str
+    JPEG_LOSSLESS: str
+    JPEG_LOSSLESS_SV1: str
+    JPEG_LS_LOSSLESS: str
+    JPEG_LS_NEAR_LOSSLESS: str
+    J2K_LOSSLESS: str
+    J2K: str
+    RLE_LOSSLESS: str
+    HTJ2K: tuple[str, ...]
+
+    @property
+    def JPEG_SYNTAXES(self) -> tuple[str, ...]:
+        return (self.JPEG_BASELINE, self.JPEG_EXTENDED)
+
+    @property
+    def JPEG_LOSSLESS_SYNTAXES(self) -> tuple[str, ...]:
+        return (self.JPEG_LOSSLESS, self.JPEG_LOSSLESS_SV1)
+
+    @property
+    def JPEG_LS_SYNTAXES(self) -> tuple[str, ...]:
+        return (self.JPEG_LS_LOSSLESS, self.JPEG_LS_NEAR_LOSSLESS)
+
+    @property
+    def J2K_SYNTAXES(self) -> tuple[str, ...]:
+        return (self.J2K_LOSSLESS, self.J2K, *self.HTJ2K)
+
+
+@functools.cache
+def syntaxes() -> Syntaxes:
+    """The transfer syntaxes, from pydicom.uid (imported here, once)."""
+    from pydicom import uid
+
+    return Syntaxes(**{ours: getattr(uid, theirs) for ours, theirs in UID_NAMES.items()},
+                    HTJ2K=tuple(getattr(uid, name) for name in HTJ2K_NAMES))  # fmt: skip
+
+
+@functools.cache
+def _tables() -> tuple[dict[str, str], dict[str, list[Codec]]]:
+    """``PACKAGE_FOR`` and ``CODECS``, built once (the codec lists are this module's)."""
+    ts = syntaxes()
+    package_for = {
+        **dict.fromkeys(ts.JPEG_SYNTAXES + ts.JPEG_LOSSLESS_SYNTAXES, "imagecodecs or pylibjpeg-libjpeg"),
+        **dict.fromkeys(ts.JPEG_LS_SYNTAXES, "imagecodecs or pylibjpeg-libjpeg"),
+        **dict.fromkeys(ts.J2K_SYNTAXES, "pylibjpeg-openjpeg or imagecodecs"),
+        ts.RLE_LOSSLESS: "pylibjpeg-rle",
+    }
+    codecs: dict[str, list[Codec]] = {
+        **dict.fromkeys(ts.JPEG_SYNTAXES, _JPEG),
+        **dict.fromkeys(ts.JPEG_LOSSLESS_SYNTAXES, _JPEG_LOSSLESS),
+        **dict.fromkeys(ts.JPEG_LS_SYNTAXES, _JPEG_LS),
+        **dict.fromkeys(ts.J2K_SYNTAXES, _J2K),
+        ts.RLE_LOSSLESS: _RLE,
+    }
+    return package_for, codecs
+
+
+def decoders() -> dict[str, list[Codec]]:
+    """The decoders per syntax, fastest first (``CODECS``; one dict for the process)."""
+    return _tables()[1]
+
+
+def __getattr__(name: str) -> Any:
+    """``JPEG_BASELINE`` … ``RLE_LOSSLESS``, ``HTJ2K``, the ``*_SYNTAXES`` groups, ``PACKAGE_FOR`` (the package that
+    adds a decoder for a syntax, named in ``missing_codec`` messages) and ``CODECS`` (the decoders per syntax)."""
+    if name == "PACKAGE_FOR":
+        return _tables()[0]
+    if name == "CODECS":
+        return decoders()
+    if name in Syntaxes.__dataclass_fields__ or isinstance(getattr(Syntaxes, name, None), property):
+        return getattr(syntaxes(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -187,10 +257,10 @@ def j2k_header(stream: bytes) -> J2KHeader | None:
 
 def stream_shape(syntax: str, stream: bytes) -> tuple[int, int] | None:
     """``(rows, columns)`` the codestream itself declares (JPEG family, JPEG 2000), else ``None``."""
-    if str(syntax) in J2K_SYNTAXES:
+    if str(syntax) in syntaxes().J2K_SYNTAXES:
         header = j2k_header(stream)
         return (header.rows, header.columns) if header else None
-    jpeg = jpeg_header(stream) if str(syntax) in CODECS and str(syntax) != RLE_LOSSLESS else None
+    jpeg = jpeg_header(stream) if str(syntax) in decoders() and str(syntax) != syntaxes().RLE_LOSSLESS else None
     return jpeg[:2] if jpeg else None
 
 
@@ -332,21 +402,13 @@ _J2K = [
 ]
 _RLE = [Codec("pylibjpeg-rle", "rle", _pylibjpeg_rle)]
 
-CODECS: dict[str, list[Codec]] = {
-    **dict.fromkeys(JPEG_SYNTAXES, _JPEG),
-    **dict.fromkeys(JPEG_LOSSLESS_SYNTAXES, _JPEG_LOSSLESS),
-    **dict.fromkeys(JPEG_LS_SYNTAXES, _JPEG_LS),
-    **dict.fromkeys(J2K_SYNTAXES, _J2K),
-    RLE_LOSSLESS: _RLE,
-}
-
 
 def codecs_for(syntax: str, *, reduced: bool = False) -> list[Codec]:
     """The installed decoders for ``syntax``, fastest first; with ``reduced`` the scaling ones come first."""
-    found = [codec for codec in CODECS.get(str(syntax), []) if available(codec.module)]
+    found = [codec for codec in decoders().get(str(syntax), []) if available(codec.module)]
     if reduced:  # a device decoder (gpu_decode) stays first: its full decode beats a reduced one on the CPU
         return sorted(found, key=lambda codec: (codec.name != "nvimgcodec", not codec.scales))
-    if str(syntax) in J2K_SYNTAXES:  # Pillow's full decode is OpenJPEG's plus a shift: the others first
+    if str(syntax) in syntaxes().J2K_SYNTAXES:  # Pillow's full decode is OpenJPEG's plus a shift: the others first
         return sorted(found, key=lambda codec: codec.scales)
     return found
 
@@ -359,7 +421,7 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
     and OpenJPEG would pad the missing rows with grey. ``model_side``: reduced resolution (module docstring).
     """
     syntax = str(syntax)
-    if syntax not in CODECS or (info.signed and syntax in JPEG_SYNTAXES):  # signed lossy JPEG: pydicom's
+    if syntax not in decoders() or (info.signed and syntax in syntaxes().JPEG_SYNTAXES):  # signed lossy JPEG: pydicom's
         return None
     header = _check_header(syntax, stream, info)
     if header is None:
@@ -369,10 +431,12 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
     # the codestream's own precision (Pillow scales J2K by it) and sign
     info = replace(info, bits_stored=precision, stream_signed=stream_signed)
     r = 0
-    if syntax in J2K_SYNTAXES and stream_signed == info.signed:  # else patterns, which wrap at zero: full size
+    if (
+        syntax in syntaxes().J2K_SYNTAXES and stream_signed == info.signed
+    ):  # else patterns, which wrap at zero: full size
         r = reduction(max(info.rows, info.columns), model_side, levels)
         info = replace(info, layers=reduced_layers(layers, r) if r else 0)
-    elif syntax in JPEG_SYNTAXES and precision == 8:
+    elif syntax in syntaxes().JPEG_SYNTAXES and precision == 8:
         r = reduction(max(info.rows, info.columns), model_side, 3)
     for codec in codecs_for(syntax, reduced=r > 0):
         if precision not in codec.bits:
@@ -409,13 +473,13 @@ def stored_values(array: np.ndarray, syntax: str, info: FrameInfo, precision: in
     # the same bit patterns; a decoder's uint8 for an 8-bit codestream in 16-bit words: the same values
     array = array.view(target) if array.dtype.itemsize == target.itemsize else array.astype(target)
     bits = 8 * target.itemsize
-    if syntax in J2K_SYNTAXES:
+    if syntax in syntaxes().J2K_SYNTAXES:
         n = precision if stream_signed != info.signed else bits
-    elif syntax in JPEG_LS_SYNTAXES:
+    elif syntax in syntaxes().JPEG_LS_SYNTAXES:
         n = precision if info.signed else bits
     else:
         n = info.bits_stored
-        if not info.signed and syntax != RLE_LOSSLESS and precision <= n:
+        if not info.signed and syntax != syntaxes().RLE_LOSSLESS and precision <= n:
             n = bits  # an unsigned codestream of at most BitsStored bits has nothing above them
     if n >= bits:
         return array
@@ -442,9 +506,9 @@ def _sign_extend(array: np.ndarray, n: int) -> np.ndarray:
 def _check_header(syntax: str, stream: bytes, info: FrameInfo) -> tuple[int, int, int, bool] | None:
     """The codestream's precision, wavelet levels, quality layers and sign (JPEG 2000's; else False) when a fast
     path may take it (else ``None``); raises :class:`TruncatedStreamError` for a stream without its end marker."""
-    if syntax == RLE_LOSSLESS:
+    if syntax == syntaxes().RLE_LOSSLESS:
         return info.bits_stored, 0, 0, False
-    if syntax in J2K_SYNTAXES:
+    if syntax in syntaxes().J2K_SYNTAXES:
         header = j2k_header(stream)
         if header is None:
             return None

@@ -190,7 +190,7 @@ def read_header(data: bytes) -> Any | None:
                 elements[raw.tag] = raw
     except Exception:  # whatever pydicom's element parser refuses: the whole-dataset read names the problem
         return None
-    if syntax not in codecs.CODECS or _PIXEL_DATA_TAG not in elements:
+    if syntax is None or syntax not in codecs.CODECS or _PIXEL_DATA_TAG not in elements:
         return None
     ds = Dataset(elements)
     ds.file_meta = FileMetaDataset()

@@ -6,7 +6,7 @@ GPU (nvJPEG, nvJPEG2000). The worker decodes images on several fetch threads at 
 one batched call: the first caller of a round leads it, the others wait for their result.
 
 It sits at the front of :mod:`~pixelperfect.pipeline.decode.codecs`' decoder chains once :func:`enable` installed it
-(:data:`GPU_SYNTAXES`): an image the device cannot decode (``None`` from the batch, an exception, a shape that
+(:func:`gpu_syntaxes`): an image the device cannot decode (``None`` from the batch, an exception, a shape that
 is not the dataset's) falls through to the next decoder of the chain, the CPU ones, image by image. Reduced
 resolution stays a CPU feature: a request for it skips the GPU. Pixels come back to the host (``uint8`` /
 ``uint16``): the display transform and the preprocessing variants run on the CPU.
@@ -26,7 +26,13 @@ from pixelperfect.pipeline.decode import codecs
 
 log = logging.getLogger(__name__)
 
-GPU_SYNTAXES = codecs.JPEG_SYNTAXES + codecs.JPEG_LOSSLESS_SYNTAXES + codecs.J2K_SYNTAXES
+
+def gpu_syntaxes() -> tuple[str, ...]:
+    """The transfer syntaxes nvImageCodec decodes: JPEG (baseline, extended, lossless) and JPEG 2000."""
+    ts = codecs.syntaxes()
+    return ts.JPEG_SYNTAXES + ts.JPEG_LOSSLESS_SYNTAXES + ts.J2K_SYNTAXES
+
+
 #: Frames per device call, and how long the first frame of a round waits for others (seconds).
 MAX_BATCH = 16
 WAIT_S = 0.003
@@ -141,9 +147,9 @@ _UNAVAILABLE: set[str] = set()  # devices found without CUDA or nvImageCodec: no
 
 
 def enable(decoder: GpuDecoder | None) -> None:
-    """Put ``decoder`` at the front of the chains of :data:`GPU_SYNTAXES` (``None``: take it out again)."""
+    """Put ``decoder`` at the front of the chains of :func:`gpu_syntaxes` (``None``: take it out again)."""
     global _ENABLED
-    for syntax in GPU_SYNTAXES:
+    for syntax in gpu_syntaxes():
         chain = [codec for codec in codecs.CODECS.get(syntax, []) if codec.name != GpuDecoder.name]
         codecs.CODECS[syntax] = ([decoder.as_codec()] if decoder is not None else []) + chain
     _ENABLED = decoder

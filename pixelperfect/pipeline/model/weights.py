@@ -74,6 +74,70 @@ def build_tiny_sam(config: TinyConfig | None = None) -> torch.nn.Module:
     return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder)
 
 
+def seeded_tiny_sam(seed: int, config: TinyConfig | None = None, *, logit_gain: float = 1.0) -> torch.nn.Module:
+    """A ``sam_tiny`` whose weights are the same bytes on every CPU, drawn with ``numpy.random.default_rng``.
+
+    Each tensor has a generator of its own, seeded by ``seed`` and the CRC-32 of the tensor's name, and is
+    ``low + (high - low) * u`` with ``u`` numpy's float64 uniforms (from PCG64's integer stream; scalar C, no
+    SIMD path), times exact scalars, rounded to float32 once: no step depends on the instruction set (torch's
+    seeded initialisers gave 12 % of ``build_tiny_sam``'s values other last bits under ATen's default kernels than
+    under AVX2 or AVX-512). Linear and convolution weights are uniform with unit output variance
+    (``±sqrt(3 / fan_in)``), their biases ``±0.1``, norms one and zero, embeddings and the prompt encoder's
+    Gaussian matrix unit variance (``±sqrt(3)``), positional embeddings ``±0.02``. The mask decoder's transposed
+    convolutions have the same kernel at each of their ``k²`` offsets (a nearest-neighbour upsampling and a
+    channel mix): random offsets would print a 4-pixel checkerboard into every mask, a boundary at every other
+    pixel; this way masks are blobs of the 16-pixel embedding grid with steep edges.
+
+    ``logit_gain`` multiplies the last layer of every hypernetwork MLP, which scales the mask logits and nothing
+    else (not the predicted IoUs): at 1 they are ~0.1, all inside segment-anything's stability band of ±1.
+    """
+    import math
+    import zlib
+
+    import numpy as np
+
+    sam = build_tiny_sam(config)
+    owners = dict(sam.named_modules())
+    state = sam.state_dict()
+    layers = ("Linear", "Conv2d", "ConvTranspose2d")
+    for name, tensor in state.items():
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        shape, (owner, leaf) = tuple(tensor.shape), name.rsplit(".", 1)
+        kind = type(owners[owner]).__name__
+        if kind in ("LayerNorm", "LayerNorm2d"):
+            values = np.full(shape, 1.0 if leaf == "weight" else 0.0)
+        elif kind in layers and leaf == "bias":
+            values = rng.uniform(-0.1, 0.1, shape)
+        elif kind in layers:
+            # Linear (out, in) and Conv2d (out, in, k, k) sum in·k² terms per output; a stride-k ConvTranspose2d
+            # (in, out, k, k) sums ``in``
+            fan_in = shape[0] if kind == "ConvTranspose2d" else math.prod(shape[1:])
+            bound = math.sqrt(3.0 / fan_in)
+            drawn = (*shape[:2], 1, 1) if kind == "ConvTranspose2d" else shape
+            values = np.broadcast_to(rng.uniform(-bound, bound, drawn), shape)
+        elif kind == "Embedding" or leaf == "positional_encoding_gaussian_matrix":
+            values = rng.uniform(-math.sqrt(3.0), math.sqrt(3.0), shape)
+        elif leaf in ("pos_embed", "rel_pos_h", "rel_pos_w"):
+            values = rng.uniform(-0.02, 0.02, shape)
+        else:  # a tensor a newer segment-anything added: give it a rule rather than torch's initialiser
+            raise AssertionError(f"seeded_tiny_sam has no rule for {name} {shape} ({kind})")
+        if owner.startswith("mask_decoder.output_hypernetworks_mlps.") and owner.endswith(".layers.2"):
+            values = values * logit_gain
+        state[name] = torch.from_numpy(np.array(values, np.float32))
+    sam.load_state_dict(state, strict=True)
+    return sam
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes in order), independent of how
+    ``torch.save`` lays a checkpoint out."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def tiny_checkpoint_bytes(model: torch.nn.Module, config: TinyConfig) -> bytes:
     """Serialise a ``sam_tiny`` as ``{"config": ..., "model": state_dict}`` (the config travels with it)."""
     buf = io.BytesIO()

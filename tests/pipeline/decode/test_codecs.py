@@ -357,3 +357,24 @@ def test_dct_scaling_of_an_odd_sized_jpeg_keeps_the_scale_it_reached() -> None:
     image = decode_image(data, "odd.dcm", model_side=120)  # 1/8 would give 126 >= 120; Pillow may stop at 1/4
     assert image.full_shape == (1001, 999) and image.scale in (4, 8)
     assert image.shape == (-(-1001 // image.scale), -(-999 // image.scale))
+
+
+def test_transfer_syntaxes_are_pydicoms_names_read_when_first_used() -> None:
+    """The syntaxes are pydicom.uid's, by name; importing the module (every worker does, also where no DICOM is
+    read and pydicom is not installed) does not import pydicom."""
+    import subprocess
+    import sys
+
+    import pydicom.uid
+
+    check = (
+        "import sys, pixelperfect.pipeline.decode.codecs as c; n = len(c.CODECS); print('pydicom' in sys.modules, n)"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "12"], out.stderr  # CODECS read: pydicom loaded
+    lazy = "import sys, pixelperfect.pipeline.decode.codecs, pixelperfect.worker.batch; print('pydicom' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    for ours, theirs in codecs.UID_NAMES.items():
+        assert getattr(codecs, ours) == getattr(pydicom.uid, theirs)
+    assert codecs.J2K_SYNTAXES[2:] == tuple(getattr(pydicom.uid, n) for n in codecs.HTJ2K_NAMES)
