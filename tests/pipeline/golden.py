@@ -6,7 +6,7 @@ such lists with tolerances that a change of instruction set cannot break and a r
 tolerance below says what it protects). ``python -m tests.pipeline.golden [OUT.json]`` records the fixture file
 ``golden_rows.json`` next to this module.
 
-The checkpoint is :func:`~pixelperfect.pipeline.models.seeded_tiny_sam`: numpy-seeded weights, the same bytes
+The checkpoint is :func:`~pixelperfect.pipeline.model.weights.seeded_tiny_sam`: numpy-seeded weights, the same bytes
 on every CPU (the file records their SHA-256; torch's seeded initialisers gave other weights under ATen's default
 kernels than under AVX2/AVX-512), masks that are blobs with steep edges rather than a checkerboard of near-zero
 logits, and logits scaled ``LOGIT_GAIN`` times so that SAM's stability band (±1) holds only the edges. Between
@@ -44,7 +44,7 @@ _SKIP = {"id", "run_id", "image_id", "mask_key"}
 # --- tolerances ------------------------------------------------------------------------------------------------
 #: Model outputs (predicted IoUs of all candidates, their std across the jittered prompts). Protects: the encoder,
 #: the decoder and the prompt geometry. Between instruction sets they moved by <= 1e-6 here; a prompt box moved by
-#: one pixel moved its scores by 8e-3 and 1.3e-2, CLAHE's clip 5.0 -> 4.5 by 3.8e-3 to 6.5e-3 (test_golden.py).
+#: one pixel moved its scores by 8e-3 and 1.3e-2, CLAHE's clip 5.0 -> 4.5 by 3.8e-3 to 6.5e-3 (test_stages.py).
 SCORE_ABS = 1e-4
 #: Masks: at least this IoU with the golden mask ...
 MASK_IOU = 0.999
@@ -79,7 +79,7 @@ class Comparison:
 
 def write_checkpoint(path: Path) -> str:
     """Write the golden ``sam_tiny`` checkpoint to ``path``; return the SHA-256 of its weights."""
-    from pixelperfect.pipeline.models import TinyConfig, seeded_tiny_sam, tiny_checkpoint_bytes, weights_sha256
+    from pixelperfect.pipeline.model.weights import TinyConfig, seeded_tiny_sam, tiny_checkpoint_bytes, weights_sha256
 
     cfg = TinyConfig()
     sam = seeded_tiny_sam(CHECKPOINT_SEED, cfg, logit_gain=LOGIT_GAIN)
@@ -182,7 +182,7 @@ def recording_auto_margins() -> Iterator[dict[str, dict[str, float]]]:
     from segment_anything.utils.amg import batched_mask_to_box
     from torchvision.ops import box_iou
 
-    from pixelperfect.pipeline import auto
+    from pixelperfect.pipeline.prompt import auto
 
     found: dict[str, dict[str, float]] = {}
     original = auto.auto_seeds
@@ -237,7 +237,7 @@ def recording_jitter_areas() -> Iterator[dict[str, int]]:
     """While active, every scored prompt records the size of its smallest jittered mask (those masks are not
     stored), keyed by :func:`mask_digest` of its own mask: what bounds how far ``consistency_iou`` may move.
     Embedded runs only (it patches this process's ``score.consistency``)."""
-    from pixelperfect.pipeline import score
+    from pixelperfect.pipeline.score import segments as score
 
     found: dict[str, int] = {}
     original = score.consistency
@@ -559,8 +559,8 @@ _RULES: dict[str, Callable[[Any, Any, _Context], str | None]] = {
 def main(argv: list[str]) -> None:
     """Write the golden file: ``python -m tests.pipeline.golden [OUT]`` (phantoms as the fixture ``phantom_dir``
     makes them, the checkpoint as ``write_checkpoint``)."""
-    from pixelperfect.phantoms import write_phantoms
     from pixelperfect.pipeline.options import ProcessSettings
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     out = Path(argv[0]) if argv else GOLDEN
     with tempfile.TemporaryDirectory() as name:
@@ -573,7 +573,7 @@ def main(argv: list[str]) -> None:
     digests = [mask_digest(decode_mask(r["mask_rle"])) for r in rows]
     by_mask = {d: "/".join(map(str, _key(r))) for d, r in zip(digests, rows, strict=True) if digests.count(d) == 1}
     golden = {
-        "about": "python -m tests.pipeline.golden; compared by tests/pipeline/test_golden.py",
+        "about": "python -m tests.pipeline.golden; compared by tests/pipeline/test_stages.py",
         "checkpoint": {"seed": CHECKPOINT_SEED, "logit_gain": LOGIT_GAIN, "weights_sha256": weights},
         "min_area": ProcessSettings().min_area,
         "auto_margins": margins,

@@ -46,10 +46,10 @@ def dump(out: Path) -> None:
     import cv2
     import torch
 
-    from pixelperfect.phantoms import write_phantoms
-    from pixelperfect.pipeline.models import load_sam, sha256_hex
-    from pixelperfect.pipeline.preprocess import parse_variant
-    from pixelperfect.pipeline.sam import SamSegmenter
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import load_sam, sha256_hex
+    from pixelperfect.pipeline.preprocess.variants import parse_variant
+    from pixelperfect.synthetic.phantoms import write_phantoms
     from tests.pipeline.golden import N_IMAGES, write_checkpoint
 
     result: dict[str, np.ndarray] = {"capability": np.array(torch.backends.cpu.get_cpu_capability())}
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
                 print(f"  vs native: {compare(dumps['native'], dumps[setting])}")
             if "--pytest" in argv:
                 command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/pipeline/test_golden.py", "tests/pipeline/test_golden_compare.py"]  # fmt: skip
+                           "tests/pipeline/test_stages.py", "tests/pipeline/test_golden_compare.py"]  # fmt: skip
                 run = subprocess.run(command, env=child, capture_output=True, text=True)
                 failed += run.returncode != 0
                 print(f"  golden tests: {(run.stdout.strip().splitlines() or ['no output'])[-1]}")
