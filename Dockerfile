@@ -12,7 +12,7 @@
 #
 # PIXELPERFECT_EXTRAS: the optional dependencies of pyproject.toml to install with the package, comma-separated.
 # Default `gpu`: NVIDIA nvImageCodec (nvJPEG, nvJPEG2000 as CUDA 13 wheels, like torch's), so a worker decodes
-# JPEG / JPEG 2000 DICOMs on its GPU (pipeline/gpu_decode.py; the CPU decoders stay the fallback). Build with
+# JPEG / JPEG 2000 DICOMs on its GPU (pipeline/decode/gpu.py; the CPU decoders stay the fallback). Build with
 # `--build-arg PIXELPERFECT_EXTRAS=` (empty) for an image without it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -34,6 +34,11 @@ RUN pip install ".${PIXELPERFECT_EXTRAS:+[${PIXELPERFECT_EXTRAS}]}" \
 
 FROM ${PYTHON_IMAGE}
 ARG APP_UID=10001
+# The commit the image is built from, <12 hex digits>[.dirty] (the image has no .git): every process records
+# <version>+g<commit> as its code version (pixelperfect/version.py), and a worker refuses the images of a run created
+# with other code. docker-compose.yml passes it from the environment; empty means +unknown.
+ARG PIXELPERFECT_COMMIT=
+ENV PIXELPERFECT_COMMIT=${PIXELPERFECT_COMMIT}
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

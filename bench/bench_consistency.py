@@ -39,12 +39,12 @@ def main() -> None:
 
     import torch
 
-    from pixelperfect.phantoms import make_phantom
-    from pixelperfect.pipeline.models import load_sam, resolve_device
-    from pixelperfect.pipeline.preprocess import parse_variant
-    from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
-    from pixelperfect.pipeline.prompts import Jitter
-    from pixelperfect.pipeline.sam import SamSegmenter
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import load_sam, resolve_device
+    from pixelperfect.pipeline.options import Jitter
+    from pixelperfect.pipeline.preprocess.variants import parse_variant
+    from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
+    from pixelperfect.synthetic.phantoms import make_phantom
 
     device = resolve_device(args.device)
     seg = SamSegmenter(load_sam("sam_vit_b", None), device, name="sam_vit_b", encoder_batch=1)

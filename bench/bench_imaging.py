@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pixelperfect.phantoms import display_uint8, make_phantom  # noqa: E402
-from pixelperfect.pipeline.preprocess import parse_step, parse_variant  # noqa: E402
+from pixelperfect.pipeline.preprocess.variants import parse_step, parse_variant  # noqa: E402
+from pixelperfect.synthetic.phantoms import display_uint8, make_phantom  # noqa: E402
 
 CHAIN_GOAL_MS = 50.0
 RAPMED_GOAL_RATIO = 1000.0

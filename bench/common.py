@@ -73,7 +73,7 @@ def write_tiny_checkpoint(path: Path, image_size: int) -> Path:
     """A seeded ``sam_tiny`` at ``image_size``² input, saved through the real checkpoint format."""
     import torch
 
-    from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
+    from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
 
     torch.manual_seed(7)
     cfg = TinyConfig(image_size=image_size)
@@ -92,7 +92,7 @@ def two_boxes(index: int, size: int) -> list[tuple[float, float, float, float]]:
 
 def write_archive(out: Path, n: int, size: int, *, seed: int = 11) -> tuple[Path, Path]:
     """``n`` phantom PNGs (8-bit, ``size``²) under ``out/images`` and an RSNA CSV with two boxes per image."""
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     write_phantoms(out, n, seed=seed, size=size)
     labels = out / "two_boxes.csv"

@@ -3,7 +3,7 @@
 # first, within a time budget, on one CUDA GPU:
 #   p6      P6, the number this project exists for: ViT-B encoder images/s and peak memory (fp32, bf16, chunks
 #           1/8/32), end-to-end images/s (1 and 2 processes), torch.compile's cold start; then the bf16-vs-fp32
-#           mask test (bench/gpu_bench.py, tests/speed/test_segmenter.py -m gpu)
+#           mask test (bench/gpu_bench.py, tests/pipeline/model/test_sam.py -m gpu)
 #   sam2    SAM 2.1 (bench/gpu_sam2.py, when it exists)
 #   sam3    SAM 3 (bench/gpu_sam3.py, when it exists)
 #   decode  P11g, JPEG / JPEG 2000 DICOM decoding with nvImageCodec against the CPU (bench/gpu_decode.py)

@@ -40,8 +40,8 @@ def encoder_speed(precision: str, chunk: int, compile_encoder: bool = False) -> 
     import numpy as np
     import torch
 
-    from pixelperfect.pipeline.models import load_sam
-    from pixelperfect.pipeline.sam import SamSegmenter
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import load_sam
 
     cuda = DEVICE == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -80,7 +80,7 @@ def encoder_speed(precision: str, chunk: int, compile_encoder: bool = False) -> 
 
 def stage(root: Path, n: int) -> tuple[Path, Path]:
     """``n`` 1024² phantom PNGs on local disk (32 distinct, copied under new keys) and their two-box labels."""
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     write_phantoms(root / "src", 32, seed=5, size=1024)
     images = root / "images"

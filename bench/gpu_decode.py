@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from common import Measure
 
-from pixelperfect.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
-from pixelperfect.pipeline import codecs, dicom, gpu_decode
-from pixelperfect.pipeline.decode import decode_image
+from pixelperfect.pipeline.decode import codecs, dicom
+from pixelperfect.pipeline.decode import gpu as gpu_decode
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
 
 KINDS = {"jpeg_baseline": 32, "jpeg_lossless_sv1": 8, "j2k_lossless": 8, "j2k_lossy": 8}
 STARTED = time.perf_counter()

@@ -62,12 +62,12 @@ class Part:
 #: In order of value: P6, end-to-end images/s on one GPU, is the number this project exists for.
 PARTS = (
     Part("p6", "gpu_bench.py", "P6: ViT-B encoder and end-to-end images/s, peak memory, torch.compile, bf16 masks",
-         estimate_s=420, min_s=180, smoke_s=240, args=("--compile",), tests=("tests/speed/test_segmenter.py",),
+         estimate_s=420, min_s=180, smoke_s=240, args=("--compile",), tests=("tests/pipeline/model/test_sam.py",),
          tests_s=60),
     Part("sam2", "gpu_sam2.py", "SAM 2.1 on the GPU", estimate_s=240, min_s=120),
     Part("sam3", "gpu_sam3.py", "SAM 3 on the GPU", estimate_s=240, min_s=120),
     Part("decode", "gpu_decode.py", "P11g: JPEG / JPEG 2000 DICOM decoding with nvImageCodec against the CPU",
-         estimate_s=180, min_s=90, smoke_s=90, tests=("tests/pipeline/test_gpu_decode.py",), tests_s=45),
+         estimate_s=180, min_s=90, smoke_s=90, tests=("tests/pipeline/decode/test_gpu.py",), tests_s=45),
 )  # fmt: skip
 assert tuple(p.name for p in PARTS) == gpu_carry.PARTS
 

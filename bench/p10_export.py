@@ -23,7 +23,7 @@ def make_run(work: Path, n: int, size: int) -> str:
     from pixelperfect.db import bulk, repo
     from pixelperfect.db.migrate import upgrade
     from pixelperfect.db.session import session_scope
-    from pixelperfect.pipeline.process import encode_mask_png
+    from pixelperfect.pipeline.stages import encode_mask_png
     from pixelperfect.storage import LocalStore
 
     url = f"sqlite:///{work / 'pp.db'}"

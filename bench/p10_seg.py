@@ -28,8 +28,8 @@ def main() -> None:
 
     from pixelperfect.config import Settings, use_settings
     from pixelperfect.embedded import submit
-    from pixelperfect.phantoms import write_phantoms
     from pixelperfect.producer.enqueue import SubmitRequest
+    from pixelperfect.synthetic.phantoms import write_phantoms
     from pixelperfect.worker.batch import run_batch
     from pixelperfect.worker.segretry import build_segs
 

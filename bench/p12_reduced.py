@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 from common import Measure
 
-from pixelperfect.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
-from pixelperfect.pipeline import codecs
-from pixelperfect.pipeline.decode import decode_image
+from pixelperfect.pipeline.decode import codecs
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, archive_phantom, encoder_missing
 
 cv2.setNumThreads(1)
 SAM_SIDE = 1024
@@ -73,12 +73,12 @@ def dice_agreement(images: int) -> list[Measure]:
     lossless and the lossy JPEG 2000 kind."""
     import torch
 
-    from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam
-    from pixelperfect.pipeline.preprocess import parse_variant
-    from pixelperfect.pipeline.process import ImageInput, ProcessSettings, process_images
-    from pixelperfect.pipeline.prompts import Jitter
-    from pixelperfect.pipeline.sam import SamSegmenter
-    from pixelperfect.pipeline.scoring import dice
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam
+    from pixelperfect.pipeline.options import Jitter
+    from pixelperfect.pipeline.preprocess.variants import parse_variant
+    from pixelperfect.pipeline.score.overlap import dice
+    from pixelperfect.pipeline.stages import ImageInput, ProcessSettings, process_images
 
     torch.manual_seed(0)
     segmenter = SamSegmenter(build_tiny_sam(TinyConfig(image_size=SAM_SIDE)), torch.device("cpu"), name="sam_tiny")

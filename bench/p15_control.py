@@ -28,7 +28,7 @@ def cancel_seconds(url: str, n: int) -> tuple[float, int, int]:
     from pixelperfect.db import bulk, control, repo
     from pixelperfect.db.migrate import upgrade
     from pixelperfect.db.session import session_scope
-    from pixelperfect.producer.control import cancel
+    from pixelperfect.producer.lifecycle import cancel
 
     upgrade(url)
     keys = [f"archive/{i:08d}.dcm" for i in range(n)]
@@ -50,7 +50,7 @@ def delete_rate(url: str, endpoint: str, n_objects: int) -> tuple[float, int, fl
     from pixelperfect.db import bulk, repo
     from pixelperfect.db.migrate import upgrade
     from pixelperfect.db.session import session_scope
-    from pixelperfect.producer.control import delete
+    from pixelperfect.producer.lifecycle import delete
     from pixelperfect.storage import S3Store, make_s3_client
 
     upgrade(url)

@@ -12,7 +12,7 @@ per image (each with the default K = 4 perturbations), the embedded configuratio
 * **pipeline capacity**: images/s of that replayed run — the most one worker process could feed a GPU on this
   CPU — and the cores its threads kept busy;
 * **non-model CPU on RSNA-format DICOMs**: the same replay on the same images stored as the RSNA challenge stores
-  them (8-bit JPEG baseline DICOM, :func:`pixelperfect.archive_phantoms.rsna_dicom`), beside the PNG figure.
+  them (8-bit JPEG baseline DICOM, :func:`pixelperfect.synthetic.archive_phantoms.rsna_dicom`), beside the PNG figure.
 
 The model gets one torch thread; on this 2-core machine that leaves the second core to the pipeline's threads,
 as a GPU leaves the host CPU to them.
@@ -74,12 +74,12 @@ class RecordingSegmenter(ReplaySegmenter):
 def run(n_images: int = 16, repeats: int = 2) -> list[Measure]:
     import torch
 
-    from pixelperfect.archive_phantoms import rsna_dicom
     from pixelperfect.config import Settings, use_settings
     from pixelperfect.embedded import SubmitRequest, submit
-    from pixelperfect.pipeline.decode import decode_image
-    from pixelperfect.pipeline.process import ImageInput, prepare_image
+    from pixelperfect.pipeline.decode.reader import decode_image
+    from pixelperfect.pipeline.stages import ImageInput, prepare_image
     from pixelperfect.storage import open_store
+    from pixelperfect.synthetic.archive_phantoms import rsna_dicom
     from pixelperfect.worker.batch import run_batch
     from pixelperfect.worker.runtime import get_runtime
 

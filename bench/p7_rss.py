@@ -38,7 +38,7 @@ def run(n_images: int = 1000, warm: int = 100, size: int = 128) -> list[Measure]
     from pixelperfect.db.migrate import upgrade
     from pixelperfect.db.session import session_scope
     from pixelperfect.embedded import SubmitRequest, submit
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     with tempfile.TemporaryDirectory(prefix="pp-p7-") as tmp_dir, postgres_db() as pg_url, redis_db() as redis_url:
         tmp = Path(tmp_dir)

@@ -16,10 +16,11 @@ from common import Measure, load_average
 def run(n_images: int, repeats: int) -> list[Measure]:
     import torch
 
-    from pixelperfect.phantoms import display_uint8, make_phantom
-    from pixelperfect.pipeline.models import load_sam
-    from pixelperfect.pipeline.prompts import Jitter, perturb_box, prompt_rng
-    from pixelperfect.pipeline.sam import SamSegmenter
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import load_sam
+    from pixelperfect.pipeline.options import Jitter
+    from pixelperfect.pipeline.prompt.boxes import perturb_box, prompt_rng
+    from pixelperfect.synthetic.phantoms import display_uint8, make_phantom
 
     torch.manual_seed(0)
     sam = load_sam("sam_vit_b", None)

@@ -25,9 +25,9 @@ def main() -> None:
     import pydicom
 
     from pixelperfect.config import Settings
-    from pixelperfect.dicomweb import DicomwebStore
-    from pixelperfect.phantoms import write_phantoms
     from pixelperfect.storage import S3Store, make_s3_client
+    from pixelperfect.storage.dicomweb import DicomwebStore
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     work = Path(tempfile.mkdtemp(prefix="pp-p9-"))
     write_phantoms(work, args.images, seed=31, size=args.size, fmt="dicom")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # Decode JPEG 2000 / JPEG DICOMs at full resolution even when the model needs less. By default (False) they are
     # decoded at the smallest resolution level (J2K) or DCT scale (JPEG) whose long side is still >= the model's
     # input size (SAM: 1024): a 2800x2300 JPEG 2000 costs a quarter of its full decode. Masks and boxes stay in
-    # the original's pixel grid either way (pipeline/codecs.py, bench/p12_reduced.py).
+    # the original's pixel grid either way (pipeline/decode/codecs.py, bench/p12_reduced.py).
     decode_full_resolution: bool = False
     # DICOMweb sources and STOW-RS targets (dicomweb+http://host:port/path): basic auth or a bearer token, from the
     # environment only, never from the URL (which goes into the run row and logs). Requests that fail with a
@@ -127,8 +127,8 @@ RETRY_BACKOFF_MAX_S = 300
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """The one retry policy of a failed batch: the Celery task's autoretry options (:meth:`task_options`) and the
-    embedded runner's waits (:meth:`delay`) follow it, and the visibility timeout is checked against it.
+    """The one retry policy of a failed batch: the Celery tasks' retries (``worker/tasks.py``, read when a task runs)
+    and the embedded runner's waits (:meth:`delay`) follow it, and the visibility timeout is checked against it.
 
     Retry ``n + 1`` comes after at most :meth:`countdown` ``(n)`` seconds: Celery's exponential backoff
     (``celery.utils.time.get_exponential_backoff_interval``) — the first delay in whole seconds, at least 1 (0:
@@ -152,17 +152,6 @@ class RetryPolicy:
         """Seconds to wait before retry ``retries + 1`` (a draw when ``jitter``)."""
         countdown = self.countdown(retries)
         return (rng or random).randrange(countdown + 1) if self.jitter else countdown
-
-    def task_options(self) -> dict[str, Any]:
-        """Celery's autoretry options for a task decorator: retry on any exception with this policy."""
-        return {
-            "autoretry_for": (Exception,),
-            "max_retries": self.max_retries,
-            "retry_backoff": self.backoff_s,  # Celery: int(max(1, value)) seconds, as countdown() counts
-            "retry_backoff_max": RETRY_BACKOFF_MAX_S,
-            "retry_jitter": self.jitter,
-            "default_retry_delay": 0,  # backoff 0: Celery sets no countdown, so this one applies
-        }
 
 
 _SETTINGS: Settings | None = None

@@ -1,274 +1,34 @@
-"""A PACS spoken to over DICOMweb, as an object store: QIDO-RS lists, WADO-RS reads, STOW-RS writes.
+"""Deprecated alias: the DICOMweb store is :mod:`pixelperfect.storage.dicomweb`, opened like every store by
+:func:`pixelperfect.storage.open_store` (``dicomweb+http(s)://…``). ``from pixelperfect.dicomweb import
+DicomwebStore`` keeps working, with a ``DeprecationWarning``."""
 
-URLs: ``dicomweb+http://HOST:PORT/PATH`` or ``dicomweb+https://…`` (``PATH`` is the service root, Orthanc's is
-``/dicom-web``). An image key is ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>``: UIDs address the
-instance; they are not patient identifiers. Credentials (basic or bearer) come from the settings
-(``PIXELPERFECT_DICOMWEB_USERNAME``/``_PASSWORD`` or ``_TOKEN``), never from the URL, so that neither the run row
-nor a log line carries them; a URL with credentials in it is refused.
+import warnings
 
-All HTTP goes through ``dicomweb-client``. One retry policy: a connection error, a timeout, 408, 429 or 5xx is
-retried ``dicomweb_attempts`` times with a doubling wait from ``dicomweb_backoff_s``; then
-:class:`~pixelperfect.storage.SourceUnavailableError`. A 404 on retrieval is
-:class:`InstanceNotFoundError` (reason ``not_found``).
-"""
-
-from __future__ import annotations
-
-import io
-import logging
-import re
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
-
-from pixelperfect.storage import ObjectNotFoundError, ObjectStore, SourceUnavailableError
-
-log = logging.getLogger(__name__)
-# dicomweb-client's retry decorator logs every failed attempt with a traceback even with retries off; ours are
-# logged once per retry by DicomwebStore._call
-logging.getLogger("retrying").setLevel(logging.ERROR)
-
-T = TypeVar("T")
-SCHEMES = ("dicomweb+http://", "dicomweb+https://")
-#: SOP classes that carry no image to segment: segmentations, structured reports, presentation states, key
-#: objects, encapsulated documents, RT plans and structures, waveforms, raw data and registrations.
-NON_IMAGE_SOP_PREFIXES = (
-    "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, fiducials, SEG, surface SEG
-    "1.2.840.10008.5.1.4.1.1.88.",  # SR, key object selection
-    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
-    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF, CDA, STL
-    "1.2.840.10008.5.1.4.1.1.481.2",  # RT dose
-    "1.2.840.10008.5.1.4.1.1.481.3",  # RT structure set
-    "1.2.840.10008.5.1.4.1.1.481.4",  # RT beams treatment record
-    "1.2.840.10008.5.1.4.1.1.481.5",  # RT plan
-    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
+from pixelperfect.storage.dicomweb import (
+    NON_IMAGE_SOP_PREFIXES,
+    SEG_SOP_CLASS,
+    DicomwebStore,
+    Instance,
+    InstanceNotFoundError,
+    is_dicomweb_url,
+    service_url,
+    split_key,
 )
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_RETRIED_STATUS = {408, 429, 500, 502, 503, 504}
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
+warnings.warn(
+    "pixelperfect.dicomweb is deprecated: use pixelperfect.storage.dicomweb, or pixelperfect.storage.open_store "
+    "with a dicomweb+http(s):// URL",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-class InstanceNotFoundError(ObjectNotFoundError):
-    """The PACS has no instance at the key (deleted between listing and retrieval)."""
-
-    reason = "not_found"
-
-
-def is_dicomweb_url(url: str | None) -> bool:
-    return bool(url) and str(url).startswith(SCHEMES)
-
-
-def service_url(url: str) -> str:
-    """``dicomweb+http://h:8042/dicom-web/`` -> ``http://h:8042/dicom-web``; raises ``ValueError`` naming a URL
-    that is not DICOMweb or carries credentials (they belong in the settings)."""
-    if not is_dicomweb_url(url):
-        raise ValueError(f"not a DICOMweb URL (dicomweb+http://HOST:PORT/PATH): {url!r}")
-    http = url[len("dicomweb+") :].rstrip("/")
-    parts = urlsplit(http)
-    if parts.username or parts.password:
-        raise ValueError(
-            "credentials in a DICOMweb URL would be stored with the run: set PIXELPERFECT_DICOMWEB_USERNAME and "
-            f"_PASSWORD (or _TOKEN) instead ({parts.scheme}://…@{parts.hostname})"
-        )
-    if not parts.hostname:
-        raise ValueError(f"DICOMweb URL without a host: {url!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"DICOMweb URL must not have a query or fragment: {url!r}")
-    return http
-
-
-def split_key(key: str) -> tuple[str, str, str]:
-    """``study/series/sop`` -> the three UIDs; raises :class:`~pixelperfect.storage.InvalidKeyError` otherwise."""
-    from pixelperfect.storage import InvalidKeyError
-
-    parts = key.split("/")
-    if len(parts) != 3 or not all(_UID.match(p) and len(p) <= 64 for p in parts):
-        raise InvalidKeyError(f"a DICOMweb key is StudyUID/SeriesUID/SOPInstanceUID, not {key[:200]!r}")
-    return parts[0], parts[1], parts[2]
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One QIDO-RS instance: its key and the few attributes listing needs (never stored in clear)."""
-
-    key: str
-    sop_class: str
-    modality: str | None
-    patient_id: str | None
-
-
-def _value(item: dict[str, Any], tag: str) -> str | None:
-    values = item.get(tag, {}).get("Value")
-    return str(values[0]) if values else None
-
-
-def _auth(settings: Any) -> Any:
-    import requests
-
-    token = settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None
-    if token:
-
-        class Bearer(requests.auth.AuthBase):
-            def __call__(self, request: Any) -> Any:
-                request.headers["Authorization"] = f"Bearer {token}"
-                return request
-
-        return Bearer()
-    if settings.dicomweb_username:
-        password = settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else ""
-        return requests.auth.HTTPBasicAuth(settings.dicomweb_username, password)
-    return None
-
-
-class DicomwebStore(ObjectStore):
-    """A DICOMweb service as a read-mostly :class:`~pixelperfect.storage.ObjectStore` (thread-safe for reads).
-
-    ``get`` retrieves the stored bytes of one instance (WADO-RS, ``transfer-syntax=*``: the PACS does not
-    transcode); ``list`` pages QIDO-RS (``dicomweb_page_size`` per request, never one giant response) and skips
-    non-image SOP classes; ``put`` stores one DICOM object with STOW-RS (the key is not used: the object's UIDs
-    address it).
-    """
-
-    def __init__(self, url: str, settings: Any = None) -> None:
-        import requests
-        from dicomweb_client.api import DICOMwebClient
-
-        if settings is None:
-            from pixelperfect.config import get_settings
-
-            settings = get_settings()
-        self.settings = settings
-        self.http_url = service_url(url)
-        self.url = f"dicomweb+{self.http_url}"
-        session = requests.Session()
-        session.auth = _auth(settings)
-        self.client = DICOMwebClient(self.http_url, session=session, timeout=settings.dicomweb_timeout_s)
-        self.client.set_http_retry_params(retry=False)  # one policy: _call's
-
-    # -- the retry policy --------------------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        import requests
-
-        attempts = self.settings.dicomweb_attempts
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except requests.HTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else 0
-                if status not in _RETRIED_STATUS:
-                    raise
-                error: Exception = exc
-                detail = f"HTTP {status}"
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                error, detail = exc, type(exc).__name__
-            if attempt + 1 < attempts:
-                wait = self.settings.dicomweb_backoff_s * 2**attempt
-                log.warning("%s at %s: %s; retry %d/%d in %.1fs", what, self.url, detail, attempt + 1,
-                            attempts - 1, wait)  # fmt: skip
-                time.sleep(wait)
-        raise SourceUnavailableError(f"{what} at {self.url}: {detail} after {attempts} attempts") from error
-
-    # -- QIDO-RS -----------------------------------------------------------------------------------------------
-    def instances(
-        self, filters: dict[str, list[str]] | None = None, page_size: int | None = None
-    ) -> Iterator[Instance]:
-        """Every instance matching ``filters`` (attribute keyword -> accepted values; several values are one
-        query each), page by page with ``limit``/``offset``, non-image SOP classes included."""
-        size = page_size or self.settings.dicomweb_page_size
-        combos: list[dict[str, str]] = [{}]
-        for name, values in (filters or {}).items():
-            combos = [{**c, name: v} for c in combos for v in values]
-        for search in combos:
-            offset = 0
-            while True:
-                page = self._call(
-                    "QIDO-RS search for instances",
-                    lambda s=search, o=offset: self.client.search_for_instances(  # type: ignore[misc]
-                        limit=size, offset=o, search_filters=dict(s), fields=["PatientID", "Modality"]
-                    ),
-                )
-                for item in page:
-                    study, series, sop = (_value(item, t) for t in ("0020000D", "0020000E", "00080018"))
-                    if study and series and sop:
-                        yield Instance(
-                            f"{study}/{series}/{sop}",
-                            _value(item, "00080016") or "",
-                            _value(item, "00080060"),
-                            _value(item, "00100020"),
-                        )
-                if len(page) < size:
-                    break
-                offset += len(page)
-
-    def image_instances(self, filters: dict[str, list[str]] | None = None) -> Iterator[Instance]:
-        for instance in self.instances(filters):
-            if not instance.sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
-                yield instance
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        for instance in self.image_instances():
-            if instance.key.startswith(prefix):
-                yield instance.key
-
-    def exists(self, key: str) -> bool:
-        study, series, sop = split_key(key)
-        found = self._call(
-            "QIDO-RS search",
-            lambda: self.client.search_for_instances(
-                study_instance_uid=study, series_instance_uid=series, search_filters={"SOPInstanceUID": sop}
-            ),
-        )
-        return bool(found)
-
-    # -- WADO-RS -----------------------------------------------------------------------------------------------
-    def get(self, key: str) -> bytes:
-        """The instance as a DICOM file (Part 10 bytes) in the transfer syntax the PACS stored it in."""
-        import pydicom
-        import requests
-
-        study, series, sop = split_key(key)
-        try:
-            ds = self._call(
-                "WADO-RS retrieve",
-                lambda: self.client.retrieve_instance(study, series, sop, media_types=(("application/dicom", "*"),)),
-            )
-        except requests.HTTPError as exc:
-            if exc.response is not None and exc.response.status_code in (404, 410):
-                raise InstanceNotFoundError(self.url_for(key)) from None
-            raise SourceUnavailableError(f"WADO-RS retrieve at {self.url}: {exc}") from None
-        buf = io.BytesIO()
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-        return buf.getvalue()
-
-    # -- STOW-RS -----------------------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
-        import pydicom
-
-        failed = self.store([pydicom.dcmread(io.BytesIO(data))])
-        if failed:
-            raise SourceUnavailableError(f"STOW-RS at {self.url} refused {key}: {next(iter(failed.values()))}")
-
-    def store(self, datasets: Sequence[Any]) -> dict[str, str]:
-        """STOW-RS ``datasets`` (pydicom) in one request; ``{SOPInstanceUID: why}`` of those the PACS refused.
-        A request that fails as a whole (after the retries) raises."""
-        import requests
-
-        if not datasets:
-            return {}
-        try:
-            response = self._call("STOW-RS", lambda: self.client.store_instances(list(datasets)))
-        except requests.HTTPError as exc:
-            if exc.response is None or exc.response.status_code not in (400, 409):
-                raise SourceUnavailableError(f"STOW-RS at {self.url}: {exc}") from None
-            return {str(ds.SOPInstanceUID): f"HTTP {exc.response.status_code}" for ds in datasets}
-        failed: dict[str, str] = {}
-        for item in getattr(response, "FailedSOPSequence", None) or []:
-            reason = item.get("FailureReason", "")
-            failed[str(item.get("ReferencedSOPInstanceUID", ""))] = f"failure reason {reason}"
-        return failed
-
-
-def open_dicomweb(url: str, settings: Any = None) -> DicomwebStore:
-    return DicomwebStore(url, settings)
+__all__ = [
+    "NON_IMAGE_SOP_PREFIXES",
+    "SEG_SOP_CLASS",
+    "DicomwebStore",
+    "Instance",
+    "InstanceNotFoundError",
+    "is_dicomweb_url",
+    "service_url",
+    "split_key",
+]

@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from pixelperfect.broker.names import STAGES
 from pixelperfect.config import Settings
-from pixelperfect.worker.metrics import STAGES
 
 #: Images whose timings are summed for the stage shares (see ``repo.stage_timings``).
 STAGE_SAMPLE = 5000
@@ -73,7 +73,24 @@ def stage_shares(totals: dict[str, float], n: int) -> list[tuple[str, float, flo
     return [(s, totals[s] / n, totals[s] / total) for s in order]
 
 
-def run_status(run: str, settings: Settings) -> dict[str, Any]:
+class RunStatus(TypedDict, total=False):
+    """What ``pixelperfect status RUN --json`` prints (:func:`run_status`; ``stages`` and ``stage_sample`` from
+    :func:`snapshot`)."""
+
+    run: str
+    images: dict[str, int]
+    segments: int
+    failures: dict[str, int]
+    images_per_s: float | None
+    eta_s: float | None
+    model: str
+    variants: list[str]
+    stages: list[tuple[str, float, float]]
+    stage_sample: int
+    rate: float | None  # images/s over the live view's window (:func:`watch_run`)
+
+
+def run_status(run: str, settings: Settings) -> RunStatus:
     """The run's image counts by status, segments, failure reasons, lifetime images/s and ETA (seconds), model
     and variant names, read from the database. Raises ``LookupError`` for an unknown run or an empty database."""
     from sqlalchemy import inspect
@@ -104,7 +121,7 @@ def run_status(run: str, settings: Settings) -> dict[str, Any]:
         }
 
 
-def snapshot(run: str, settings: Settings) -> dict[str, Any]:
+def snapshot(run: str, settings: Settings) -> RunStatus:
     """``run_status`` plus ``stages`` (list of stage, s/image, share) and ``stage_sample`` (images summed)."""
     from pixelperfect.db import repo
     from pixelperfect.db.session import session_scope
@@ -118,7 +135,7 @@ def snapshot(run: str, settings: Settings) -> dict[str, Any]:
     return info
 
 
-def _rate_and_eta(info: dict[str, Any], window: RateWindow) -> tuple[float | None, float | None]:
+def _rate_and_eta(info: RunStatus, window: RateWindow) -> tuple[float | None, float | None]:
     counts = info["images"]
     rate = window.rate() or info["images_per_s"]
     if counts["queued"] == 0:
@@ -126,7 +143,7 @@ def _rate_and_eta(info: dict[str, Any], window: RateWindow) -> tuple[float | Non
     return rate, (counts["queued"] / rate if rate else None)
 
 
-def status_line(info: dict[str, Any], rate: float | None, eta: float | None) -> str:
+def status_line(info: RunStatus, rate: float | None, eta: float | None) -> str:
     """One plain line: progress, images/s, ETA, failures and stage shares."""
     counts = info["images"]
     total = sum(counts.values())
@@ -139,7 +156,7 @@ def status_line(info: dict[str, Any], rate: float | None, eta: float | None) -> 
     )
 
 
-def stage_table(info: dict[str, Any]) -> Table:
+def stage_table(info: RunStatus) -> Table:
     """Stage, mean ms per image and share of the per-image time, with a proportional bar."""
     table = Table(box=None, padding=(0, 1), title_justify="left")
     table.add_column("stage")
@@ -159,8 +176,8 @@ def watch_run(
     interval: float = 2.0,
     console: Console | None = None,
     max_seconds: float | None = None,
-    fetch: Callable[[str, Settings], dict[str, Any]] = snapshot,
-) -> dict[str, Any]:
+    fetch: Callable[[str, Settings], RunStatus] = snapshot,
+) -> RunStatus:
     """Refresh every ``interval`` s until no image of ``run`` is queued or ``max_seconds`` pass; returns the last
     snapshot with ``rate`` (images/s) and ``eta_s`` as shown. Raises ``LookupError`` for an unknown run."""
     if interval <= 0:
@@ -169,7 +186,7 @@ def watch_run(
     window = RateWindow(max(10.0, 10 * interval))
     started = time.monotonic()
 
-    def poll() -> tuple[dict[str, Any], bool]:
+    def poll() -> tuple[RunStatus, bool]:
         info = fetch(run, settings)
         counts = info["images"]
         window.add(time.monotonic(), counts["done"] + counts["failed"])

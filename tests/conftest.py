@@ -44,7 +44,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``sam_tiny`` saved through the real checkpoint format (config + state dict)."""
     import torch
 
-    from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
+    from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
 
     torch.manual_seed(7)
     cfg = TinyConfig()
@@ -56,7 +56,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 phantom chest X-rays (256² px) with masks and RSNA labels."""
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     out = tmp_path_factory.mktemp("phantoms")
     write_phantoms(out, 12, seed=3, size=256)
@@ -255,3 +255,8 @@ def count_model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(runtime, "build_segmenter", counting)
     return loads
+
+
+# --- Orthanc (the archive tests' PACS), registered for every directory ----------------------------------------
+
+from tests.orthanc import orthanc, orthanc_proxy  # noqa: E402, F401

@@ -1,16 +1,16 @@
 """The ``pixelperfect`` command line, one module per command group, on top of every other layer.
 
 ``run`` (submit, worker, status, retry), ``runs`` (runs, cancel, delete), ``imaging`` (phantoms, tune, preview),
-``archive`` (archive-phantoms, export; retry's SEG repairs), ``train``, ``report``, ``db`` and ``demo``; ``common``
-holds the consoles, ``fail`` and the settings helper. Each group module exposes ``register(app)``; importing this
-package loads no torch and no OpenCV (commands import what they need).
+``archive`` (archive-phantoms, export; retry's SEG repairs), ``train``, ``report``, ``database`` (``db``) and
+``demo``; ``common`` holds the consoles, ``fail`` and the settings helper. Each group module exposes
+``register(app)``; importing this package loads no torch and no OpenCV (commands import what they need).
 """
 
 from __future__ import annotations
 
 import typer
 
-from pixelperfect.cli import archive, db, demo, imaging, report, run, runs, train
+from pixelperfect.cli import archive, database, demo, imaging, report, run, runs, train
 
 app = typer.Typer(
     add_completion=False,
@@ -19,7 +19,7 @@ app = typer.Typer(
     help="Segment chest X-ray archives with SAM on a Celery/Redis queue, and measure how far to trust it.",
 )
 
-for _group in (imaging, archive, run, runs, db, demo, report, train):
+for _group in (imaging, archive, run, runs, database, demo, report, train):
     _group.register(app)
 
 __all__ = ["app"]

@@ -4,8 +4,8 @@ SEG side of ``pixelperfect retry`` in ``cli/run.py`` (``--seg`` rebuilds missing
 refused STOW-RS).
 
 ``archive-phantoms`` writes ``OUT/<kind>/<id>.dcm`` and ``OUT/<kind>/masks/<id>.png`` for each kind of
-:data:`pixelperfect.archive_phantoms.ARCHIVE_KINDS` (explicit VR little endian, JPEG baseline 8-bit 1024², JPEG
-lossless SV1, JPEG 2000 lossless and lossy, JPEG-LS, RLE; 2800x2300 12-bit; MONOCHROME2 and MONOCHROME1
+:data:`pixelperfect.synthetic.archive_phantoms.ARCHIVE_KINDS` (explicit VR little endian, JPEG baseline 8-bit
+1024², JPEG lossless SV1, JPEG 2000 lossless and lossy, JPEG-LS, RLE; 2800x2300 12-bit; MONOCHROME2 and MONOCHROME1
 alternately); kinds whose encoder is not installed are skipped with the package they need.
 """
 
@@ -26,7 +26,7 @@ def archive_phantoms(
     seed: int = typer.Option(0, help="random seed (same seed, same films)"),
 ) -> None:
     """Phantom chest films as archive DICOMs, one folder per transfer syntax, with exact masks."""
-    from pixelperfect.archive_phantoms import ARCHIVE_KINDS, encoder_missing, write_archive
+    from pixelperfect.synthetic.archive_phantoms import ARCHIVE_KINDS, encoder_missing, write_archive
 
     unknown = [k for k in kind if k not in ARCHIVE_KINDS]
     if unknown:

@@ -89,7 +89,7 @@ def run_demo(
 
 def _phantoms(workdir: Path, n: int, size: int, console: Console) -> Path:
     """The evaluation phantoms (seed 0) in ``workdir/phantoms``, written unless already there."""
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     data = workdir / "phantoms"
     if not (data / "labels.csv").exists():
@@ -186,9 +186,9 @@ TUNE_IMAGES = 24
 
 def _fine_tune(workdir: Path, settings: Settings, *, size: int, console: Console) -> str:
     """Fine-tune the random ``sam_tiny``'s mask decoder on held-out phantoms; returns the best checkpoint path."""
-    from pixelperfect.phantoms import write_phantoms
-    from pixelperfect.training.config import TrainConfig
+    from pixelperfect.synthetic.phantoms import write_phantoms
     from pixelperfect.training.finetune import train
+    from pixelperfect.training.recipe import TrainConfig
 
     out = workdir / "sam_tiny-tuned"
     best = out / "best.pth"
@@ -221,7 +221,7 @@ def _fine_tune(workdir: Path, settings: Settings, *, size: int, console: Console
 
 
 def _report(workdir: Path, settings: Settings, runs: list[str]) -> Path:
-    from pixelperfect.evaluation.report import build_report
+    from pixelperfect.evaluation.build import build_report
 
     return build_report(runs, workdir / "report", settings=settings)
 

@@ -28,7 +28,7 @@ def phantoms(
     fmt: str = typer.Option("png", "--format", help="png or dicom"),
 ) -> None:
     """Write synthetic chest X-rays with exact opacity masks and RSNA-format boxes."""
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     if fmt not in ("png", "dicom"):
         fail(f"--format must be png or dicom, not {fmt!r}")
@@ -59,8 +59,8 @@ def _load_sample(source: str, n: int, seed: int, max_side: int) -> tuple[list[np
     """Decode a sample of the images under ``source`` (directory, ``file://`` or ``s3://`` URL)."""
     import cv2
 
-    from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
-    from pixelperfect.pipeline.preprocess import to_uint8
+    from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
+    from pixelperfect.pipeline.preprocess.variants import to_uint8
     from pixelperfect.storage import is_image_key, open_store
 
     if "://" not in source and not Path(source).is_dir():
@@ -98,8 +98,8 @@ def tune(
 ) -> None:
     """Score each setting of one step by SSIM to the original and entropy change, as the research did; print each
     criterion's best as a ready --variant spec, and --save it under a name for submit."""
-    from pixelperfect.pipeline.preprocess import parse_value
-    from pixelperfect.pipeline.tune import build_grid, parse_param_range, score_steps
+    from pixelperfect.pipeline.preprocess.tune import build_grid, parse_param_range, score_steps
+    from pixelperfect.pipeline.preprocess.variants import parse_value
 
     if by not in ("ssim", "entropy"):
         fail(f"--by must be ssim or entropy, not {by!r}")
@@ -143,7 +143,7 @@ def tune(
 
 def _print_best(best: dict[str, str], save: str | None, by: str, variants_file: Path) -> None:
     """Each criterion's best as a ``--variant`` argument; with ``save``, the ``by`` one written to the file."""
-    from pixelperfect.producer.variants import VariantsFileError, save_variant, suggested_name
+    from pixelperfect.producer.saved_variants import VariantsFileError, save_variant, suggested_name
 
     labels = {"ssim": "best SSIM to original", "entropy": "most entropy added"}
     for criterion, spec in best.items():
@@ -168,9 +168,9 @@ def preview(
     window_index: int = typer.Option(0, help="which DICOM window / VOI LUT"),
 ) -> None:
     """Write the decoded original and one labelled panel per variant, side by side, to a PNG."""
-    from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
-    from pixelperfect.pipeline.preprocess import parse_variant
-    from pixelperfect.pipeline.preview import encode_png, render_preview
+    from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
+    from pixelperfect.pipeline.preprocess.preview import encode_png, render_preview
+    from pixelperfect.pipeline.preprocess.variants import parse_variant
     from pixelperfect.storage import read_url
 
     try:

@@ -20,7 +20,7 @@ def report(
     fmt: str = typer.Option("html", "--format", help="html (self-contained), json or csv"),
 ) -> None:
     """Summary, comparisons, calibration, detection, the consistency forest and a gallery of runs."""
-    from pixelperfect.evaluation.report import FORMATS, build_report
+    from pixelperfect.evaluation.build import FORMATS, build_report
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")

@@ -62,19 +62,23 @@ def submit(
     output: str = typer.Option("png", "--output", help="png or png,dicom-seg (DICOM sources: one SEG per image)"),
     stow_to: str | None = typer.Option(None, help="send the SEGs to dicomweb+http://HOST:PORT/PATH (STOW-RS)"),
     filter_: list[str] = typer.Option([], "--filter", help="DICOMweb source: QIDO filter, e.g. Modality=CR,DX"),
+    allow_version_change: bool = typer.Option(
+        False,
+        help="accept workers running other code than the run was created with (their refused images are queued again)",
+    ),
 ) -> None:
     """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset).
 
     Re-submitting a run resumes it: finished images are skipped, and images whose message is still in the broker
     are not published twice. Submitting a cancelled run (`pixelperfect cancel`) resumes it: its cancelled images
-    are queued again."""
+    are queued again. A worker running other code than the run was created with (the version recorded per run)
+    refuses its images (`version_changed`) until the run is re-submitted with --allow-version-change."""
     from pixelperfect.embedded import SubmitError, SubmitRequest
     from pixelperfect.embedded import submit as do_submit
-    from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
-    from pixelperfect.pipeline.prompts import Jitter
-    from pixelperfect.pipeline.spacing import parse_spacing_option
-    from pixelperfect.producer.annotations import AnnotationError
-    from pixelperfect.producer.variants import resolve_variants
+    from pixelperfect.inputs.annotations import AnnotationError
+    from pixelperfect.pipeline.decode.spacing import parse_spacing_option
+    from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings
+    from pixelperfect.producer.saved_variants import resolve_variants
 
     settings = command_settings()
     try:
@@ -97,6 +101,7 @@ def submit(
         points=points,
         manifest=manifest,
         republish=republish,
+        allow_version_change=allow_version_change,
         outputs=(output,),
         stow_to=stow_to,
         filters=filter_,
@@ -223,8 +228,15 @@ def print_status(run: str, settings: Settings, *, as_json: bool) -> None:
         fail(str(exc))
         return
     if as_json:
-        keys = ("run", "images", "segments", "failures", "images_per_s", "eta_s")
-        console.print_json(json.dumps({k: info[k] for k in keys}))
+        subset = {
+            "run": info["run"],
+            "images": info["images"],
+            "segments": info["segments"],
+            "failures": info["failures"],
+            "images_per_s": info["images_per_s"],
+            "eta_s": info["eta_s"],
+        }
+        console.print_json(json.dumps(subset))
         return
     counts = info["images"]
     table = Table(title=f"run {run} — {info['model']} × {', '.join(info['variants'])}")
@@ -269,6 +281,7 @@ def retry_failed(
     unknown run and ``ValueError`` for a bad ``batch_size``.
     """
     from pixelperfect.db import repo
+    from pixelperfect.db.models import ImageStatus
     from pixelperfect.db.session import session_scope
     from pixelperfect.embedded import dispatch
 
@@ -281,7 +294,7 @@ def retry_failed(
             raise LookupError(f"no run named {run!r} in the database")
         run_id = row.id
         reasons = repo.failure_counts(session, run_id=run_id)
-        keys = repo.keys_with_status(session, run_id=run_id, statuses=["failed"], reason=reason)
+        keys = repo.keys_with_status(session, run_id=run_id, statuses=[ImageStatus.failed.value], reason=reason)
         repo.requeue(session, run_id=run_id, keys=keys)
     batches = [keys[i : i + size] for i in range(0, len(keys), size)]
     if batches:

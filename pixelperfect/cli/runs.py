@@ -1,7 +1,7 @@
 """Steering runs: ``pixelperfect runs [--json]``, ``pixelperfect cancel RUN``, ``pixelperfect delete RUN``.
 
 ``status RUN`` stays the view of one run; ``runs`` is every run on one screen (two queries, no model import). The
-work is in ``producer/control.py``.
+work is in ``producer/lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def runs(as_json: bool = typer.Option(False, "--json", help="print machine-reada
 def cancel(run: str = typer.Argument(..., help="run name")) -> None:
     """Cancel RUN: its queued images end `cancelled` and workers acknowledge its batches without model work;
     batches already on a GPU finish; a producer still submitting it stops. `submit` of the run resumes it."""
-    from pixelperfect.producer.control import RunBusyError
-    from pixelperfect.producer.control import cancel as do_cancel
+    from pixelperfect.producer.lifecycle import RunBusyError
+    from pixelperfect.producer.lifecycle import cancel as do_cancel
 
     settings = command_settings()
     try:
@@ -71,8 +71,8 @@ def delete(
     """Delete RUN: its rows and its mask and SEG objects (embedding caches stay). Refuses a run with queued
     images unless cancelled first, and one with images in a worker's batch. Interrupted, run it again. SEGs
     already sent to a PACS stay there and are listed in pixelperfect-RUN-stowed-segs.csv."""
-    from pixelperfect.producer.control import RunBusyError
-    from pixelperfect.producer.control import delete as do_delete
+    from pixelperfect.producer.lifecycle import RunBusyError
+    from pixelperfect.producer.lifecycle import delete as do_delete
 
     settings = command_settings()
     if not yes:

@@ -14,7 +14,7 @@ from pixelperfect.cli.common import console, err, fail
 from pixelperfect.config import Settings, get_settings
 
 if TYPE_CHECKING:
-    from pixelperfect.training.config import TrainConfig
+    from pixelperfect.training.recipe import TrainConfig
 
 #: Paths among the options, made absolute ``file://`` URLs (a worker elsewhere must find the same files).
 URL_OPTIONS = ("source", "out", "checkpoint", "gt_masks", "annotations", "cache")
@@ -78,7 +78,7 @@ def train(
 
 
 def _url(value: str | None) -> str | None:
-    from pixelperfect.producer.sources import absolute_url
+    from pixelperfect.inputs.sources import absolute_url
 
     return value if value is None or "://" in value or value == "random" else absolute_url(value)
 
@@ -87,7 +87,7 @@ def train_config(settings: Settings, **options: Any) -> TrainConfig:
     """The ``TrainConfig`` of the ``train`` command's options: paths as URLs, ``model`` and ``checkpoint``
     defaulting to ``PIXELPERFECT_MODEL`` / ``PIXELPERFECT_CHECKPOINT``, ``min_area`` from the settings.
     Raises ``ValueError`` (naming the value) for an invalid configuration."""
-    from pixelperfect.training.config import TrainConfig
+    from pixelperfect.training.recipe import TrainConfig
 
     fields: dict[str, Any] = {k: (_url(v) if k in URL_OPTIONS else v) for k, v in options.items()}
     fields["cache_url"] = fields.pop("cache", None)
@@ -153,10 +153,10 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 
 def _enqueue(config: TrainConfig, settings: Settings, *, wait: bool) -> None:
     """Check what can be checked here, record the run row, and send one task to the ``train`` queue."""
+    from pixelperfect.broker.celery_app import app
+    from pixelperfect.broker.names import TRAIN, TRAIN_QUEUE
     from pixelperfect.storage import read_url
     from pixelperfect.training.setup import prepare
-    from pixelperfect.worker.app import TRAIN_QUEUE
-    from pixelperfect.worker.tasks import train as train_task
 
     if settings.embedded:
         fail("--queue needs PIXELPERFECT_BROKER_URL (a worker started with `pixelperfect worker --queues train`)")
@@ -165,7 +165,7 @@ def _enqueue(config: TrainConfig, settings: Settings, *, wait: bool) -> None:
     setup = prepare(config, settings, track=True)
     if setup.run_id is not None:
         update_progress(settings, setup.run_id, {"phase": "queued"})
-    sent = train_task.apply_async((config.as_dict(),), argsrepr=f"(run={setup.run_name!r}, out={config.out!r})")
+    sent = app.send_task(TRAIN, (config.as_dict(),), argsrepr=f"(run={setup.run_name!r}, out={config.out!r})")
     console.print(
         f"sent training [bold]{setup.run_name}[/] to queue '{TRAIN_QUEUE}' (task {sent.id}): "
         f"{len(setup.plan.train)} training and {len(setup.plan.val)} validation images; "

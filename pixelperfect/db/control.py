@@ -89,6 +89,26 @@ def resume_run(session: Session, *, run_id: int) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def requeue_failed(session: Session, *, run_id: int, reason: str) -> int:
+    """The run's images that failed with ``reason`` queued again and unpublished, so the producer publishes them
+    (``submit --allow-version-change`` for images refused as ``version_changed``). Returns how many."""
+    result = session.execute(
+        update(Image)
+        .where(Image.run_id == run_id, Image.status == ImageStatus.failed.value, Image.error_reason == reason)
+        .values(
+            status=ImageStatus.queued.value,
+            error=None,
+            error_reason=None,
+            finished_at=None,
+            published_at=None,
+            lease_owner=None,
+            lease_expires=None,
+        )
+        .execution_options(**_NO_SYNC)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 # --- leases ---------------------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ Only segments of images that finished (``status = 'done'``) count. Row streams (
 samples) are in :mod:`pixelperfect.db.streams`.
 
 Every query filters both ``segments.run_id`` and ``images.run_id``, so the planner reaches both tables through
-their run indexes and never scans other runs' rows (``tests/db/test_explain.py`` reads the plans).
+their run indexes and never scans other runs' rows (``tests/db/test_queries_plans.py`` reads the plans).
 """
 
 from __future__ import annotations

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pixelperfect.db.models import Annotation, Image, ImageStatus, Segment
-from pixelperfect.pipeline.metrics import rsna_image_precision
+from pixelperfect.pipeline.options import PromptKind
+from pixelperfect.pipeline.score.metrics import rsna_image_precision
 
 #: Rows fetched per round trip while streaming segments.
 STREAM_ROWS = 5000
@@ -46,7 +47,7 @@ def detection_inputs(
     truth: dict[str, list[list[float]]] = defaultdict(list)
     for key, x1, y1, x2, y2 in session.execute(
         select(Annotation.image_key, Annotation.x1, Annotation.y1, Annotation.x2, Annotation.y2)
-        .where(Annotation.run_id == run_id, Annotation.kind == "box")
+        .where(Annotation.run_id == run_id, Annotation.kind == PromptKind.box.value)
         .order_by(Annotation.image_key, Annotation.index)
     ):
         truth[key].append([float(x1), float(y1), float(x2 or 0.0), float(y2 or 0.0)])
@@ -70,7 +71,27 @@ def detection_inputs(
         yield key, truth.get(key, []), boxes, scores
 
 
-def rsna_challenge(session: Session, *, run_id: int, variant: str) -> dict[str, Any]:
+class ChallengeScore(TypedDict):
+    """The RSNA challenge metric of one run × variant (:func:`rsna_challenge`)."""
+
+    score: float | None
+    images: int
+    labelled: int
+    negatives: int
+    negatives_predicted: int
+    skipped: int
+    score_positives: float | None
+    positives: int
+
+
+class BoxAgreement(TypedDict):
+    """A box-prompted run's agreement with its own prompt boxes (:func:`box_agreement`)."""
+
+    box_agreement: float | None
+    images: int
+
+
+def rsna_challenge(session: Session, *, run_id: int, variant: str) -> ChallengeScore:
     """The challenge score of one run × variant over its labelled done images.
 
     Returns ``score`` (mean per-image score over the images that count, ``None`` when none does), ``images``
@@ -105,7 +126,7 @@ def rsna_challenge(session: Session, *, run_id: int, variant: str) -> dict[str, 
     }
 
 
-def box_agreement(session: Session, *, run_id: int, variant: str) -> dict[str, Any]:
+def box_agreement(session: Session, *, run_id: int, variant: str) -> BoxAgreement:
     """A box-prompted run's agreement between the boxes drawn around its masks and the ground-truth boxes that
     prompted them, by the challenge's formula over its annotated done images (labelled or not: every prompt
     came from a box). Circular by construction — a check of the box-from-mask step, not a detection score."""

@@ -1,5 +1,5 @@
 """Everything the report shows, gathered from the database once: summaries, comparisons, calibration,
-detection, the forest and the gallery cases. No rendering here (see :mod:`pixelperfect.evaluation.report`).
+detection, the forest and the gallery cases. No rendering here (see :mod:`pixelperfect.evaluation.build`).
 
 Memory does not grow with the run: aggregates come from ``GROUP BY`` queries (:mod:`pixelperfect.db.queries`);
 paired comparisons and rank correlations stream only their columns into float arrays that live for one
@@ -22,8 +22,9 @@ from pixelperfect.evaluation import forest
 from pixelperfect.evaluation.challenge import box_agreement
 from pixelperfect.evaluation.detection import array_precisions, challenge_windows
 from pixelperfect.evaluation.sampled import CALIBRATION_MAX_ROWS, capped_pairs
-from pixelperfect.evaluation.stats import PREDICTORS, calibration, paired_comparison
+from pixelperfect.evaluation.stats import PREDICTORS, PairedComparison, calibration, paired_comparison
 from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
+from pixelperfect.pipeline.options import PromptMode
 
 #: Measures compared pairwise (before/after preprocessing, run against run), in this order.
 COMPARE_METRICS: tuple[str, ...] = ("consistency_std", "consistency_iou", "score", "dice")
@@ -39,7 +40,17 @@ WORK_MEM = "64MB"
 SCATTER_POINTS = 20_000
 
 
-@dataclass
+class Comparison(PairedComparison):
+    """One paired comparison in ``report.json``: ``kind`` (``variant``, ``run`` or ``prompt``), the ``metric``,
+    each side (``run``, ``variant``; a prompt comparison's sides also name the ``mask``), and the statistics."""
+
+    kind: str
+    metric: str
+    a: dict[str, str]
+    b: dict[str, str]
+
+
+@dataclass(frozen=True)
 class RunInfo:
     id: int
     name: str
@@ -50,7 +61,7 @@ class RunInfo:
     settings: dict[str, Any]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pairs:
     """What a paired figure needs from one comparison: ``a``/``b`` float32 values of at most
     :data:`SCATTER_POINTS` seeded pairs, ``n`` pairs in all, and ``box_a``/``box_b`` box-plot statistics of all
@@ -69,9 +80,9 @@ class ReportData:
     runs: list[RunInfo]
     summary: list[dict[str, Any]]
     failures: list[dict[str, Any]]
-    comparisons: list[dict[str, Any]] = field(default_factory=list)
-    pairs: list[tuple[dict[str, Any], Pairs]] = field(default_factory=list)
-    calibration: list[dict[str, Any]] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    pairs: list[tuple[Comparison, Pairs]] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # run, variant, prompt_mode + a Calibration
     #: (run, variant) -> (scores, Dice) of at most SCATTER_POINTS seeded segments, and the count they stand for
     calibration_points: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
     detection: list[dict[str, Any]] = field(default_factory=list)
@@ -171,7 +182,7 @@ def _add_comparison(
     """One paired comparison of ``metric`` (``b`` against ``a``) into the report and its figures' sample; ``exact``:
     sums over all pairs when ``va``/``vb`` are a subsample (:func:`sampled.capped_pairs`)."""
     va, vb = np.asarray(va), np.asarray(vb)
-    entry = {
+    entry: Comparison = {
         "kind": kind,
         "metric": metric,
         "a": side_a,
@@ -195,7 +206,7 @@ def _compare(session: Session, data: ReportData, kind: str, a: tuple[RunInfo, st
         _add_comparison(data, kind, metric, side_a, side_b, va, vb, exact)
     del pairs
     if not found:
-        why = "; automatic prompts are not paired" if "auto" in (a[0].prompt_mode, b[0].prompt_mode) else ""
+        why = "; automatic prompts are not paired" if PromptMode.auto in (a[0].prompt_mode, b[0].prompt_mode) else ""
         data.note(kind, f"{a[0].name} / {a[1]} and {b[0].name} / {b[1]} share no segmented prompt{why}.")
 
 
@@ -267,16 +278,16 @@ def _detection(session: Session, data: ReportData) -> None:
             data.note("detection", f"{run.name} has no ground-truth boxes (submit with --annotations).")
             continue
         fast = None  # PostgreSQL, box prompts: every variant in one windowed pass of flat float arrays
-        if run.prompt_mode == "boxes" and queries.is_postgresql(session):
+        if run.prompt_mode == PromptMode.boxes and queries.is_postgresql(session):
             fast = _box_agreement_windows(session, run.id, run.variants)
         challenge = None  # other prompts, either database: labelled images, one window of flat arrays at a time
-        if run.prompt_mode != "boxes":
+        if run.prompt_mode != PromptMode.boxes:
             challenge = challenge_windows(
                 windows.labelled_windows(session, run_id=run.id, variants=run.variants), run.variants
             )
         for v in run.variants:
             entry: dict[str, Any] = {"run": run.name, "variant": v, "prompt_mode": run.prompt_mode}
-            if run.prompt_mode == "boxes":
+            if run.prompt_mode == PromptMode.boxes:
                 found = fast.get(v) if fast is not None else None
                 entry.update(measure="box_agreement", **(found or box_agreement(session, run_id=run.id, variant=v)))
             else:
@@ -307,7 +318,7 @@ def _forest(session: Session, data: ReportData, groups: list[tuple[int, str, str
     prompts = {r.id: r.prompt_mode for r in data.runs}
     for run_id, name, variant, s in groups:
         # box-prompted runs: every segment with a consistency std has its perturbations (no count over the group)
-        known = s.get("consistency_std_n") if prompts[run_id] == "boxes" else None
+        known = s.get("consistency_std_n") if prompts[run_id] == PromptMode.boxes else None
         rows, total = streams.forest_rows(session, run_id=run_id, variant=variant, cap=forest.MAX_ROWS, total=known)
         result = forest.consistency_forest(rows, total=total)
         if result["n"]:

@@ -1,6 +1,6 @@
 """The RSNA Pneumonia Detection Challenge metric over a stream of images, scored a chunk of images at a time.
 
-The definition is :func:`pixelperfect.pipeline.metrics.rsna_image_precision`'s (tests check the two agree image
+The definition is :func:`pixelperfect.pipeline.score.metrics.rsna_image_precision`'s (tests check the two agree image
 by image): at each IoU threshold 0.40:0.05:0.75, ``TP / (TP + FP + FN)``, predictions taken in descending score
 order (ties in their given order), each matched to the unmatched ground-truth box it overlaps most, a hit at
 IoU >= the threshold; an image's score is the mean over thresholds; an image without ground truth scores 0 when

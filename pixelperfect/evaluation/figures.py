@@ -126,7 +126,7 @@ def overlay_tile(
     outline) and boxes (green rectangles), scaled to :data:`TILE_SIZE` on the long side, as a PNG data URI."""
     import cv2
 
-    from pixelperfect.pipeline.steps import to_uint8
+    from pixelperfect.pipeline.preprocess.steps import to_uint8
 
     grey = to_uint8(np.asarray(pixels))
     height, width = grey.shape

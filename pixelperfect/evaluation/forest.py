@@ -14,9 +14,11 @@ O(n log n) each, about 2 s on one core for 2,000 segments, and R² settles long 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+
+from pixelperfect.pipeline.options import PromptKind
 
 #: Fewer usable segments than this and the section reports "not enough data" instead of a number.
 MIN_SEGMENTS = 20
@@ -33,7 +35,7 @@ def forest_features(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.n
     k = None
     for row in rows:
         pert, std = row.get("perturbations"), row.get("consistency_std")
-        if std is None or not pert or row.get("prompt_kind", "box") != "box":
+        if std is None or not pert or row.get("prompt_kind", PromptKind.box) != PromptKind.box:
             continue
         if any(len(p) != 5 or p[4] is None for p in pert):
             continue
@@ -48,6 +50,22 @@ def forest_features(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.n
     return np.asarray(feats), np.asarray(target)
 
 
+class ForestResult(TypedDict, total=False):
+    """The consistency forest of one run × variant (:func:`consistency_forest`); the importances and the held-out
+    values only where it was fitted."""
+
+    n: int
+    n_total: int
+    n_train: int
+    n_test: int
+    r2: float | None
+    note: str | None
+    importance_boxes: float
+    importance_scores: float
+    y_test: list[float]
+    y_pred: list[float]
+
+
 def consistency_forest(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -55,7 +73,7 @@ def consistency_forest(
     seed: int = 0,
     n_estimators: int = 200,
     total: int | None = None,
-) -> dict[str, Any]:
+) -> ForestResult:
     """Fit and score the regressor. Returns ``n``, ``n_train``, ``n_test``, ``r2`` (held out, ``None`` when there
     are fewer than :data:`MIN_SEGMENTS` usable segments), ``importance_boxes`` / ``importance_scores`` (the
     forest's impurity importances summed per feature group), ``y_test`` and ``y_pred`` (for the figure), and
@@ -65,7 +83,7 @@ def consistency_forest(
     if not 0 < test_size < 1:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
     X, y = forest_features(rows)
-    out: dict[str, Any] = {"n": len(y), "n_train": 0, "n_test": 0, "r2": None, "note": None}
+    out: ForestResult = {"n": len(y), "n_train": 0, "n_test": 0, "r2": None, "note": None}
     out["n_total"] = max(total or 0, len(y))
     sampled = f"trained on a seeded sample of {len(y):,} of {total:,} segments" if total and total > len(rows) else None
     out["note"] = sampled
@@ -86,12 +104,14 @@ def consistency_forest(
     k = X.shape[1] // 5
     importances = model.feature_importances_
     out.update(
-        n_train=len(y_train),
-        n_test=len(y_test),
-        r2=float(r2_score(y_test, pred)),
-        importance_boxes=float(importances[: 4 * k].sum()),
-        importance_scores=float(importances[4 * k :].sum()),
-        y_test=[float(v) for v in y_test],
-        y_pred=[float(v) for v in pred],
+        {
+            "n_train": len(y_train),
+            "n_test": len(y_test),
+            "r2": float(r2_score(y_test, pred)),
+            "importance_boxes": float(importances[: 4 * k].sum()),
+            "importance_scores": float(importances[4 * k :].sum()),
+            "y_test": [float(v) for v in y_test],
+            "y_pred": [float(v) for v in pred],
+        }
     )
     return out

@@ -24,7 +24,7 @@ def tiles(
     """One ``{"uri", "caption"}`` per case (``uri`` ``None`` with a caption saying why when the image is gone)."""
     import cv2
 
-    from pixelperfect.pipeline.decode import decode_image
+    from pixelperfect.pipeline.decode.reader import decode_image
     from pixelperfect.storage import open_store, read_url
 
     def load(url: str) -> np.ndarray | None:

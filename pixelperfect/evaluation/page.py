@@ -317,7 +317,6 @@ Builder = Callable[[ReportData, Settings], dict[str, Any]]
 SECTIONS: list[tuple[str, str, str, Builder]] = [
     ("summary", "Summary", "summary", summary_section),
     ("surface", "Surface distances", "surface", surface_section),
-    ("surface", "Surface distances", "surface", surface_section),
     ("variants", "Consistency before vs after preprocessing", "comparison", variant_section),
     ("runs", "With vs without fine-tuning (run against run)", "comparison", run_section),
     ("prompt", "Model against its prompt box", "comparison", prompt_section),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from scipy import stats
@@ -26,6 +26,39 @@ BOOTSTRAP_MAX_PAIRS = 10_000
 _BOOTSTRAP_VALUES = 2_000_000
 
 
+class PairedComparison(TypedDict):
+    """A paired comparison of ``b`` against ``a`` as ``report.json`` carries it (:func:`paired_comparison`)."""
+
+    n: int
+    sample_n: int
+    mean_a: float | None
+    mean_b: float | None
+    mean_diff: float | None
+    fraction_improved: float | None
+    wilcoxon_p: float | None
+    ci_low: float | None
+    ci_high: float | None
+    lower_is_better: bool
+    bootstrap_n: int
+
+
+class Spearman(TypedDict):
+    """A Spearman rank correlation over ``n`` finite pairs (``None`` where undefined)."""
+
+    rho: float | None
+    p: float | None
+    n: int
+
+
+class Calibration(TypedDict):
+    """One run × variant's calibration (:func:`calibration`)."""
+
+    n: int
+    spearman: dict[str, Spearman]
+    reliability: list[dict[str, Any]]
+    ece: float | None
+
+
 def paired_comparison(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
@@ -35,7 +68,7 @@ def paired_comparison(
     confidence: float = 0.95,
     seed: int = 0,
     exact: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> PairedComparison:
     """Compare paired measurements ``b`` against ``a`` (same prompts, two variants or two runs).
 
     ``exact``: when ``a``/``b`` are a seeded subsample of more pairs
@@ -57,7 +90,7 @@ def paired_comparison(
     if x.shape != y.shape:
         raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
     n = int(x.size)
-    out: dict[str, Any] = {
+    out: PairedComparison = {
         "n": n if exact is None else int(exact["n"]),
         "sample_n": n,
         "mean_a": None,
@@ -75,18 +108,22 @@ def paired_comparison(
     d = y - x
     improved = d < 0 if lower_is_better else d > 0
     out.update(
-        mean_a=float(x.mean()),
-        mean_b=float(y.mean()),
-        mean_diff=float(d.mean()),
-        fraction_improved=float(improved.mean()),
+        {
+            "mean_a": float(x.mean()),
+            "mean_b": float(y.mean()),
+            "mean_diff": float(d.mean()),
+            "fraction_improved": float(improved.mean()),
+        }
     )
     if exact is not None and exact["n"]:
         total = exact["n"]
         out.update(
-            mean_a=exact["sum_a"] / total,
-            mean_b=exact["sum_b"] / total,
-            mean_diff=exact["sum_diff"] / total,
-            fraction_improved=(exact["n_down"] if lower_is_better else exact["n_up"]) / total,
+            {
+                "mean_a": exact["sum_a"] / total,
+                "mean_b": exact["sum_b"] / total,
+                "mean_diff": exact["sum_diff"] / total,
+                "fraction_improved": (exact["n_down"] if lower_is_better else exact["n_up"]) / total,
+            }
         )
     if np.any(d != 0):
         with warnings.catch_warnings():
@@ -108,16 +145,18 @@ def paired_comparison(
             batch=max(1, _BOOTSTRAP_VALUES // sample.size),  # the same draws as one batch, in bounded memory
         )
         out.update(
-            ci_low=float(res.confidence_interval.low),
-            ci_high=float(res.confidence_interval.high),
-            bootstrap_n=int(sample.size),
+            {
+                "ci_low": float(res.confidence_interval.low),
+                "ci_high": float(res.confidence_interval.high),
+                "bootstrap_n": int(sample.size),
+            }
         )
     elif n >= 1:
-        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()))  # no variation: the CI is the point
+        out.update({"ci_low": float(d.mean()), "ci_high": float(d.mean())})  # no variation: the CI is the point
     return out
 
 
-def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict[str, Any]:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> Spearman:
     """Spearman rank correlation over the pairs where both values are finite: ``{"rho", "p", "n"}``."""
     a, b = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
     keep = np.isfinite(a) & np.isfinite(b)
@@ -144,7 +183,7 @@ def calibration(
     predictors: Sequence[str] = PREDICTORS,
     n_target: int | None = None,
     target: str = "dice",
-) -> dict[str, Any]:
+) -> Calibration:
     """Calibration of one run × variant's segments against the real ``target`` (Dice).
 
     ``bins``: the reliability table (:func:`pixelperfect.db.queries.reliability_bins`); ``columns``: ``(n, P + 1)``

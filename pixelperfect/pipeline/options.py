@@ -1,4 +1,5 @@
-"""Run-level settings of the pure pipeline: the prompt mode, the automatic mode's thresholds, scoring parameters.
+"""Run-level settings of the pure pipeline: the prompt mode, the jitter of the consistency protocol, the automatic
+mode's thresholds, scoring parameters.
 
 Stored with the run (``runs.settings``), so every worker scores a run the same way.
 """
@@ -6,12 +7,65 @@ Stored with the run (``runs.settings``), so every worker scores a run the same w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 from pixelperfect.config import MIN_AREA
-from pixelperfect.pipeline.prompts import Jitter
 
-PROMPT_MODES = ("boxes", "points", "auto")
+
+class _Named(str, Enum):
+    """A stored vocabulary: members compare equal to their strings, and each member's name is its stored value
+    (so a driver that writes an enum by its name, as psycopg does, writes the same string)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class PromptKind(_Named):
+    """What prompted one segment (``segments.prompt_kind``) or an annotation row (``annotations.kind``)."""
+
+    box = "box"
+    point = "point"
+    auto = "auto"  # a point of the automatic grid
+
+
+class PromptMode(_Named):
+    """A run's prompts (``runs.prompt_mode``): ground-truth ``boxes``, user ``points`` or the ``auto`` grid."""
+
+    boxes = "boxes"
+    points = "points"
+    auto = "auto"
+
+    @property
+    def kind(self) -> PromptKind:
+        """The kind of the prompts this mode draws."""
+        return {PromptMode.boxes: PromptKind.box, PromptMode.points: PromptKind.point}.get(self, PromptKind.auto)
+
+
+PROMPT_MODES = tuple(m.value for m in PromptMode)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """K perturbed boxes per prompt: centre shifted by integers in ``±shift`` px, size scaled by ``1 ± U(scale)``.
+
+    The research used K = 4, ±5 px and 0.1.
+    """
+
+    k: int = 4
+    shift: int = 5
+    scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.k <= 64:
+            raise ValueError(f"consistency K must be in 0..64, got {self.k}")
+        if not 0 <= self.shift <= 100:
+            raise ValueError(f"jitter shift must be in 0..100 px, got {self.shift}")
+        if not 0 <= self.scale < 1:
+            raise ValueError(f"jitter scale must be in [0, 1), got {self.scale}")
 
 
 @dataclass(frozen=True)
@@ -61,9 +115,9 @@ class ProcessSettings:
     min_area: int = MIN_AREA
     seed: int = 0
     png_compression: int = 1  # zlib level: 1 is ~4x faster than 6 on masks and only a few % larger
-    prompt_mode: str = "boxes"  # boxes | points | auto: the run's prompt_mode column (see pipeline/auto.py)
+    prompt_mode: PromptMode = PromptMode.boxes  # the run's prompt_mode column (see pipeline/prompt/auto.py)
     nsd_tolerance: float = 2.0  # px: NSD tolerance where an image's pixel spacing is unknown
-    # mm: NSD tolerance where the spacing is known (pipeline/spacing.py); None: pixels always (runs before 0004)
+    # mm: NSD tolerance where the spacing is known (pipeline/decode/spacing.py); None: pixels always (runs before 0004)
     nsd_tolerance_mm: float | None = 2.0
     pixel_spacing: tuple[float, float] | None = None  # (row, col) mm for images that carry none (--pixel-spacing)
     auto: AutoSettings = field(default_factory=AutoSettings)
@@ -71,6 +125,7 @@ class ProcessSettings:
     def __post_init__(self) -> None:
         if self.prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, not {self.prompt_mode!r}")
+        object.__setattr__(self, "prompt_mode", PromptMode(self.prompt_mode))  # a stored string becomes the enum
         if not 0 <= self.nsd_tolerance <= 1000:
             raise ValueError(f"NSD tolerance must be in 0..1000 px, got {self.nsd_tolerance}")
         if self.nsd_tolerance_mm is not None and not 0 <= self.nsd_tolerance_mm <= 1000:
@@ -88,6 +143,6 @@ class ProcessSettings:
         }
         if self.pixel_spacing is not None:
             out["pixel_spacing"] = list(self.pixel_spacing)
-        if self.prompt_mode == "auto":
+        if self.prompt_mode == PromptMode.auto:
             out["auto"] = self.auto.as_dict()
         return out

@@ -1,7 +1,7 @@
 """The records that travel between the stages of one image: input, prepared image, segment, result.
 
 ``ImageInput`` (decoded) -> ``PreparedImage`` (preprocessed, prompts drawn) -> the model's
-:class:`~pixelperfect.pipeline.prediction.Prediction` per variant -> ``SegmentRecord`` per prompt (scored, mask
+:class:`~pixelperfect.pipeline.model.protocol.Prediction` per variant -> ``SegmentRecord`` per prompt (scored, mask
 PNG-encoded) inside an ``ImageResult`` -> the store (mask objects) and the bulk writer (segment rows).
 """
 
@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+#: A pixel spacing ``(row, col)`` in mm, None when unknown (:mod:`~pixelperfect.pipeline.decode.spacing`).
+Spacing = tuple[float, float] | None
 
 
 @dataclass
@@ -26,7 +29,7 @@ class ImageInput:
     #: (H, W) of the original when ``pixels`` is a reduced-resolution decode of it (boxes, gt_mask and masks are in
     #: the original's grid); None: ``pixels`` is the original
     full_size: tuple[int, int] | None = None
-    spacing: tuple[float, float] | None = None  # (row, col) mm, None when unknown (see pipeline/spacing.py)
+    spacing: Spacing = None  # (row, col) mm, None when unknown (see pipeline/decode/spacing.py)
 
 
 @dataclass

@@ -20,19 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pixelperfect import __version__
+from pixelperfect.broker.names import GPU_QUEUE
 from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
 from pixelperfect.db import bulk, control, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
-from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings
-from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.producer import inputs
-from pixelperfect.producer.annotations import match_to_keys, stem
-from pixelperfect.producer.dicomweb import archive_settings
-from pixelperfect.producer.inputs import SubmitError
-from pixelperfect.producer.sources import absolute_url
+from pixelperfect.inputs.annotations import match_to_keys, stem
+from pixelperfect.inputs.sources import absolute_url
+from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings, PromptMode
+from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
+from pixelperfect.producer import intake
+from pixelperfect.producer.intake import SubmitError
+from pixelperfect.producer.pacs import archive_settings
 from pixelperfect.producer.stream import (
     PUBLISH_CHUNK,
     REGISTER_CHUNK,
@@ -44,6 +44,7 @@ from pixelperfect.producer.stream import (
     queue_length,
 )
 from pixelperfect.storage import read_url
+from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class SubmitRequest:
     process: ProcessSettings = field(default_factory=ProcessSettings)
     # publish every queued image again, even those a message was published for (after a broker lost its data)
     republish: bool = False
+    # accept workers running other code than the run was created with (kept in runs.settings)
+    allow_version_change: bool = False
 
 
 @dataclass
@@ -86,7 +89,7 @@ class SubmitResult:
     pending: int
     batches: int
     annotated: int
-    resumed: int = 0  # cancelled images queued again (submit on a cancelled run resumes it)
+    resumed: int = 0  # cancelled images, and with --allow-version-change images refused by version, queued again
     stopped: bool = False  # the run was cancelled while this submission was publishing: it stopped
 
 
@@ -141,7 +144,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
         "checkpoint": checkpoint,
         "checkpoint_sha256": sha,
         "variants": [{"name": v.name, "spec": v.spec, "hash": v.spec_hash} for v in variants],
-        "prompt_mode": process.prompt_mode,
+        "prompt_mode": process.prompt_mode.value,
         "settings": {
             **process.as_dict(),
             "annotations": bool(req.annotations),
@@ -152,19 +155,20 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
     }
 
 
-def prompt_mode(req: SubmitRequest, model: str) -> str:
+def prompt_mode(req: SubmitRequest, model: str) -> PromptMode:
     """The run's prompts: as asked, or by default ``auto`` for a SAM run without annotations (GrabCut has no
     confidence to filter automatic masks by, so it keeps ``boxes``), ``points`` when a points file is given."""
-    mode = req.prompts
-    if mode is None:
-        mode = "points" if req.points else ("boxes" if req.annotations or model == "grabcut" else "auto")
-    if mode not in PROMPT_MODES:
-        raise SubmitError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {mode!r}")
-    if mode == "points" and not req.points:
+    asked = req.prompts
+    if asked is None:
+        asked = "points" if req.points else ("boxes" if req.annotations or model == "grabcut" else "auto")
+    if asked not in PROMPT_MODES:
+        raise SubmitError(f"--prompts must be one of {', '.join(PROMPT_MODES)}, not {asked!r}")
+    mode = PromptMode(asked)
+    if mode == PromptMode.points and not req.points:
         raise SubmitError("--prompts points needs --points CSV (key,x,y[,label])")
-    if req.points and mode != "points":
+    if req.points and mode != PromptMode.points:
         raise SubmitError(f"--points is only used with --prompts points, not {mode}")
-    if mode == "auto" and model == "grabcut":
+    if mode == PromptMode.auto and model == "grabcut":
         raise SubmitError("--prompts auto needs a SAM model: GrabCut has no confidence to filter masks by")
     return mode
 
@@ -194,17 +198,17 @@ def submit(
     batch_size = req.batch_size or settings.batch_size
     rsna = bool(req.annotations) and req.annotations_format == "rsna"
     filters = config["settings"].get("filters")
-    listing = inputs.source_listing(req.source, req.manifest, settings, filters, track_patients=rsna)
-    chunks = chunked(inputs.list_keys(req.source, req.manifest, settings, listing), REGISTER_CHUNK)
+    listing = intake.source_listing(req.source, req.manifest, settings, filters, track_patients=rsna)
+    chunks = chunked(intake.list_keys(req.source, req.manifest, settings, listing), REGISTER_CHUNK)
     first = next(chunks, [])
     if not first:
         raise SubmitError(f"no images under {req.source}")
     second = next(chunks, [])
     whole = not second  # the listing fits one chunk: matches can be checked against all of it before registering
     chunks = itertools.chain([first], [second] if second else [], chunks)
-    boxes = inputs.box_matcher(req.annotations, req.annotations_format, settings, listing) if req.annotations else None
-    points = KeyMatcher(inputs.read_points(req.points, settings)) if req.points else None
-    masks = inputs.mask_index(req.gt_masks, settings) if req.gt_masks else None
+    boxes = intake.box_matcher(req.annotations, req.annotations_format, settings, listing) if req.annotations else None
+    points = KeyMatcher(intake.read_points(req.points, settings)) if req.points else None
+    masks = intake.mask_index(req.gt_masks, settings) if req.gt_masks else None
     if whole and points is not None and not match_to_keys(points.values, first):
         raise SubmitError(f"no point in {req.points} matches an image key or stem")
     if whole and masks is not None and not any(stem(k) in masks for k in first):
@@ -218,10 +222,10 @@ def submit(
         if existing is not None and existing.config_hash != digest:
             raise SubmitError(_config_diff(req.run, existing, config))
         run = existing or repo.create_run(
-            session, name=req.run, fields={**config, "code_version": __version__, "config_hash": digest}
+            session, name=req.run, fields={**config, "code_version": CODE_VERSION, "config_hash": digest}
         )
         run_id = run.id
-        resumed = _resume(session, run)
+        resumed = _resume(session, run) + _version_change(session, run, req.allow_version_change)
 
     sink = _Sink(run_id, req.run, settings, on_progress, run_batches) if execute else None
     batcher = Batcher(batch_size)
@@ -274,6 +278,24 @@ def _resume(session: Any, run: Any) -> int:
     return 0
 
 
+def _version_change(session: Any, run: Any, allow: bool) -> int:
+    """``--allow-version-change``: the run accepts workers of other code than its own (``runs.settings``), and its
+    images they refused are queued again. Without it, a run of other code than this process's is named in a
+    warning (workers of this code refuse its images)."""
+    if not allow:
+        if run.code_version != CODE_VERSION and not (run.settings or {}).get(ALLOW_VERSION_CHANGE):
+            log.warning(
+                "run %s was created with code %s, this is %s: workers running other code than the run's refuse its "
+                "images (submit --allow-version-change accepts them)", run.name, run.code_version, CODE_VERSION
+            )  # fmt: skip
+        return 0
+    run.settings = {**(run.settings or {}), ALLOW_VERSION_CHANGE: True}
+    n = control.requeue_failed(session, run_id=run.id, reason=VERSION_CHANGED)
+    if n:
+        log.info("run %s: %d image(s) refused by version queued again", run.name, n)
+    return n
+
+
 def _check_runner(settings: Settings, run_batches: BatchRunner | None) -> None:
     if settings.embedded and run_batches is None:
         raise SubmitError(
@@ -299,13 +321,12 @@ class _Sink:
         self.publisher: Publisher | None = None
         self._length: Any = None
         if not settings.embedded:
-            from pixelperfect.worker.app import GPU_QUEUE
-            from pixelperfect.worker.tasks import segment_batch
+            from pixelperfect.broker.celery_app import app
 
             broker = settings.broker_url or ""
-            self._length = queue_length(segment_batch.app, broker, GPU_QUEUE)
+            self._length = queue_length(app, broker, GPU_QUEUE)
             pressure = Backpressure(self._length, settings.max_queued_batches)
-            self.publisher = Publisher(segment_batch.app, segment_batch, broker, run_id, run_name, pressure)
+            self.publisher = Publisher(app, broker, run_id, run_name, pressure)
 
     def send(self, batches: list[list[str]], *, known_images: int, known_batches: int) -> None:
         """Publish or run ``batches``; progress counts batches published (distributed) or images run (embedded)."""

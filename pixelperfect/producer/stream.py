@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any, Generic, TypeVar
 
-from pixelperfect.producer.annotations import stem
+from pixelperfect.broker.names import SEGMENT_BATCH
+from pixelperfect.inputs.annotations import stem
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 class KeyMatcher(Generic[V]):
-    """The streaming form of :func:`~pixelperfect.producer.annotations.match_to_keys`: attaches values named by
+    """The streaming form of :func:`~pixelperfect.inputs.annotations.match_to_keys`: attaches values named by
     image key or stem (RSNA ``patientId``) to keys as they are listed.
 
     A key matches an identifier equal to the key itself first; otherwise one equal to its stem, or whose own stem
@@ -160,18 +161,18 @@ def queue_length(app: Any, broker_url: str, queue: str) -> Callable[[], int]:
 
 
 class Publisher:
-    """Publishes ``segment_batch`` messages for one run to ``broker_url``: pipelined groups of
-    :data:`PUBLISH_CHUNK` (kombu's Redis publish batch: one round trip per group), each group only after
-    :class:`Backpressure` made room.
+    """Publishes ``segment_batch`` messages for one run to ``broker_url``, by task name (the producer never imports
+    the worker's tasks): pipelined groups of :data:`PUBLISH_CHUNK` (kombu's Redis publish batch: one round trip per
+    group), each group only after :class:`Backpressure` made room.
 
     The broker is the settings' own, not the one the Celery app was configured with when it was imported, so a
     process that changes its settings (tests, an embedding application) publishes where it means to.
     """
 
     def __init__(
-        self, app: Any, task: Any, broker_url: str, run_id: int, run_name: str, backpressure: Backpressure | None
+        self, app: Any, broker_url: str, run_id: int, run_name: str, backpressure: Backpressure | None
     ) -> None:
-        self.app, self.task, self.run_id, self.run_name = app, task, run_id, run_name
+        self.app, self.run_id, self.run_name = app, run_id, run_name
         self.backpressure = backpressure
         self.published = 0
         self._conn = app.connection_for_write(url=broker_url)
@@ -185,7 +186,8 @@ class Publisher:
             producer = self._producer
             with producer.batch(max_size=PUBLISH_CHUNK) if hasattr(producer, "batch") else nullcontext():
                 for keys in group:
-                    self.task.apply_async(
+                    self.app.send_task(
+                        SEGMENT_BATCH,
                         (self.run_id, keys),
                         producer=producer,
                         argsrepr=f"(run={self.run_name!r}, keys={len(keys)})",  # what Flower shows

@@ -12,7 +12,7 @@ Layout::
 
 Model files are in the format of their architecture's standard loader: a bare state dict for ViT-B/L/H and
 MedSAM (segment-anything's ``sam_model_registry[arch](checkpoint=...)``), ``{"config", "model"}`` for
-``sam_tiny`` (:func:`pixelperfect.pipeline.models.load_sam`). Step checkpoints alternate between two slots and
+``sam_tiny`` (:func:`pixelperfect.pipeline.model.weights.load_sam`). Step checkpoints alternate between two slots and
 the pointer is written last, so a crash while writing leaves the previous checkpoint intact and pointed to,
 and ``--out`` holds at most two step checkpoints however long the training.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pixelperfect.pipeline.models import TinyConfig, tiny_checkpoint_bytes
+from pixelperfect.pipeline.model.weights import TinyConfig, tiny_checkpoint_bytes
 from pixelperfect.storage import ObjectNotFoundError, ObjectStore
 
 CONFIG, METRICS, BEST, BEST_INFO, LAST = "config.json", "metrics.json", "best.pth", "best.json", "last.json"

@@ -23,13 +23,13 @@ import numpy as np
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from pixelperfect.config import Settings
-from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
-from pixelperfect.pipeline.preprocess import Variant
-from pixelperfect.pipeline.scoring import restrict_to_box
-from pixelperfect.producer.annotations import match_masks, match_to_keys, parse_annotations
-from pixelperfect.producer.sources import absolute_url, list_image_keys, open_source
+from pixelperfect.inputs.annotations import match_masks, match_to_keys, parse_annotations
+from pixelperfect.inputs.sources import absolute_url, list_image_keys, open_source
+from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
+from pixelperfect.pipeline.preprocess.variants import Variant
+from pixelperfect.pipeline.score.overlap import restrict_to_box
 from pixelperfect.storage import ObjectNotFoundError, read_url
-from pixelperfect.training.config import TrainConfig
+from pixelperfect.training.recipe import TrainConfig
 from pixelperfect.training.targets import TargetSpec, TrainingDataError
 
 log = logging.getLogger(__name__)

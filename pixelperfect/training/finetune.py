@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from pixelperfect.config import Settings
-from pixelperfect.pipeline.models import load_sam, resolve_device
-from pixelperfect.pipeline.sam import SamEmbedding, SamSegmenter
-from pixelperfect.pipeline.scoring import dice
+from pixelperfect.pipeline.model.sam import SamEmbedding, SamSegmenter
+from pixelperfect.pipeline.model.weights import load_sam, resolve_device
+from pixelperfect.pipeline.score.overlap import dice
 from pixelperfect.training.cache import CachedEmbedding, CacheStats, EmbeddingCache
 from pixelperfect.training.checkpoints import BEST, CONFIG, LAST, METRICS, CheckpointStore, model_bytes, state_dict_of
-from pixelperfect.training.config import TrainConfig
 from pixelperfect.training.data import TrainImage, jitter_boxes, load_images
+from pixelperfect.training.recipe import TrainConfig
 from pixelperfect.training.schedule import Schedule, no_improvement_warning
 from pixelperfect.training.setup import TrainError, TrainSetup, describe, prepare
 

@@ -16,7 +16,8 @@ from pixelperfect.config import Settings
 from pixelperfect.db import repo
 from pixelperfect.db.models import Image, Segment
 from pixelperfect.db.session import session_scope
-from pixelperfect.training.config import TrainConfig
+from pixelperfect.pipeline.options import PromptKind
+from pixelperfect.training.recipe import TrainConfig
 from pixelperfect.training.targets import TargetSpec, TrainingDataError
 
 
@@ -28,7 +29,7 @@ def pseudo_label_specs(
     The segments of the run's variant named like the training variant are used when the run has one, otherwise
     those of its first variant. Images absent from the training source are left out (and counted).
     """
-    from pixelperfect.pipeline.preprocess import parse_variant
+    from pixelperfect.pipeline.preprocess.variants import parse_variant
 
     threshold = float(config.min_consistency_iou or 0.0)
     wanted = parse_variant(config.variant).name
@@ -48,7 +49,7 @@ def pseudo_label_specs(
                 Segment.variant == variant,
                 Segment.consistency_iou >= threshold,
                 Segment.mask_key.is_not(None),
-                Segment.prompt_kind == "box",
+                Segment.prompt_kind == PromptKind.box.value,
             )
             .order_by(Image.key, Segment.prompt_index)
         ).all()

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pixelperfect.training.config import TrainConfig, default_epochs
+from pixelperfect.training.recipe import TrainConfig, default_epochs
 
 #: Default validation interval: whole epochs, at least this many optimizer steps. On a tiny set an epoch is a few
 #: steps, and validating after each would let ``patience`` validations end training before it has started (24

@@ -11,16 +11,16 @@ from typing import Any
 
 import torch
 
-from pixelperfect import __version__
 from pixelperfect.config import RANDOM_CHECKPOINT, Settings
-from pixelperfect.pipeline.models import sha256_hex
-from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.producer.sources import absolute_url
+from pixelperfect.inputs.sources import absolute_url
+from pixelperfect.pipeline.model.weights import sha256_hex
+from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
 from pixelperfect.storage import ObjectStore, open_store, read_url
 from pixelperfect.training import tracking
 from pixelperfect.training.checkpoints import CONFIG, LAST, CheckpointStore
-from pixelperfect.training.config import TrainConfig
 from pixelperfect.training.data import DataPlan, TrainImage, plan_data
+from pixelperfect.training.recipe import TrainConfig
+from pixelperfect.version import CODE_VERSION
 
 
 class TrainError(ValueError):
@@ -98,7 +98,7 @@ class TrainSetup:
                 "precision": "bf16 autocast" if _bf16(self.settings) else "fp32",
                 "device": self.settings.device,
             },
-            "code_version": __version__,
+            "code_version": CODE_VERSION,
             "versions": {"torch": torch.__version__, "segment_anything": _version("segment-anything")},
         }
         CheckpointStore(self.out_store).write_json(CONFIG, value)
@@ -174,7 +174,7 @@ def _base_checkpoint(config: TrainConfig, settings: Settings) -> tuple[str | Non
 
 
 def _bf16(settings: Settings) -> bool:
-    """As :class:`~pixelperfect.pipeline.sam.SamSegmenter` decides: asked for, or ``auto`` on CUDA."""
+    """As :class:`~pixelperfect.pipeline.model.sam.SamSegmenter` decides: asked for, or ``auto`` on CUDA."""
     cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
     return settings.precision == "bf16" or (settings.precision == "auto" and cuda)
 

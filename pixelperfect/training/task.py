@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from pixelperfect.config import get_settings
-from pixelperfect.training.config import TrainConfig
+from pixelperfect.training.recipe import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,15 @@ from typing import Any
 
 from sqlalchemy import update
 
-from pixelperfect import __version__
 from pixelperfect.config import Settings
 from pixelperfect.db import repo
 from pixelperfect.db.migrate import upgrade
-from pixelperfect.db.models import Image, Run
+from pixelperfect.db.models import Image, ImageStatus, Run
 from pixelperfect.db.session import session_scope
-from pixelperfect.producer.sources import absolute_url
-from pixelperfect.training.config import TrainConfig
+from pixelperfect.inputs.sources import absolute_url
+from pixelperfect.pipeline.options import PromptMode
+from pixelperfect.training.recipe import TrainConfig
+from pixelperfect.version import CODE_VERSION
 
 
 class TrainingRunError(ValueError):
@@ -67,9 +68,9 @@ def start_run(
                 "checkpoint": checkpoint,
                 "checkpoint_sha256": checkpoint_sha256,
                 "variants": [variant],
-                "prompt_mode": "boxes",
+                "prompt_mode": PromptMode.boxes.value,
                 "settings": {"training": config.as_dict(), "progress": {"phase": "queued"}},
-                "code_version": __version__,
+                "code_version": CODE_VERSION,
                 "config_hash": digest,
                 "kind": "train",
             },
@@ -81,8 +82,8 @@ def start_run(
         # a resumed or extended training: its images are in training again
         session.execute(
             update(Image)
-            .where(Image.run_id == run_id, Image.status != "queued")
-            .values(status="queued", error=None, error_reason=None, finished_at=None)
+            .where(Image.run_id == run_id, Image.status != ImageStatus.queued.value)
+            .values(status=ImageStatus.queued.value, error=None, error_reason=None, finished_at=None)
         )
     return run_id
 

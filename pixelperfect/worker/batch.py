@@ -22,12 +22,14 @@ from collections.abc import Callable, Sequence
 
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
+from pixelperfect.pipeline.options import PromptMode
+from pixelperfect.version import VERSION_CHANGED
 from pixelperfect.worker import leases, segout
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
-from pixelperfect.worker.metrics import observe_batch
 from pixelperfect.worker.persist import BatchSummary, persist_batch
 from pixelperfect.worker.runtime import Runtime, get_runtime
+from pixelperfect.worker.telemetry import observe_batch
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +86,18 @@ def _run_held(
 ) -> BatchSummary:
     """The leased images of the batch: read, flow, persist (leases released in the persisting transaction)."""
     run = rt.run_spec(hold.run_id)
+    refusal = rt.version_refusal(run)
+    if refusal is not None:
+        return _refuse(rt, hold, summary, refusal, t_start)
     deferred = publish_segs is not None and segout.wants_seg(run)
     if deferred:  # the flow neither keeps the sources nor builds SEGs: queue `seg` does
         run = dataclasses.replace(run, outputs=tuple(o for o in run.outputs if o != "dicom-seg"))
     keys = [key for _, key, _ in hold.todo]
     with session_scope(rt.settings.database_url) as session:
         boxes = repo.boxes_for(session, run_id=run.id, keys=keys)
-        points = repo.points_for(session, run_id=run.id, keys=keys) if run.process.prompt_mode == "points" else {}
+        points = (
+            repo.points_for(session, run_id=run.id, keys=keys) if run.process.prompt_mode == PromptMode.points else {}
+        )
     todo = [ImageTodo(key, image_id, gt) for image_id, key, gt in hold.todo]
     read_s = time.perf_counter() - t_start
     segmenter = rt.segmenter(run)  # loaded once per process; raises (-> batch retry) if the model cannot load
@@ -127,4 +134,20 @@ def _run_held(
         summary.skipped,
         time.perf_counter() - t0,
     )
+    return summary
+
+
+def _refuse(rt: Runtime, hold: leases.Hold, summary: BatchSummary, why: str, t_start: float) -> BatchSummary:
+    """The batch's held images end ``failed`` with reason ``version_changed`` and ``why``, without model work, in
+    one transaction that also drops the leases (``submit --allow-version-change`` queues them again)."""
+    with session_scope(rt.settings.database_url) as session:
+        kept = hold.fence(session)
+        for image_id, key, _ in hold.todo:
+            if image_id in kept:
+                repo.mark_failed(session, image_id=image_id, reason=VERSION_CHANGED, error=why)
+                summary.failures[key] = VERSION_CHANGED
+        hold.release(session)
+    summary.failed = len(summary.failures)
+    observe_batch(done=0, failures=summary.failures, segments=0, timings=[], seconds=time.perf_counter() - t_start)
+    log.error("run %s: %d image(s) refused: %s", hold.run_id, summary.failed, why)
     return summary

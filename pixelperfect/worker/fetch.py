@@ -15,10 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pixelperfect.pipeline.decode import ImageDecodeError, decode_image
-from pixelperfect.pipeline.prediction import model_input_side
+from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
+from pixelperfect.pipeline.decode.spacing import resolve_spacing
+from pixelperfect.pipeline.model.protocol import model_input_side
+from pixelperfect.pipeline.options import PromptMode
 from pixelperfect.pipeline.records import ImageInput, PreparedImage
-from pixelperfect.pipeline.spacing import resolve_spacing
 from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, SourceUnavailableError, read_url
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
@@ -66,7 +67,7 @@ class FetchedImage:
 def decode_side(rt: Runtime, run: RunSpec, segmenter: Any) -> int | None:
     """The long side to decode images at (``model_side`` of :func:`decode_image`): the model's input size in box
     mode with a SAM-like segmenter, unless ``decode_full_resolution``; ``None`` (full resolution) otherwise."""
-    if rt.settings.decode_full_resolution or run.process.prompt_mode != "boxes":
+    if rt.settings.decode_full_resolution or run.process.prompt_mode != PromptMode.boxes:
         return None
     return model_input_side(segmenter)
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import Any
 
-from pixelperfect.pipeline import gpu_decode
-from pixelperfect.pipeline.prediction import Prediction, Segmenter
-from pixelperfect.pipeline.process import finish_image, predict_images, prepare_image
+from pixelperfect.pipeline.decode import gpu as gpu_decode
+from pixelperfect.pipeline.model.protocol import Prediction, Segmenter
 from pixelperfect.pipeline.records import ImageResult, PreparedImage
+from pixelperfect.pipeline.stages import finish_image, predict_images, prepare_image
 from pixelperfect.storage import ObjectStore, join_key, validate_key
 from pixelperfect.worker import pools, segout
 from pixelperfect.worker.fetch import FetchedImage, ImageTodo, decode_side, fetch_image

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 from pixelperfect.config import get_settings
 from pixelperfect.db import bulk, control, repo
 from pixelperfect.db import segs as seg_repo
+from pixelperfect.db.models import ImageStatus
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.records import ImageResult
 from pixelperfect.worker.fetch import FetchedImage
-from pixelperfect.worker.metrics import observe_batch
+from pixelperfect.worker.telemetry import observe_batch
 
 
 @dataclass
@@ -108,7 +109,7 @@ def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "
     with session_scope(settings.database_url) as session:
         control.limit_idle(session, ttl_s=settings.visibility_timeout)
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)
-        unfinished = [row for row in rows.values() if row.status != "done"]
+        unfinished = [row for row in rows.values() if row.status != ImageStatus.done]
         for row in unfinished:
             repo.mark_failed(session, image_id=row.id, reason=reason, error=f"{type(exc).__name__}: {exc}")
     observe_batch(done=0, failures={row.key: reason for row in unfinished}, segments=0, timings=[], seconds=0.0)

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, Settings, get_settings
-from pixelperfect.dicomweb import DicomwebStore, is_dicomweb_url
-from pixelperfect.pipeline.builder import build_segmenter
-from pixelperfect.pipeline.models import sha256_hex
-from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
-from pixelperfect.pipeline.prediction import Segmenter
-from pixelperfect.pipeline.preprocess import Variant, parse_variant
-from pixelperfect.pipeline.prompts import Jitter
+from pixelperfect.pipeline.model.builder import build_segmenter
+from pixelperfect.pipeline.model.protocol import Segmenter
+from pixelperfect.pipeline.model.weights import sha256_hex
+from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings, PromptMode
+from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
 from pixelperfect.storage import ObjectStore, open_store, read_url
+from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -41,6 +40,7 @@ class RunSpec:
     process: ProcessSettings
     outputs: tuple[str, ...] = ("png",)  # png | png + dicom-seg
     stow_to: str | None = None  # DICOMweb STOW-RS target of the SEGs
+    code_version: str | None = None  # the code that created the run (pixelperfect.version)
 
     @classmethod
     def from_row(cls, run: Any) -> RunSpec:
@@ -70,7 +70,7 @@ class RunSpec:
                 jitter=jitter,
                 min_area=int(s.get("min_area", MIN_AREA)),
                 seed=int(s.get("seed", 0)),
-                prompt_mode=run.prompt_mode or "boxes",
+                prompt_mode=PromptMode(run.prompt_mode or PromptMode.boxes),
                 nsd_tolerance=float(s.get("nsd_tolerance", 2.0)),
                 # a run from before millimetres has no mm tolerance: its segments stay in px, as they were
                 nsd_tolerance_mm=None if s.get("nsd_tolerance_mm") is None else float(s["nsd_tolerance_mm"]),
@@ -79,6 +79,7 @@ class RunSpec:
             ),
             outputs=tuple(s.get("outputs") or ("png",)),
             stow_to=s.get("stow_to"),
+            code_version=run.code_version,
         )
 
 
@@ -89,6 +90,7 @@ class Runtime:
     _stores: dict[str, ObjectStore] = field(default_factory=dict)
     _segmenters: dict[tuple[str, str | None], Segmenter] = field(default_factory=dict)
     _runs: dict[int, RunSpec] = field(default_factory=dict)
+    _version_accepted: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self, url: str) -> ObjectStore:
@@ -96,10 +98,7 @@ class Runtime:
         DICOMweb credentials), opened once per process."""
         with self._lock:
             if url not in self._stores:
-                if is_dicomweb_url(url):
-                    self._stores[url] = DicomwebStore(url, self.settings)
-                else:
-                    self._stores[url] = open_store(url, endpoint_url=self.settings.s3_endpoint_url)
+                self._stores[url] = open_store(url, self.settings)
             return self._stores[url]
 
     def segmenter(self, run: RunSpec) -> Segmenter:
@@ -124,6 +123,27 @@ class Runtime:
                     compile_encoder=self.settings.compile_encoder,
                 )
             return self._segmenters[key]
+
+    def version_refusal(self, run: RunSpec) -> str | None:
+        """Why this worker refuses the run's images — it runs other code than the run was created with and the
+        user has not accepted that (``submit --allow-version-change``, kept in ``runs.settings``) — or None. The
+        permission is read afresh while it is missing (it may be given while this process holds the run spec)."""
+        if run.code_version == CODE_VERSION or run.id in self._version_accepted:
+            return None
+        from pixelperfect.db import repo
+        from pixelperfect.db.session import session_scope
+
+        with session_scope(self.settings.database_url) as session:
+            row = repo.get_run_by_id(session, run_id=run.id)
+            accepted = row is not None and bool((row.settings or {}).get(ALLOW_VERSION_CHANGE))
+        if accepted:
+            self._version_accepted.add(run.id)
+            return None
+        return (
+            f"this worker runs code {CODE_VERSION}, run {run.name!r} was created with {run.code_version}: its "
+            "results would mix two versions. Re-submit the run with --allow-version-change to accept that (its "
+            f"images refused as {VERSION_CHANGED} are queued again), or run workers of {run.code_version}"
+        )
 
     def run_spec(self, run_id: int) -> RunSpec:
         if run_id not in self._runs:

@@ -1,7 +1,7 @@
 """DICOM-SEG output of a run (``--output png,dicom-seg``), on the worker's upload side, never on the model thread.
 
 Per image and variant one job decodes the variant's mask PNGs (1 ms each), builds the SEG
-(:func:`~pixelperfect.pipeline.dicomseg.build_seg`, ~13 ms for 1024² and two disjoint segments on an idle core)
+(:func:`~pixelperfect.pipeline.output.dicomseg.build_seg`, ~13 ms for 1024² and two disjoint segments on an idle core)
 and stores it at
 ``STORE_URL/<run>/seg/<image key>/<variant>.dcm``. A SEG that cannot be built or stored does not fail the image:
 its masks and rows are written, the image is ``done``, and the SEG row records ``seg_error``
@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pixelperfect import __version__
-from pixelperfect.pipeline.dicomseg import SegAlgorithm, SegBuildError, build_seg, decode_mask_png, read_source_header
+from pixelperfect.pipeline.output.dicomseg import (
+    SegAlgorithm,
+    SegBuildError,
+    build_seg,
+    decode_mask_png,
+    read_source_header,
+)
 from pixelperfect.storage import ObjectStore, join_key, validate_key
 
 log = logging.getLogger(__name__)
@@ -83,7 +89,7 @@ def build_and_store(
     run: Any, store: ObjectStore, image_key: str, image_id: int, source: Any, variant: str, pngs: Sequence[bytes]
 ) -> SegOutcome:
     """Build one SEG from mask PNGs (prompt order) on ``source`` (DICOM bytes, or the header dataset of
-    :func:`~pixelperfect.pipeline.dicomseg.read_source_header`) and store it; never raises (the outcome carries
+    :func:`~pixelperfect.pipeline.output.dicomseg.read_source_header`) and store it; never raises (the outcome carries
     the error)."""
     out = SegOutcome(image_id, variant, len(pngs))
     started = time.perf_counter()

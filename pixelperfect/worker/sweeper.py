@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
+from pixelperfect.broker.names import SEGMENT_BATCH
 from pixelperfect.config import Settings
 from pixelperfect.db import control
 from pixelperfect.db.models import utcnow
@@ -38,7 +39,7 @@ SWEEP_LOCK = "pixelperfect:orphan-sweep"
 #: Images looked at per sweep; a larger loss is published over several sweeps.
 SWEEP_LIMIT = 10_000
 #: The task whose messages name images (``run_id, keys``).
-SEGMENT_TASK = "pixelperfect.segment_batch"
+SEGMENT_TASK = SEGMENT_BATCH
 
 
 def unacked_keys(raw: Iterable[bytes | str]) -> dict[int, set[str]]:

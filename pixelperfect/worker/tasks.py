@@ -1,10 +1,11 @@
 """Thin, ID-driven tasks: JSON arguments in, ``run_batch`` does the work, Celery does the retrying.
 
-A failed batch is retried by Celery's autoretry with the settings' one :class:`~pixelperfect.config.RetryPolicy`
-(``autoretry_for``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``, ``max_retries`` on the decorator);
-when the last retry failed too, ``persist.give_up`` records its images as failed with the error. Whenever the outcome
-cannot be recorded — the retry message cannot be published (broker down), or the database refuses the failure
-rows — the message is handed back to the broker instead of being acknowledged, so the batch runs again later.
+A failed batch is retried through Celery's ``Task.retry`` with the one :class:`~pixelperfect.config.RetryPolicy` of the
+settings as they are when the task runs (its countdown, Celery's exponential backoff with jitter, and its
+``max_retries``), never as they were when this module was imported; when the last retry failed too, ``persist.give_up``
+records its images as failed with the error. Whenever the outcome cannot be recorded — the retry message cannot be
+published (broker down), or the database refuses the failure rows — the message is handed back to the broker instead of
+being acknowledged, so the batch runs again later.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
+from pixelperfect.broker.names import BUILD_SEGS, GPU_QUEUE, SEGMENT_BATCH, TRAIN
 from pixelperfect.config import get_settings
-from pixelperfect.worker.app import GPU_QUEUE, app
+from pixelperfect.worker.app import app
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +56,31 @@ class BatchTask(Task):  # type: ignore[misc]
         except Reject as rejected:
             log.error("could not publish the retry (%s); requeueing the message instead", _short(rejected.reason))
             raise Reject(rejected.reason, requeue=True) from exc
-        finally:  # a max_retries given to one retry must not outlive it (Celery keeps it on the shared instance)
-            self.__dict__.pop("override_max_retries", None)
+
+    def retry_by_policy(self, exc: BaseException) -> BaseException | None:
+        """Retry number ``retries + 1`` after the policy's backoff, with the policy's ``max_retries`` (the settings
+        read now); None when the retries are spent. Returns Celery's ``Retry`` to raise."""
+        retries = int(self.request.retries or 0)
+        countdown = retry_countdown(retries)
+        if countdown is None:
+            return None
+        limit = get_settings().retry_policy.max_retries
+        return self.retry(exc=exc, countdown=countdown, max_retries=limit, throw=False)  # type: ignore[no-any-return]
 
 
-#: Both batch tasks: late acks, back to the queue when the worker dies, Celery's retries from the settings' policy.
-BATCH_TASK_OPTIONS: dict[str, Any] = {
-    "base": BatchTask,
-    "bind": True,
-    "acks_late": True,
-    "reject_on_worker_lost": True,
-    "dont_autoretry_for": (Reject,),
-    **get_settings().retry_policy.task_options(),
-}
+def retry_countdown(retries: int) -> int | None:
+    """Seconds before retry ``retries + 1`` of a failed batch under the settings' policy as it is now (a draw
+    when it jitters), or None when ``retries`` already reached its ``max_retries``."""
+    policy = get_settings().retry_policy
+    return policy.delay(retries) if retries < policy.max_retries else None
 
 
-@app.task(
-    name="pixelperfect.segment_batch",
-    **BATCH_TASK_OPTIONS,
-)
-def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
+#: Both batch tasks: late acks, back to the queue when the worker dies; retried by :meth:`BatchTask.retry_by_policy`.
+BATCH_TASK_OPTIONS: dict[str, Any] = {"base": BatchTask, "bind": True, "acks_late": True, "reject_on_worker_lost": True}
+
+
+@app.task(name=SEGMENT_BATCH, **BATCH_TASK_OPTIONS)
+def segment_batch(self: BatchTask, run_id: int, keys: list[str]) -> dict[str, Any]:
     """Segment ``keys`` of run ``run_id``; after ``task_max_retries`` failed retries its images are marked failed."""
     from pixelperfect.worker.batch import run_batch
 
@@ -85,9 +92,12 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
         # node name, e.g. gpu0@host; the task id owns the images' leases (a redelivery or retry keeps it)
         host, lease = self.request.hostname, self.request.id
         return run_batch(run_id, keys, worker_host=host, lease=lease, publish_segs=publish_segs).as_dict()
+    except Reject:
+        raise
     except Exception as exc:
-        if retries < self.max_retries:
-            raise  # Celery's autoretry publishes retry number retries + 1 after the policy's backoff
+        retry = self.retry_by_policy(exc)
+        if retry is not None:
+            raise retry from exc
         log.error(
             "batch %s of run %s failed %d times; marking its images failed: %s",
             self.request.id,
@@ -101,7 +111,7 @@ def segment_batch(self: Task, run_id: int, keys: list[str]) -> dict[str, Any]:
             return give_up(run_id, keys, exc)
         except Exception as db_exc:  # the failure cannot be recorded: keep the batch, try again later
             log.error("cannot record the failed batch of run %s (%s); retrying", run_id, _short(db_exc))
-            policy = get_settings().retry_policy
+            policy = get_settings().retry_policy  # one retry past the limit: the batch must not be lost
             raise self.retry(exc=db_exc, countdown=policy.delay(retries), max_retries=retries + 1) from db_exc
 
 
@@ -116,11 +126,8 @@ def publish_segs(run_id: int, image_ids: list[int]) -> None:
                   "them", len(image_ids), run_id, _short(exc))  # fmt: skip
 
 
-@app.task(
-    name="pixelperfect.build_segs",
-    **BATCH_TASK_OPTIONS,
-)
-def build_segs(self: Task, run_id: int, image_ids: list[int]) -> dict[str, Any]:
+@app.task(name=BUILD_SEGS, **BATCH_TASK_OPTIONS)
+def build_segs(self: BatchTask, run_id: int, image_ids: list[int]) -> dict[str, Any]:
     """Build, store, STOW and record the missing DICOM-SEGs of ``image_ids`` of run ``run_id`` from their stored
     masks (the ``retry --seg`` code path); after ``task_max_retries`` failed retries they stay missing and
     ``pixelperfect retry RUN --seg`` builds them."""
@@ -128,9 +135,12 @@ def build_segs(self: Task, run_id: int, image_ids: list[int]) -> dict[str, Any]:
 
     try:
         report = build(run_id, list(image_ids))
+    except Reject:
+        raise
     except Exception as exc:
-        if int(self.request.retries or 0) < self.max_retries:
-            raise
+        retry = self.retry_by_policy(exc)
+        if retry is not None:
+            raise retry from exc
         log.error("SEGs of %d image(s) of run %s failed %d times (%s); `pixelperfect retry RUN --seg` builds them",
                   len(image_ids), run_id, int(self.request.retries or 0) + 1, _short(exc))  # fmt: skip
         return {"run_id": run_id, "gave_up": True}
@@ -195,7 +205,7 @@ def _short(exc: BaseException | Any, limit: int = 300) -> str:
 # A training runs for hours, far past the broker's visibility timeout: with a late ack Redis would hand the same
 # training to a second worker while the first still writes to --out. So it is acknowledged on receipt and never
 # retried; if its worker dies, `pixelperfect train ... --queue --resume` continues from the last checkpoint.
-@app.task(name="pixelperfect.train", bind=True, acks_late=False, reject_on_worker_lost=False)
+@app.task(name=TRAIN, bind=True, acks_late=False, reject_on_worker_lost=False)
 def train(self: Task, config: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune SAM per ``config`` (``TrainConfig.as_dict()``); progress as ``task-progress`` events."""
     from pixelperfect.training.task import run_training_task

@@ -14,7 +14,7 @@ from pixelperfect.db import repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.session import session_scope
 from pixelperfect.evaluation.challenge import box_agreement, rsna_challenge
-from pixelperfect.pipeline.metrics import RSNA_THRESHOLDS, rsna_image_precision
+from pixelperfect.pipeline.score.metrics import RSNA_THRESHOLDS, rsna_image_precision
 from tests.db.test_repo import RUN_FIELDS
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from pixelperfect.evaluation import detection
 from pixelperfect.evaluation.detection import THRESHOLDS, chunk_precisions, rsna_map_stream
-from pixelperfect.pipeline.metrics import RSNA_THRESHOLDS, rsna_image_precision, rsna_map
+from pixelperfect.pipeline.score.metrics import RSNA_THRESHOLDS, rsna_image_precision, rsna_map
 
 
 def _images(n: int, seed: int = 0) -> list[tuple[int, list[list[float]], list[list[float]], list[float]]]:

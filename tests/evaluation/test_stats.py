@@ -58,7 +58,7 @@ def test_spearman_and_calibration_match_scipy() -> None:
 
     # the predictors then the Dice per segment with a Dice (NaN: predictor missing), and bins as the database gives
     cols = np.column_stack([score, np.full(30, np.nan), std, np.full(30, np.nan), dice])
-    from pixelperfect.pipeline.metrics import expected_calibration_error, reliability_bins
+    from pixelperfect.pipeline.score.metrics import expected_calibration_error, reliability_bins
 
     table = reliability_bins(score, dice)
     bins = [{"lo": b.lo, "hi": b.hi, "n": b.n, "score_mean": b.score_mean, "dice_mean": b.dice_mean} for b in table]
@@ -116,3 +116,18 @@ def test_consistency_forest_recovers_the_std_from_the_scores() -> None:
     assert consistency_forest(rows)["r2"] == out["r2"]  # seeded
     few = consistency_forest(rows[: MIN_SEGMENTS - 1])
     assert few["r2"] is None and "at least" in few["note"]
+
+
+def test_the_results_have_exactly_their_declared_keys() -> None:
+    """What the report writes is what its types declare (``report.json`` readers rely on the keys)."""
+    from typing import get_type_hints
+
+    from pixelperfect.evaluation.stats import Calibration, PairedComparison, Spearman, calibration, spearman
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(50), rng.random(50)
+    assert set(paired_comparison(a, b)) == set(get_type_hints(PairedComparison))
+    assert set(paired_comparison([], [])) == set(get_type_hints(PairedComparison))
+    assert set(spearman(a, b)) == set(get_type_hints(Spearman))
+    cal = calibration([], np.column_stack([a, a, a, a, b]))
+    assert set(cal) == set(get_type_hints(Calibration))

@@ -44,7 +44,7 @@ class FixedCostSegmenter:
         return list(images)
 
     def predict_boxes(self, embedding: tuple[int, int], boxes: np.ndarray) -> Any:
-        from pixelperfect.pipeline.prediction import MaskPrediction
+        from pixelperfect.pipeline.model.protocol import MaskPrediction
 
         h, w = embedding
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)

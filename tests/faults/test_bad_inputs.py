@@ -14,19 +14,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import S3Server
 from tests.faults import corpus
+from tests.faults.conftest import FaultBed
 from tests.faults.runs import (
     Archive,
     audit_run,
     log_count,
-    make_stack,
     pool_children,
     rss_mib,
     submit_run,
     wait_drained,
 )
-from tests.faults.services import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,19 +49,12 @@ class RssSampler(threading.Thread):
 
 
 def test_bad_files_fail_with_their_reason_and_good_ones_finish(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
-    start_worker,
-    fault_table,  # type: ignore[no-untyped-def]
+    bed: FaultBed,
 ) -> None:
     t0 = time.monotonic()
-    client = s3_server.client()
+    client = bed.s3.client()
     bad = corpus.bad_corpus()
-    phantoms = sorted((fault_phantoms / "images").iterdir())[:8]
+    phantoms = sorted((bed.phantoms / "images").iterdir())[:8]
     good: list[tuple[str, bytes]] = [(p.name, p.read_bytes()) for p in phantoms]
     good += corpus.mislabelled_corpus()
     good.append(("identified.dcm", corpus.dicom(corpus.grey(128), identifiers=True)))
@@ -73,36 +64,36 @@ def test_bad_files_fail_with_their_reason_and_good_ones_finish(
     names: dict[str, str] = {}
     for i, (name, data, reason) in enumerate(items):
         key = f"archive/images/{i:02d}-{name}"
-        client.put_object(Bucket=s3_bucket, Key=key, Body=data)
+        client.put_object(Bucket=bed.bucket, Key=key, Body=data)
         expected[key.split("archive/images/", 1)[1]] = reason
         names[name] = key.split("archive/images/", 1)[1]
     for rel in corpus.TRAVERSAL_KEYS:  # S3 stores these literally; no store may follow them
-        client.put_object(Bucket=s3_bucket, Key=f"archive/images/{rel}", Body=corpus._png(corpus.grey(64)))
+        client.put_object(Bucket=bed.bucket, Key=f"archive/images/{rel}", Body=corpus._png(corpus.grey(64)))
         expected[rel] = "invalid_key"
     # boxes for the phantoms (by their new names) and one for the identified DICOM
     rows = ["patientId,x,y,width,height,Target"]
-    for row in csv.DictReader((fault_phantoms / "labels.csv").open()):
+    for row in csv.DictReader((bed.phantoms / "labels.csv").open()):
         new = names.get(row["patientId"] + ".png")
         if new and row["Target"] == "1":
             rows.append(f"{Path(new).stem},{row['x']},{row['y']},{row['width']},{row['height']},1")
     rows.append(f"{Path(names['identified.dcm']).stem},30,30,60,60,1")
-    client.put_object(Bucket=s3_bucket, Key="archive/labels.csv", Body="\n".join(rows).encode())
-    client.put_object(Bucket=s3_bucket, Key="models/sam_tiny.pth", Body=tiny_checkpoint.read_bytes())
-    archive = Archive(s3_bucket, [], {}, f"s3://{s3_bucket}/models/sam_tiny.pth")
+    client.put_object(Bucket=bed.bucket, Key="archive/labels.csv", Body="\n".join(rows).encode())
+    client.put_object(Bucket=bed.bucket, Key="models/sam_tiny.pth", Body=bed.checkpoint.read_bytes())
+    archive = Archive(bed.bucket, [], {}, f"s3://{bed.bucket}/models/sam_tiny.pth")
 
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url, max_pixels=MAX_PIXELS)
-    worker = start_worker(stack.env())
+    stack = bed.stack(max_pixels=MAX_PIXELS)
+    worker = bed.start_worker(stack.env())
     sampler = RssSampler(worker.proc.pid)
     sampler.start()
     result = submit_run(stack, archive, "bad", batch_size=6)
     assert result.images == len(expected), (result.images, len(expected))
-    status = wait_drained(pg_url, "bad", [worker], timeout=120)
+    status = wait_drained(bed.pg_url, "bad", [worker], timeout=120)
     sampler.stop.set()
     sampler.join()
     (child,) = pool_children(worker.proc.pid)
     settled_mib = rss_mib(child)  # after every batch: model, buffers, allocator caches
 
-    audit = audit_run(stack, s3_server, "bad")
+    audit = audit_run(stack, bed.s3, "bad")
     got = {key: audit.failures.get(key, (None, None))[0] for key in expected}
     wrong = {
         k: (expected[k], got[k], (audit.failures.get(k) or ("", ""))[1][:120])
@@ -130,7 +121,7 @@ def test_bad_files_fail_with_their_reason_and_good_ones_finish(
         "Secretname",
         "St Secret Hospital",
     ]
-    engine = create_engine(pg_url)
+    engine = create_engine(bed.pg_url)
     with engine.connect() as conn:
         dump = "\n".join(
             str(row[0])
@@ -142,7 +133,7 @@ def test_bad_files_fail_with_their_reason_and_good_ones_finish(
     assert meta["format"] == "dicom" and len(meta["patient_id_hash"]) == 16 and meta.get("accession_hash")
     leaked = [s for s in secrets if s in dump or s in worker.log.read_text(errors="replace")]
     assert leaked == [], leaked
-    fault_table.append(
+    bed.table.append(
         (
             f"bad inputs ({n_bad} bad, {len(good)} good, same batches)",
             len(expected),

@@ -80,8 +80,8 @@ def mask_mismatches(stack: Any, s3: S3Server, run_id: int) -> tuple[int, list[st
 
     from pixelperfect.db.models import Image, Segment
     from pixelperfect.db.session import session_scope
-    from pixelperfect.pipeline.masks import encode_mask_png
     from pixelperfect.pipeline.options import ProcessSettings
+    from pixelperfect.pipeline.output.masks import encode_mask_png
 
     with session_scope(stack.values["database_url"]) as session:
         rows = session.execute(

@@ -7,15 +7,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from pixelperfect.db.migrate import upgrade
-from tests.conftest import S3Server
-from tests.faults.runs import audit_run, log_count, make_archive, make_stack, pool_children, submit_run, wait_drained
-from tests.faults.services import RedisServer
+from tests.faults.conftest import FaultBed
+from tests.faults.runs import audit_run, log_count, pool_children, submit_run, wait_drained
 
 pytestmark = [pytest.mark.integration]
 
@@ -75,21 +73,14 @@ class Terminator(threading.Thread):
 
 
 def test_terminated_backends_mid_batch_are_retried_without_duplicates(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
-    start_worker,
-    fault_table,  # type: ignore[no-untyped-def]
+    bed: FaultBed,
 ) -> None:
     t0 = time.monotonic()
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=12)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url, task_max_retries=5)
-    worker = start_worker(stack.env())
-    upgrade(pg_url)
-    terminator = Terminator(pg_url, mid_transaction=3)
+    archive = bed.archive(n=12)
+    stack = bed.stack(task_max_retries=5)
+    worker = bed.start_worker(stack.env())
+    upgrade(bed.pg_url)
+    terminator = Terminator(bed.pg_url, mid_transaction=3)
     terminator.start()
     assert terminator.locked.wait(10), terminator.error  # every batch's upsert now waits inside its transaction
     submit_run(stack, archive, "dbfaults", batch_size=3, variants=("raw", "clahe"))
@@ -98,7 +89,7 @@ def test_terminated_backends_mid_batch_are_retried_without_duplicates(
     while terminator.mid < 3 and time.monotonic() < deadline and terminator.is_alive():
         children.update(pool_children(worker.proc.pid))
         time.sleep(0.1)
-    status = wait_drained(pg_url, "dbfaults", [worker], timeout=90)
+    status = wait_drained(bed.pg_url, "dbfaults", [worker], timeout=90)
     children.update(pool_children(worker.proc.pid))
     terminator.stop.set()
     terminator.join(10)
@@ -107,7 +98,7 @@ def test_terminated_backends_mid_batch_are_retried_without_duplicates(
 
     retries = log_count(worker.log, r"failed \(OperationalError: .*\); retry \d+ in")
     assert retries >= 3, worker.log.read_text()[-3000:]
-    audit = audit_run(stack, s3_server, "dbfaults", n_variants=2)
+    audit = audit_run(stack, bed.s3, "dbfaults", n_variants=2)
     assert status == {"queued": 0, "done": 12, "failed": 0}, (status, audit.failures)
     assert audit.lost == 0 and audit.duplicates == 0, audit
     assert audit.missing_objects == [] and audit.bad_masks == []
@@ -115,7 +106,7 @@ def test_terminated_backends_mid_batch_are_retried_without_duplicates(
     worker_pids = {int(n.rsplit("-", 1)[1]) for n in terminator.app_names} - {os.getpid()}
     assert worker_pids and worker.proc.pid not in worker_pids
     assert worker_pids <= children, (worker_pids, children)
-    fault_table.append(
+    bed.table.append(
         (
             "database faults (pg_terminate_backend)",
             12,
@@ -125,36 +116,3 @@ def test_terminated_backends_mid_batch_are_retried_without_duplicates(
             time.monotonic() - t0,
         )
     )
-
-
-def test_engines_are_not_shared_across_fork(pg_url: str) -> None:
-    """A child gets its own engine after ``reset_after_fork``; the parent's pooled connection survives the child."""
-    from pixelperfect.db.session import get_engine
-    from pixelperfect.worker.runtime import reset_after_fork
-
-    engine = get_engine(pg_url)
-    assert engine.pool._pre_ping  # type: ignore[attr-defined]
-    with engine.connect() as conn:
-        parent_backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            reset_after_fork()
-            child_engine = get_engine(pg_url)
-            with child_engine.connect() as conn:
-                child_backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
-                name = conn.execute(text("SELECT current_setting('application_name')")).scalar()
-            code = (
-                0
-                if child_engine is not engine
-                and child_backend != parent_backend
-                and name == (f"pixelperfect-{os.getpid()}")
-                else 3
-            )
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    with engine.connect() as conn:  # the same pooled connection, not closed by the child
-        assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == parent_backend

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PIXELPERFECT, ROOT, S3Server, embedded_settings
-from tests.faults.runs import audit_run, counts, make_archive, make_stack, submit_run, wait_drained
-from tests.faults.services import RedisServer
+from tests.conftest import PIXELPERFECT, ROOT, embedded_settings
+from tests.faults.conftest import FaultBed
+from tests.faults.runs import audit_run, counts, submit_run, wait_drained
 
 FAILED = re.compile(r"\[([\d-]+ [\d:,]+): \w+/ForkPoolWorker-\d+\] batch (\S+) of run \d+ failed")
 
@@ -30,28 +30,21 @@ def failure_times(log: str) -> dict[str, list[float]]:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_poison_batch_is_retried_with_backoff_then_failed_and_retry_command_recovers_it(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
-    start_worker,
-    fault_table,  # type: ignore[no-untyped-def]
+    bed: FaultBed,
 ) -> None:
     t0 = time.monotonic()
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=6)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url, task_max_retries=2, retry_backoff_s=1,
+    archive = bed.archive(n=6)
+    stack = bed.stack(task_max_retries=2, retry_backoff_s=1,
                        retry_jitter=False)  # fmt: skip
     submit_run(stack, archive, "poison", batch_size=3)  # reads the checkpoint, records its sha256
-    s3_server.client().delete_object(Bucket=s3_bucket, Key="models/sam_tiny.pth")  # now unreachable
-    worker = start_worker(stack.env())
-    status = wait_drained(pg_url, "poison", [worker], timeout=60)
+    bed.s3.client().delete_object(Bucket=bed.bucket, Key="models/sam_tiny.pth")  # now unreachable
+    worker = bed.start_worker(stack.env())
+    status = wait_drained(bed.pg_url, "poison", [worker], timeout=60)
 
     assert status == {"queued": 0, "done": 0, "failed": 6}
-    audit = audit_run(stack, s3_server, "poison")
+    audit = audit_run(stack, bed.s3, "poison")
     for reason, error in audit.failures.values():
-        assert reason == "batch_error" and f"no object at s3://{s3_bucket}/models/sam_tiny.pth" in error, error
+        assert reason == "batch_error" and f"no object at s3://{bed.bucket}/models/sam_tiny.pth" in error, error
     log = worker.log.read_text(errors="replace")
     times = failure_times(log)
     assert len(times) == 2 and all(len(t) == 3 for t in times.values()), times  # 1 try + 2 retries per batch
@@ -59,15 +52,15 @@ def test_poison_batch_is_retried_with_backoff_then_failed_and_retry_command_reco
         assert attempts[1] - attempts[0] >= 0.95 and attempts[2] - attempts[1] >= 1.95, attempts
     assert len(re.findall(r"failed 3 times; marking its images failed", log)) == 2
     time.sleep(0.5)
-    assert private_redis.backlog() == (0, 0), "the queue drained: nothing waits, nothing unacknowledged"
+    assert bed.redis.backlog() == (0, 0), "the queue drained: nothing waits, nothing unacknowledged"
     poison_s = time.monotonic() - t0
-    fault_table.append(
+    bed.table.append(
         ("poison batch (unreachable checkpoint)", 6, "2 batches x 3 attempts (backoff 1, 2 s)", 0, 0, poison_s)
     )
 
     # the fix: the checkpoint is back; `pixelperfect retry` re-enqueues only what failed for that reason
     t1 = time.monotonic()
-    s3_server.client().put_object(Bucket=s3_bucket, Key="models/sam_tiny.pth", Body=tiny_checkpoint.read_bytes())
+    bed.s3.client().put_object(Bucket=bed.bucket, Key="models/sam_tiny.pth", Body=bed.checkpoint.read_bytes())
     out = subprocess.run(
         [PIXELPERFECT, "retry", "poison", "--reason", "batch_error", "--batch-size", "3"],
         env=stack.env(),
@@ -78,13 +71,13 @@ def test_poison_batch_is_retried_with_backoff_then_failed_and_retry_command_reco
     )
     assert out.returncode == 0, out.stderr + out.stdout
     assert "6 failed image(s) re-queued (batch_error: 6); enqueued 2 batch(es)" in out.stdout, out.stdout
-    status = wait_drained(pg_url, "poison", [worker], timeout=60)
-    audit = audit_run(stack, s3_server, "poison")
+    status = wait_drained(bed.pg_url, "poison", [worker], timeout=60)
+    audit = audit_run(stack, bed.s3, "poison")
     assert status == {"queued": 0, "done": 6, "failed": 0}, audit.failures
     assert audit.segments == audit.distinct_segments == audit.expected_segments > 0
     assert audit.missing_objects == [] and audit.bad_masks == []
     assert audit.reprocessed == 6  # attempts 2: failed once, done once — never done twice
-    fault_table.append(
+    bed.table.append(
         (
             "pixelperfect retry after the fix",
             6,

@@ -6,19 +6,16 @@ pass (model work counted from the durable ``model_work`` record: exactly one per
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import S3Server
+from tests.faults.conftest import FaultBed
 from tests.faults.runs import (
     Archive,
     Stack,
     audit_run,
     counts,
-    make_archive,
-    make_stack,
     run_id_of,
     use_broker,
     wait_drained,
@@ -64,48 +61,36 @@ def wait_empty(redis: RedisServer, timeout: float = 90) -> None:
 
 
 def test_cancelled_run_is_acknowledged_without_model_work_and_submit_resumes_it(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
-    start_worker,  # type: ignore[no-untyped-def]
+    bed: FaultBed,
 ) -> None:
-    from pixelperfect.producer.control import cancel
+    from pixelperfect.producer.lifecycle import cancel
 
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=16)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url)
+    archive = bed.archive(n=16)
+    stack = bed.stack()
     first = submit(stack, archive, "stopme")
-    assert first.batches == 8 and private_redis.backlog() == (8, 0)
+    assert first.batches == 8 and bed.redis.backlog() == (8, 0)
     result = cancel("stopme", stack.settings)
     assert result.cancelled == 16 and result.in_flight == 0
-    worker = start_worker(stack.env())
-    wait_empty(private_redis)  # every message acknowledged...
-    assert model_work(pg_url, "stopme") == (0, 0)  # ...without model work
-    assert counts(pg_url, "stopme") == {"queued": 0, "done": 0, "failed": 0, "cancelled": 16}
+    worker = bed.start_worker(stack.env())
+    wait_empty(bed.redis)  # every message acknowledged...
+    assert model_work(bed.pg_url, "stopme") == (0, 0)  # ...without model work
+    assert counts(bed.pg_url, "stopme") == {"queued": 0, "done": 0, "failed": 0, "cancelled": 16}
 
     again = submit(stack, archive, "stopme")  # submit on a cancelled run resumes it
     assert again.resumed == 16 and again.pending == 16 and again.batches == 8
-    status = wait_drained(pg_url, "stopme", [worker])
+    status = wait_drained(bed.pg_url, "stopme", [worker])
     assert status == {"queued": 0, "done": 16, "failed": 0}
-    assert model_work(pg_url, "stopme") == (16, 16)
-    audit = audit_run(stack, s3_server, "stopme")
+    assert model_work(bed.pg_url, "stopme") == (16, 16)
+    audit = audit_run(stack, bed.s3, "stopme")
     assert audit.lost == 0 and audit.duplicates == 0 and audit.missing_objects == []
 
 
 def test_resubmit_while_queued_and_duplicate_messages_cost_one_encoder_pass_per_image(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
-    start_worker,  # type: ignore[no-untyped-def]
+    bed: FaultBed,
 ) -> None:
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=24)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url)
-    workers = [start_worker(stack.env(), hostname=f"w{i}@%h") for i in (1, 2)]
+    archive = bed.archive(n=24)
+    stack = bed.stack()
+    workers = [bed.start_worker(stack.env(), hostname=f"w{i}@%h") for i in (1, 2)]
     first = submit(stack, archive, "twice")
     assert first.batches == 12
     again = submit(stack, archive, "twice")  # the first submission's messages are still queued or running
@@ -114,11 +99,11 @@ def test_resubmit_while_queued_and_duplicate_messages_cost_one_encoder_pass_per_
     # cut differently, so two workers hold overlapping batches at the same moment
     forced = submit(stack, archive, "twice", batch_size=3, republish=True)
     assert forced.batches >= 1
-    status = wait_drained(pg_url, "twice", workers)
-    wait_empty(private_redis)
+    status = wait_drained(bed.pg_url, "twice", workers)
+    wait_empty(bed.redis)
     assert status == {"queued": 0, "done": 24, "failed": 0}
-    records, images = model_work(pg_url, "twice")
+    records, images = model_work(bed.pg_url, "twice")
     assert (records, images) == (24, 24), f"encoder calls / images = {records}/{images}"
-    audit = audit_run(stack, s3_server, "twice")
+    audit = audit_run(stack, bed.s3, "twice")
     assert audit.lost == 0 and audit.duplicates == 0 and audit.missing_objects == [] and audit.bad_masks == []
     print(f"re-submit: {forced.pending} images republished; encoder calls / images = {records / images:.3f}")

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import S3Server
-from tests.faults.runs import audit_run, counts, kill_group, make_archive, make_stack, submit_run, wait_drained
-from tests.faults.services import FaultPolicy, FaultProxy, RedisServer
+from tests.faults.conftest import FaultBed
+from tests.faults.runs import audit_run, counts, kill_group, submit_run, wait_drained
+from tests.faults.services import FaultPolicy, FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,48 +38,41 @@ def sigterm_when_uploading(proxy: FaultProxy, worker, timeout: float = 60) -> fl
 
 
 def test_sigterm_finishes_or_requeues_the_batch_within_the_soft_timeout(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
+    bed: FaultBed,
     fault_proxy: FaultProxy,
-    start_worker,
-    fault_table,  # type: ignore[no-untyped-def]
 ) -> None:
     t0 = time.monotonic()
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=6)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url, worker_soft_shutdown_timeout=SOFT_S)
+    archive = bed.archive(n=6)
+    stack = bed.stack(worker_soft_shutdown_timeout=SOFT_S)
     env = stack.env(s3_endpoint_url=fault_proxy.endpoint)
 
     # 1. a batch longer than the soft timeout (uploads stall 8 s): cancelled, its message back in the queue
     fault_proxy.policy = slow_puts(8.0)
-    first = start_worker(env)
+    first = bed.start_worker(env)
     submit_run(stack, archive, "term", batch_size=3)
     took = sigterm_when_uploading(fault_proxy, first)
     assert SOFT_S <= took < SOFT_S + 6, took
     text = first.log.read_text(errors="replace")
     assert "Initiating Soft Shutdown" in text and "Cold shutdown" in text, text[-2000:]
-    assert counts(pg_url, "term") == {"queued": 6, "done": 0, "failed": 0}
-    assert private_redis.backlog() == (2, 0), "the cancelled batch is back in the queue, none held unacked"
+    assert counts(bed.pg_url, "term") == {"queued": 6, "done": 0, "failed": 0}
+    assert bed.redis.backlog() == (2, 0), "the cancelled batch is back in the queue, none held unacked"
 
     # 2. a batch shorter than the soft timeout (uploads stall 1 s): it finishes and is acknowledged
     fault_proxy.policy = slow_puts(1.0)
-    second = start_worker(env, hostname="w2@%h")
+    second = bed.start_worker(env, hostname="w2@%h")
     took = sigterm_when_uploading(fault_proxy, second)
     assert took < SOFT_S + 6, took
-    assert counts(pg_url, "term") == {"queued": 3, "done": 3, "failed": 0}
-    assert private_redis.backlog() == (1, 0)
+    assert counts(bed.pg_url, "term") == {"queued": 3, "done": 3, "failed": 0}
+    assert bed.redis.backlog() == (1, 0)
 
     # 3. a new worker finishes the run
     fault_proxy.policy = FaultPolicy()
-    third = start_worker(env, hostname="w3@%h")
-    status = wait_drained(pg_url, "term", [third], timeout=60)
-    audit = audit_run(stack, s3_server, "term")
+    third = bed.start_worker(env, hostname="w3@%h")
+    status = wait_drained(bed.pg_url, "term", [third], timeout=60)
+    audit = audit_run(stack, bed.s3, "term")
     assert status == {"queued": 0, "done": 6, "failed": 0}
     assert audit.lost == 0 and audit.duplicates == 0 and audit.missing_objects == [] and audit.bad_masks == []
-    fault_table.append(
+    bed.table.append(
         (
             "graceful shutdown (SIGTERM, soft timeout 3 s)",
             6,

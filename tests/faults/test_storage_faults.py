@@ -6,36 +6,28 @@ which the task retries with backoff. The run completes and no mask row names an 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import S3Server
-from tests.faults.runs import audit_run, log_count, make_archive, make_stack, submit_run, wait_drained
-from tests.faults.services import FaultPolicy, FaultProxy, RedisServer
+from tests.faults.conftest import FaultBed
+from tests.faults.runs import audit_run, log_count, submit_run, wait_drained
+from tests.faults.services import FaultPolicy, FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_s3_errors_and_stalls_are_retried_and_no_row_points_at_a_missing_object(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
+    bed: FaultBed,
     fault_proxy: FaultProxy,
-    start_worker,
-    fault_table,  # type: ignore[no-untyped-def]
 ) -> None:
     t0 = time.monotonic()
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=16)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url, task_max_retries=6)
+    archive = bed.archive(n=16)
+    stack = bed.stack(task_max_retries=6)
     # the first two GETs (the checkpoint) come back truncated: two task retries for certain; then 20 % at random
     fault_proxy.policy = FaultPolicy(rate=0.2, stall_s=1.0, forced=["truncate", "truncate"])
-    worker = start_worker(stack.env(s3_endpoint_url=fault_proxy.endpoint))
+    worker = bed.start_worker(stack.env(s3_endpoint_url=fault_proxy.endpoint))
     submit_run(stack, archive, "s3faults", batch_size=4, variants=("raw", "clahe"))  # the producer talks to S3
-    status = wait_drained(pg_url, "s3faults", [worker], timeout=120)
+    status = wait_drained(bed.pg_url, "s3faults", [worker], timeout=120)
     fault_proxy.policy = FaultPolicy()
 
     faults = {k: v for k, v in fault_proxy.counts.items() if k != "requests"}
@@ -45,12 +37,12 @@ def test_s3_errors_and_stalls_are_retried_and_no_row_points_at_a_missing_object(
     retries = log_count(worker.log, r"retry \d+ in")
     assert retries >= 2, worker.log.read_text()[-3000:]
 
-    audit = audit_run(stack, s3_server, "s3faults", n_variants=2)
+    audit = audit_run(stack, bed.s3, "s3faults", n_variants=2)
     assert status == {"queued": 0, "done": 16, "failed": 0}, (status, audit.failures)
     assert audit.missing_objects == [], "a mask row names an object that is not in the store"
     assert audit.bad_masks == []
     assert audit.lost == 0 and audit.duplicates == 0, audit
-    fault_table.append(
+    bed.table.append(
         (
             "storage faults (proxy, 20 %)",
             16,

@@ -7,23 +7,20 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import S3Server
+from tests.faults.conftest import FaultBed
 from tests.faults.runs import (
     audit_run,
     kill_group,
     log_count,
-    make_archive,
-    make_stack,
     pool_children,
     submit_run,
     wait_drained,
     wait_for_log,
 )
-from tests.faults.services import FaultPolicy, FaultProxy, RedisServer
+from tests.faults.services import FaultPolicy, FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,20 +30,13 @@ SUCCEEDED = r"segment_batch\[[0-9a-f-]+\] succeeded"
 
 
 def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
-    start_worker,
-    fault_table,  # type: ignore[no-untyped-def]
+    bed: FaultBed,
 ) -> None:
     t0 = time.monotonic()
     rng = random.Random(1)
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=16)
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url)
-    worker = start_worker(stack.env())
+    archive = bed.archive(n=16)
+    stack = bed.stack()
+    worker = bed.start_worker(stack.env())
     submit_run(stack, archive, "kill", batch_size=2, variants=("raw", "clahe"))
 
     # three pool processes killed while they hold a batch; the worker's main process forks a replacement
@@ -75,18 +65,18 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
     time.sleep(0.05)
     kill_group(worker.proc)
     worker.proc.wait(10)
-    _, unacked = private_redis.backlog()
+    _, unacked = bed.redis.backlog()
     assert unacked >= 1, "the batch of the dead worker is held unacknowledged by Redis"
-    second = start_worker(stack.env(), hostname="w2@%h")
-    status = wait_drained(pg_url, "kill", [second], timeout=90)
+    second = bed.start_worker(stack.env(), hostname="w2@%h")
+    status = wait_drained(bed.pg_url, "kill", [second], timeout=90)
 
-    audit = audit_run(stack, s3_server, "kill", n_variants=2)
+    audit = audit_run(stack, bed.s3, "kill", n_variants=2)
     assert status == {"queued": 0, "done": 16, "failed": 0}, status
     assert audit.lost == 0 and audit.duplicates == 0, audit
     assert audit.missing_objects == [] and audit.bad_masks == [], audit
     assert audit.expected_segments > 0 and audit.segments == audit.expected_segments
-    assert private_redis.backlog() == (0, 0)
-    fault_table.append(
+    assert bed.redis.backlog() == (0, 0)
+    bed.table.append(
         (
             "worker death (3 pool SIGKILL + 1 worker SIGKILL)",
             16,
@@ -99,24 +89,17 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(
 
 
 def test_an_image_that_kills_its_worker_is_isolated_then_failed(
-    s3_server: S3Server,
-    s3_bucket: str,
-    private_redis: RedisServer,
-    pg_url: str,
-    fault_phantoms: Path,
-    tiny_checkpoint: Path,
+    bed: FaultBed,
     fault_proxy: FaultProxy,
-    start_worker,
-    fault_table,  # type: ignore[no-untyped-def]
 ) -> None:
     """A file that crashes the pool process whenever it is read (as a decoder bug would) must not crash-loop the
     fleet: after two lost pool processes its batch is split into single images, the others finish, and the
     lone culprit is failed with ``worker_lost`` after two more."""
     t0 = time.monotonic()
-    archive = make_archive(s3_server, s3_bucket, fault_phantoms, tiny_checkpoint, n=6)
+    archive = bed.archive(n=6)
     poison = archive.images[1]
-    stack = make_stack(s3_server, s3_bucket, private_redis.url, pg_url)
-    worker = start_worker(stack.env(s3_endpoint_url=fault_proxy.endpoint))
+    stack = bed.stack()
+    worker = bed.start_worker(stack.env(s3_endpoint_url=fault_proxy.endpoint))
     kills: list[int] = []
 
     def crash_on_poison(method: str, path: str) -> None:
@@ -127,9 +110,9 @@ def test_an_image_that_kills_its_worker_is_isolated_then_failed(
 
     fault_proxy.policy = FaultPolicy(on_request=crash_on_poison)
     submit_run(stack, archive, "crashy", batch_size=3)
-    status = wait_drained(pg_url, "crashy", [worker], timeout=120)
+    status = wait_drained(bed.pg_url, "crashy", [worker], timeout=120)
 
-    audit = audit_run(stack, s3_server, "crashy")
+    audit = audit_run(stack, bed.s3, "crashy")
     assert status == {"queued": 0, "done": 5, "failed": 1}, status
     assert audit.failures[poison.split("archive/images/", 1)[1]][0] == "worker_lost", audit.failures
     assert log_count(worker.log, r"splitting it into 3 single-image tasks") == 1
@@ -137,8 +120,8 @@ def test_an_image_that_kills_its_worker_is_isolated_then_failed(
     assert worker.proc.poll() is None
     assert audit.lost == 0 and audit.duplicates == 0 and audit.missing_objects == [] and audit.bad_masks == []
     time.sleep(0.3)
-    assert private_redis.backlog() == (0, 0)
-    fault_table.append(
+    assert bed.redis.backlog() == (0, 0)
+    bed.table.append(
         (
             "poison file that kills its worker",
             6,

@@ -15,7 +15,7 @@ from pixelperfect.db import bulk, control, repo, segs
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import Annotation, Image, ModelWork, Run, Segment
 from pixelperfect.db.session import session_scope
-from pixelperfect.producer.control import RunBusyError, cancel, delete
+from pixelperfect.producer.lifecycle import RunBusyError, cancel, delete
 from pixelperfect.storage import S3Store
 from tests.conftest import S3Server
 from tests.db.test_repo import RUN_FIELDS

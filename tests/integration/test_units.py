@@ -16,9 +16,9 @@ from sqlalchemy import select
 from pixelperfect.db.models import Annotation, Image, Run, Segment
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import SubmitRequest, submit
-from pixelperfect.evaluation.report import build_report
-from pixelperfect.phantoms import write_phantoms
+from pixelperfect.evaluation.build import build_report
 from pixelperfect.pipeline.options import ProcessSettings
+from pixelperfect.synthetic.phantoms import write_phantoms
 from tests.conftest import embedded_settings
 
 pytestmark = pytest.mark.integration

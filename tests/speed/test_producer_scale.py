@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from pixelperfect.broker.celery_app import app  # the Celery app is built now, with no broker configured
 from pixelperfect.config import Settings, use_settings
 from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
 from pixelperfect.producer.enqueue import SubmitRequest, submit
 from pixelperfect.producer.stream import REGISTER_CHUNK
-from pixelperfect.worker.tasks import segment_batch  # the Celery app is built now, with no broker configured
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_100k_keys_stream_into_postgres_and_redis(tmp_path: Path, redis_url: str
     queue = _queue(redis_url)
     req = SubmitRequest(source="file:///archive", run="big", variants=["raw"], model="grabcut",
                         manifest=str(manifest))  # fmt: skip
-    assert segment_batch.app.conf.broker_url != redis_url  # the producer must publish to the settings' broker
+    assert app.conf.broker_url != redis_url  # the producer must publish to the settings' broker
     tracemalloc.start()
     t0 = time.perf_counter()
     result = submit(req, settings)

@@ -23,7 +23,7 @@ def _one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def train_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 phantom X-rays of 256² px (18 with opacities): enough images to split by image."""
-    from pixelperfect.phantoms import write_phantoms
+    from pixelperfect.synthetic.phantoms import write_phantoms
 
     out = tmp_path_factory.mktemp("train-phantoms")
     write_phantoms(out, 24, seed=3, size=256)

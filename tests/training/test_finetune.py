@@ -17,13 +17,13 @@ from sqlalchemy import func, select
 from pixelperfect.config import Settings, use_settings
 from pixelperfect.db.models import Image, Run, Segment
 from pixelperfect.db.session import session_scope
-from pixelperfect.pipeline.decode import decode_image
-from pixelperfect.pipeline.models import load_sam
-from pixelperfect.pipeline.sam import SamSegmenter
-from pixelperfect.pipeline.scoring import dice
-from pixelperfect.training.config import TrainConfig
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.pipeline.model.sam import SamSegmenter
+from pixelperfect.pipeline.model.weights import load_sam
+from pixelperfect.pipeline.score.overlap import dice
 from pixelperfect.training.data import component_prompts
 from pixelperfect.training.finetune import TrainResult, train
+from pixelperfect.training.recipe import TrainConfig
 from pixelperfect.training.setup import TrainError
 from tests.training.conftest import train_settings
 

@@ -50,10 +50,10 @@ def main() -> None:
     import torch
 
     from pixelperfect.embedded import SubmitRequest, submit
-    from pixelperfect.evaluation.report import build_report
-    from pixelperfect.phantoms import write_phantoms
-    from pixelperfect.pipeline.models import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
+    from pixelperfect.evaluation.build import build_report
+    from pixelperfect.pipeline.model.weights import TinyConfig, build_tiny_sam, tiny_checkpoint_bytes
     from pixelperfect.pipeline.options import AutoSettings, ProcessSettings
+    from pixelperfect.synthetic.phantoms import write_phantoms
     from tests.conftest import embedded_settings
 
     work = Path(tempfile.mkdtemp(prefix="golden-"))

@@ -4,7 +4,7 @@
 1), by ``INSERT … SELECT`` over ``generate_series``: image ``g`` copies source image ``g mod k`` (its key prefixed
 by ``g``), its annotations and its first segment per variant, with score, stability, consistency and Dice moved by
 a deterministic jitter so values differ from copy to copy; one image in 50 is a failure. Used by the EXPLAIN test
-(``tests/db/test_explain.py``) and the P13/P14 benchmarks.
+(``tests/db/test_queries_plans.py``) and the P13/P14 benchmarks.
 """
 
 from __future__ import annotations

@@ -1,0 +1,35 @@
+"""Build a segmenter by model name, loading weights once per worker process. Imports torch only for SAM models:
+the producer and the report use the pipeline's types without loading libtorch (~700 MiB of RSS)."""
+
+from __future__ import annotations
+
+from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
+from pixelperfect.pipeline.model.protocol import Segmenter
+
+
+def build_segmenter(
+    model: str,
+    checkpoint_bytes: bytes | None,
+    device: str = "auto",
+    *,
+    encoder_batch: int = 8,
+    precision: str = "auto",
+    compile_encoder: bool = False,
+    host_post: bool | None = None,
+) -> Segmenter:
+    """The segmenter for ``model``; loads weights once (call it once per worker process)."""
+    if model == "grabcut":
+        return GrabCutSegmenter()
+    from pixelperfect.pipeline.model.sam import SamSegmenter
+    from pixelperfect.pipeline.model.weights import load_sam, resolve_device
+
+    sam = load_sam(model, checkpoint_bytes)
+    return SamSegmenter(
+        sam,
+        resolve_device(device),
+        name=model,
+        encoder_batch=encoder_batch,
+        precision=precision,
+        compile_encoder=compile_encoder,
+        host_post=host_post,
+    )

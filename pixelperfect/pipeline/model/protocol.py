@@ -1,0 +1,109 @@
+"""What the model stage returns: the segmenter interface and its prediction types. No torch here.
+
+A :class:`MaskPrediction` is a segmenter's raw answer for ``M`` prompts on one embedding; a :class:`Prediction`
+is that answer for one image under one variant together with the prompts that produced it (box, point or
+automatic), in the one layout every prompt mode shares: the ``M`` base prompts first, then ``K`` perturbed copies
+of each, prompt-major. The score stage (:mod:`pixelperfect.pipeline.score.segments`) turns any of them into rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from pixelperfect.pipeline.options import PromptKind
+
+#: segment-anything's automatic generator uses an offset of 1.0 on the mask logits for its stability score.
+STABILITY_OFFSET = 1.0
+
+#: The prompt kinds of segment rows (``segments.prompt_kind``).
+PROMPT_KINDS = tuple(k.value for k in PromptKind)
+
+
+@dataclass
+class MaskPrediction:
+    """Masks for ``M`` prompts on an image of ``(H, W)`` pixels.
+
+    ``masks``: ``(M, H, W)`` bool, the chosen mask per prompt (highest predicted IoU). ``scores``: ``(M, C)``
+    float32 predicted IoUs of all ``C`` candidate masks (``C = 3`` for SAM; NaN where a model has none).
+    ``chosen``: ``(M,)`` int index of the chosen candidate. ``stability``: ``(M,)`` float32, IoU of the chosen
+    mask's logits thresholded at ``±STABILITY_OFFSET`` (NaN for models without logits).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    chosen: np.ndarray
+    stability: np.ndarray
+
+    @property
+    def best_scores(self) -> np.ndarray:
+        """``(M,)`` float32: the predicted IoU of each chosen mask."""
+        return self.scores[np.arange(len(self.chosen)), self.chosen]
+
+
+@dataclass
+class Prediction:
+    """One image under one variant after the model: ``n`` prompts and ``K`` perturbations of each.
+
+    ``kind``: one of :data:`PROMPT_KINDS`. ``prompts``: ``(n, 4)`` float64 XYXY boxes (``box``) or ``(n, 2)``
+    float64 XY points (``point``, ``auto``), in the image's pixel coordinates. ``perturbed``: ``(n·K, 4|2)`` the
+    jittered prompts, prompt-major. ``output``: the segmenter's masks for the ``n + n·K`` prompts in that order.
+    """
+
+    kind: PromptKind
+    prompts: np.ndarray
+    perturbed: np.ndarray
+    output: MaskPrediction
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROMPT_KINDS:
+            raise ValueError(f"prediction kind must be one of {', '.join(PROMPT_KINDS)}, not {self.kind!r}")
+        self.kind = PromptKind(self.kind)
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+
+class Segmenter(Protocol):
+    name: str
+
+    def encode(self, images: Sequence[Any]) -> list[Any]:
+        """``images``: ``(H, W) uint8`` preprocessed greyscale, or what :func:`prepare_input` made of them (the
+        worker prepares images on its I/O threads). Returns one opaque embedding per image."""
+
+    def predict_boxes(self, embedding: Any, boxes: np.ndarray) -> MaskPrediction:
+        """``boxes``: ``(M, 4)`` float XYXY in the image's own pixel coordinates."""
+
+    def predict_points(self, embedding: Any, points: np.ndarray, labels: np.ndarray) -> MaskPrediction:
+        """``points``: ``(M, P, 2)`` float XY; ``labels``: ``(M, P)`` int, 1 foreground / 0 background."""
+
+
+def empty_prediction(height: int, width: int) -> MaskPrediction:
+    """No prompts: ``(0, H, W)`` masks and empty score arrays."""
+    return MaskPrediction(
+        np.zeros((0, height, width), bool),
+        np.zeros((0, 3), np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.float32),
+    )
+
+
+def prepare_input(segmenter: Any, image: np.ndarray, original_size: tuple[int, int] | None = None) -> Any:
+    """The segmenter's CPU-side input for ``image`` (its ``prepare`` when it has one, else the array itself).
+    ``original_size``: ``(H, W)`` of the full-resolution image when ``image`` is a reduced decode of it (only for
+    segmenters with :func:`model_input_side`); prompts and masks then refer to that grid."""
+    prepare = getattr(segmenter, "prepare", None)
+    if prepare is None:
+        return image
+    return prepare(image) if original_size is None else prepare(image, original_size=original_size)
+
+
+def model_input_side(segmenter: Any) -> int | None:
+    """The long side the segmenter resizes every image to (SAM: its encoder's ``img_size``), or ``None`` when it
+    works at the image's own resolution (GrabCut): only the former may be fed a reduced-resolution decode."""
+    side = getattr(segmenter, "img_size", None)
+    return int(side) if isinstance(side, int) else None

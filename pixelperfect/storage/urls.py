@@ -1,0 +1,64 @@
+"""Store URLs: which store a URL names, opened by the one :func:`open_store`, and objects read by full URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pixelperfect.storage.base import ObjectStore
+from pixelperfect.storage.dicomweb import DicomwebStore
+from pixelperfect.storage.local import LocalStore
+from pixelperfect.storage.s3 import S3Store
+
+SCHEMES = ("s3", "file", "dicomweb")
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """``(scheme, root, path)``: ``s3://b/p`` -> ``("s3", "b", "p")``; ``file://d`` -> ``("file", "", "d")``."""
+    if url.startswith("s3://"):
+        rest = url[5:]
+        bucket, _, prefix = rest.partition("/")
+        return "s3", bucket, prefix.strip("/")
+    if url.startswith("file://"):
+        return "file", "", url[7:] or "."
+    if url.startswith(("dicomweb+http://", "dicomweb+https://")):
+        return "dicomweb", "", url
+    if "://" in url:
+        raise ValueError(
+            f"unsupported store URL {url!r}: use s3://bucket/prefix, file://dir or dicomweb+http://host/path"
+        )
+    return "file", "", url
+
+
+def open_store(url: str, settings: Any = None, *, endpoint_url: str | None = None) -> ObjectStore:
+    """The store rooted at ``url``: ``s3://``, ``file://`` (or a bare path) or a ``dicomweb+http(s)://`` PACS.
+
+    ``settings`` (default: the process's) give the S3 endpoint and the DICOMweb credentials, timeouts and retries;
+    ``endpoint_url`` overrides the S3 endpoint (``PIXELPERFECT_S3_ENDPOINT_URL``). Raises ``ValueError`` naming a
+    URL no store serves."""
+    scheme, bucket, path = parse_url(url)
+    if scheme == "file":
+        return LocalStore(path)
+    if settings is None and (scheme == "dicomweb" or endpoint_url is None):
+        from pixelperfect.config import get_settings
+
+        settings = get_settings()
+    if scheme == "dicomweb":
+        return DicomwebStore(url, settings)
+    return S3Store(bucket, path, endpoint_url=endpoint_url if endpoint_url is not None else settings.s3_endpoint_url)
+
+
+def split_object_url(url: str) -> tuple[str, str]:
+    """``s3://b/dir/file.png`` -> (``s3://b/dir``, ``file.png``); the same for ``file://``."""
+    head, _, name = url.rstrip("/").rpartition("/")
+    if not name or head.endswith(":/") or head.endswith(":"):
+        raise ValueError(f"not an object URL: {url!r}")
+    return head, name
+
+
+def read_url(url: str, *, endpoint_url: str | None = None, settings: Any = None) -> bytes:
+    """The bytes of one object named by a full URL (a checkpoint, a ground-truth mask)."""
+    if "://" not in url:
+        return Path(url).expanduser().read_bytes()
+    root, name = split_object_url(url)
+    return open_store(root, settings, endpoint_url=endpoint_url).get(name)

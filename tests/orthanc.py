@@ -1,0 +1,144 @@
+"""Orthanc (the PACS of the archive tests, started by scripts/services.sh), a fault-injecting proxy in front of it,
+and phantom DICOM archives; its fixtures are registered in tests/conftest.py."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT
+
+ORTHANC = "http://127.0.0.1:8042"
+DICOMWEB = f"dicomweb+{ORTHANC}/dicom-web"
+
+
+def _up() -> bool:
+    try:
+        return requests.get(f"{ORTHANC}/system", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+@dataclass
+class Orthanc:
+    """The real Orthanc: ``url`` is its DICOMweb root as a PixelPerfect source URL; ``rest`` its own REST API."""
+
+    url: str = DICOMWEB
+    rest: str = ORTHANC
+    studies_before: set[str] = field(default_factory=set)
+
+    def stow_files(self, paths: list[Path]) -> None:
+        import pydicom
+
+        from pixelperfect.storage.dicomweb import DicomwebStore
+
+        failed = DicomwebStore(self.url).store([pydicom.dcmread(p) for p in paths])
+        assert not failed, failed
+
+    def delete_instance(self, sop_uid: str) -> None:
+        found = requests.post(f"{self.rest}/tools/lookup", data=sop_uid, timeout=10).json()
+        assert found, f"no instance {sop_uid} in Orthanc"
+        requests.delete(f"{self.rest}/instances/{found[0]['ID']}", timeout=10).raise_for_status()
+
+    def studies(self) -> set[str]:
+        return set(requests.get(f"{self.rest}/studies", timeout=10).json())
+
+
+@pytest.fixture
+def orthanc() -> Iterator[Orthanc]:
+    """Orthanc on 127.0.0.1:8042 (started by scripts/services.sh if down); what a test stored is deleted after."""
+    if not _up():
+        subprocess.run(["bash", str(ROOT / "scripts" / "services.sh")], check=False, timeout=120)
+    if not _up():
+        pytest.fail("Orthanc is not running on 127.0.0.1:8042: run scripts/system-deps.sh and scripts/services.sh")
+    server = Orthanc()
+    server.studies_before = before = server.studies()
+    yield server
+    for study in server.studies() - before:
+        requests.delete(f"{ORTHANC}/studies/{study}", timeout=30)
+
+
+@dataclass
+class OrthancProxy:
+    """An HTTP proxy to Orthanc that answers ``status`` instead of forwarding while ``failing`` matches a path."""
+
+    url: str
+    failing: str | None = None  # substring of the request path that fails; None: forward everything
+    status: int = 503
+    hits: list[str] = field(default_factory=list)
+    authorization: list[str] = field(default_factory=list)  # Authorization headers received
+
+
+@pytest.fixture
+def orthanc_proxy() -> Iterator[OrthancProxy]:
+    state = OrthancProxy("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _relay(self) -> None:
+            state.hits.append(self.path)
+            state.authorization.append(self.headers.get("Authorization", ""))
+            if state.failing is not None and state.failing in self.path:
+                self.send_response(state.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            resp = requests.request(self.command, ORTHANC + self.path, data=body, headers=headers, timeout=60)
+            self.send_response(resp.status_code)
+            for k, v in resp.headers.items():
+                if k.lower() not in ("transfer-encoding", "content-length", "connection", "content-encoding"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(resp.content)))
+            self.end_headers()
+            self.wfile.write(resp.content)
+
+        do_GET = do_POST = do_DELETE = _relay
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"dicomweb+http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+# --- phantom DICOM archives ---------------------------------------------------------------------------------
+
+PHI = {"PatientName": "Doe^Jane^Secret", "PatientBirthDate": "19700402", "PatientID": "MRN-7734-SECRET"}
+
+
+def dicom_phantoms(out: Path, n: int, seed: int, size: int = 256, *, phi: bool = False) -> list[Path]:
+    """``n`` phantom DICOMs (CR and DX alternating) under ``out/images``; with ``phi`` each also carries a patient
+    name, birth date and ID (``PHI`` values, the ID made unique per image) for hygiene tests. RSNA labels in
+    ``out/labels.csv`` name images by the file stem; ``out/labels_pid.csv`` by the DICOM PatientID."""
+    import pydicom
+
+    from pixelperfect.synthetic.phantoms import write_phantoms
+
+    write_phantoms(out, n, seed=seed, size=size, fmt="dicom")
+    paths = sorted((out / "images").glob("*.dcm"))
+    pids = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if phi:
+            ds.PatientName, ds.PatientBirthDate = PHI["PatientName"], PHI["PatientBirthDate"]
+            ds.PatientID = f"{PHI['PatientID']}-{path.stem}"
+            ds.save_as(path, enforce_file_format=True)
+        pids[path.stem] = str(ds.PatientID)
+    lines = (out / "labels.csv").read_text().splitlines()
+    renamed = [lines[0]] + [pids[line.split(",", 1)[0]] + "," + line.split(",", 1)[1] for line in lines[1:]]
+    (out / "labels_pid.csv").write_text("\n".join(renamed) + "\n")
+    return paths
