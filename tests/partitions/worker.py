@@ -33,7 +33,10 @@ def hold(name: str) -> None:
     path = Path(root) / name
     if not path.exists():
         return
-    (Path(root) / f"{name}.held").write_text(f"{os.getpid()} {time.time():.3f}\n")
+    marker = Path(root) / f"{name}.held"  # written whole, then renamed: the test reads it as soon as it exists
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()} {time.time():.3f}\n")
+    os.replace(tmp, marker)
     deadline = time.monotonic() + HOLD_LIMIT_S
     while path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
