@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session
 
 from pixelperfect.db.models import Annotation, Image, ImageStatus, ModelWork, Run, RunState, Segment, utcnow
 
+#: The longest (seconds) a transaction that locked image rows may wait for its client's next statement.
+LOCK_IDLE_MAX_S = 30.0
 #: Rows per DELETE while a run is removed: each chunk is its own transaction, so an interrupted delete resumes.
 DELETE_CHUNK = 5_000
 _NO_SYNC = {"synchronize_session": False}
@@ -108,6 +110,24 @@ def requeue_failed(session: Session, *, run_id: int, reason: str) -> int:
 
 
 # --- leases ---------------------------------------------------------------------------------------------------
+
+
+def limit_idle(session: Session, *, ttl_s: float) -> None:
+    """PostgreSQL: the server ends this transaction, and its connection, if the client leaves it idle between two
+    statements for longer than half a lease (``ttl_s / 2``, 1 to :data:`LOCK_IDLE_MAX_S` seconds): ``SET LOCAL
+    idle_in_transaction_session_timeout``, for this transaction only. Called first in every transaction that locks
+    image rows (a claim, a renewal, the fence, a release, a publish mark).
+
+    A client cut off from the database inside such a transaction (a network partition, a host gone) would
+    otherwise keep the rows locked until the server's TCP keepalive gives up on it, two hours by default, and
+    every claim of those images — the takeover a lease promises once it expires — would wait as long
+    (tests/partitions found it). With half a lease the locks are gone before the message comes back to another
+    worker after the visibility timeout. A live client pauses for milliseconds between these statements. SQLite:
+    nothing to do (no network; its lock ends with its process)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    ms = int(1000 * max(1.0, min(LOCK_IDLE_MAX_S, ttl_s / 2)))
+    session.execute(select(func.set_config("idle_in_transaction_session_timeout", str(ms), True)))
 
 
 def claim(

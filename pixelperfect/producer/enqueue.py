@@ -336,6 +336,7 @@ class _Sink:
                 group = batches[start : start + PUBLISH_CHUNK]
                 self.publisher.publish(group)
                 with session_scope(self.settings.database_url) as session:
+                    control.limit_idle(session, ttl_s=self.settings.visibility_timeout)
                     control.mark_published(session, run_id=self.run_id, keys=[k for b in group for k in b])
             self.done = self.publisher.published
             if report and batches:

@@ -46,9 +46,19 @@ def _preload(**_: Any) -> None:
     """Import the heavy modules (torch, segment-anything, OpenCV, pydicom) once, in the main process, before the
     pool forks: a pool process — the first, or the replacement of one that died — then starts in a fraction of a
     second instead of importing for seconds. Only modules: no model, no CUDA context, no connection is created
-    before the fork (runtime.py creates those lazily in each pool process)."""
+    before the fork (runtime.py creates those lazily in each pool process).
+
+    The database engine of this process too (its dialect and driver; no connection): otherwise the orphan sweep's
+    thread imports the driver at its first database sweep, and if the main thread unpickles a pool process's
+    database error (a retry's exception) at that moment, CPython's import lock fails one of the two imports — the
+    main thread's with a ``KeyError('psycopg')``, which the Redis transport takes for a lost broker connection:
+    the consumer restarts and terminates the running batch (tests/partitions found it after a heal)."""
     import pixelperfect.pipeline.decode.dicom
     import pixelperfect.worker.batch  # noqa: F401
+    from pixelperfect.config import get_settings
+    from pixelperfect.db.session import get_engine
+
+    get_engine(get_settings().database_url)
 
     logging.getLogger(__name__).info("pixelperfect %s", CODE_VERSION)  # runs of other code are refused
 

@@ -18,6 +18,11 @@ the cancelled batch may still be finishing. Each execution therefore takes the l
 writes only the images its execution still holds. A second execution of the same message takes the images over
 at once, and the first one's results for them are dropped — each image is written once, by the execution that
 holds it. (Its model work is done twice; the visibility timeout must still exceed the longest batch, config.py.)
+
+Every transaction here that locks image rows (acquire, renew, fence, release) first tells PostgreSQL to end it if
+its client goes quiet for half a lease (``control.limit_idle``): a worker cut off from the database between two
+statements — a network partition — must not keep the rows locked, or the execution taking its images over would
+wait on the lock until the heal (tests/partitions).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Hold:
     def before_model(self, image_ids: list[int], renew_ids: list[int]) -> None:
         """Record ``image_ids`` as entering the encoder now and renew the leases on ``renew_ids`` (committed)."""
         with session_scope(self.database_url) as session:
+            control.limit_idle(session, ttl_s=self.ttl_s)
             control.record_model_work(session, run_id=self.run_id, image_ids=image_ids, worker=self.worker)
             held = control.renew(session, image_ids=renew_ids, owner=self.owner, ttl_s=self.ttl_s, worker=self.lease_id)
         if held < len(renew_ids):
@@ -66,6 +72,7 @@ class Hold:
     def fence(self, session: Any) -> set[int]:
         """In the final transaction: the batch's image ids this execution still holds (locked until the commit)."""
         ids = [i for i, _, _ in self.todo]
+        control.limit_idle(session, ttl_s=self.ttl_s)
         kept = control.held(session, image_ids=ids, owner=self.owner, worker=self.lease_id)
         if len(kept) < len(ids):
             log.warning(
@@ -85,6 +92,7 @@ class Hold:
         """Drop the leases in a transaction of their own; errors are logged (the leases then expire)."""
         try:
             with session_scope(self.database_url) as session:
+                control.limit_idle(session, ttl_s=self.ttl_s)
                 self.release(session)
         except Exception as exc:
             log.warning("could not release the leases of batch %s (%s); they expire in %.0fs", self.owner, exc,
@@ -106,6 +114,7 @@ def acquire(database_url: str, run_id: int, keys: list[str], *, owner: str | Non
         generated=owner is None,
     )
     with session_scope(database_url) as session:
+        control.limit_idle(session, ttl_s=ttl_s)
         hold.state = control.run_state(session, run_id=run_id)
         if hold.state == RunState.cancelled.value:
             hold.cancelled = control.cancel_images(session, run_id=run_id, keys=keys)
@@ -120,7 +129,8 @@ def acquire(database_url: str, run_id: int, keys: list[str], *, owner: str | Non
     return hold
 
 
-def release_keys(database_url: str, run_id: int, keys: list[str], owner: str) -> None:
+def release_keys(database_url: str, run_id: int, keys: list[str], owner: str, *, ttl_s: float) -> None:
     """Drop ``owner``'s leases on ``keys`` (a batch split into new messages hands its images over to them)."""
     with session_scope(database_url) as session:
+        control.limit_idle(session, ttl_s=ttl_s)
         control.release(session, run_id=run_id, owner=owner, keys=keys)

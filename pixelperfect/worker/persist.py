@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from pixelperfect.config import get_settings
-from pixelperfect.db import bulk, repo
+from pixelperfect.db import bulk, control, repo
 from pixelperfect.db import segs as seg_repo
 from pixelperfect.db.models import ImageStatus
 from pixelperfect.db.session import session_scope
@@ -105,7 +105,9 @@ def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "
     """Record a poison batch: its unfinished images end ``failed`` with ``reason`` and the error, so the queue
     drains (a done image is never downgraded). The Celery tasks call it after their last retry, embedded runs after
     theirs; it lives here, not in ``worker/tasks.py``, so that an embedded run imports no Celery (issue 33)."""
-    with session_scope(get_settings().database_url) as session:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        control.limit_idle(session, ttl_s=settings.visibility_timeout)
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)
         unfinished = [row for row in rows.values() if row.status != ImageStatus.done]
         for row in unfinished:

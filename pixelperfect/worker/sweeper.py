@@ -87,6 +87,7 @@ def sweep_once(
     if not ids:
         return 0
     with session_scope(settings.database_url) as session:
+        control.limit_idle(session, ttl_s=settings.visibility_timeout)
         taken = control.mark_republished(session, image_ids=ids, published_before=cutoff)
     by_run: dict[int, list[str]] = {}
     for run_id, key in taken:

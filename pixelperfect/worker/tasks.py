@@ -179,7 +179,8 @@ def _isolate(task: Task, run_id: int, keys: list[str], lost: int) -> dict[str, A
         try:
             from pixelperfect.worker.leases import release_keys
 
-            release_keys(get_settings().database_url, run_id, keys, str(task.request.id))  # the new tasks take over
+            settings = get_settings()  # the new tasks take over:
+            release_keys(settings.database_url, run_id, keys, str(task.request.id), ttl_s=settings.visibility_timeout)
             for key in keys:
                 segment_batch.apply_async((run_id, [key]), argsrepr=f"(run={run_id}, key={key!r}, isolated)")
         except Exception as exc:

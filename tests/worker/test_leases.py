@@ -72,3 +72,42 @@ def test_renewal_reports_a_lease_taken_over_by_a_second_delivery(db_url: str) ->
     with session_scope(db_url) as s:
         assert control.renew(s, image_ids=ids, owner="task-1", ttl_s=60, worker=first.lease_id) == 0
         assert control.renew(s, image_ids=ids, owner="task-1", ttl_s=60) == 1  # by owner alone: still task-1's
+
+
+def test_a_fence_left_idle_by_a_vanished_worker_gives_its_rows_up_within_half_a_lease(pg_url: str) -> None:
+    """A worker cut off from PostgreSQL right after its fence locked the rows (a partition; tests/partitions does it
+    with real hosts): the server ends that transaction after half a lease of silence, so the redelivered message
+    takes the images over instead of waiting on the lock until the heal (or two hours of TCP keepalive)."""
+    import threading
+    import time
+
+    from sqlalchemy import select
+    from sqlalchemy.exc import DBAPIError
+
+    from pixelperfect.db.migrate import upgrade
+
+    upgrade(pg_url)
+    run_id = _run(pg_url, keys=("a", "b"))
+    first = leases.acquire(pg_url, run_id, ["a", "b"], owner="task-1", host="w1", ttl_s=2)  # idle limit: 1 s
+    second: list[leases.Hold] = []
+    waited: list[float] = []
+
+    def redelivered() -> None:
+        t0 = time.monotonic()
+        second.append(leases.acquire(pg_url, run_id, ["a", "b"], owner="task-1", host="w2", ttl_s=2))
+        waited.append(time.monotonic() - t0)
+
+    with pytest.raises(DBAPIError, match="idle-in-transaction timeout"), session_scope(pg_url) as session:
+        assert first.fence(session) == {i for i, _, _ in first.todo}  # the rows are locked by this transaction
+        thread = threading.Thread(target=redelivered, daemon=True)
+        thread.start()
+        thread.join(15)  # the first worker says nothing meanwhile: it is cut off
+        assert not thread.is_alive(), "the redelivered claim still waits on the vanished worker's locks"
+        session.execute(select(1))  # the heal: its transaction is gone
+    assert [k for _, k, _ in second[0].todo] == ["a", "b"]
+    assert 0.5 < waited[0] < 10  # the limit (1 s) plus the server's timer granularity, under load
+    with session_scope(pg_url) as s:
+        rows = repo.images_by_key(s, run_id=run_id, keys=["a", "b"])
+        assert {r.lease_worker for r in rows.values()} == {second[0].lease_id}
+    lost = persist(pg_url, first, "w1")  # the first worker, healed, retries its final transaction: fenced out
+    assert (lost.done, lost.skipped) == (0, 2)

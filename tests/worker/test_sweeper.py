@@ -118,3 +118,22 @@ def test_unacked_keys_ignores_other_tasks_and_unreadable_values() -> None:
 
     raw = [value(TASK, [7, ["a", "b"]]), value("pixelperfect.build_segs", [7, [1, 2]]), "not json", "[{}]"]
     assert unacked_keys(raw) == {7: {"a", "b"}}
+
+
+def test_the_main_process_has_its_engine_before_the_sweep_thread_starts(pg_url: str) -> None:
+    """``worker_init`` makes the main process's engine (dialect and driver imported, nothing connected), so the sweep
+    thread's first database sweep never imports the driver while the main thread unpickles a pool process's
+    database error: that import race ended in ``KeyError('psycopg')`` in the main thread, which the Redis transport
+    takes for a lost connection (tests/partitions, after a heal)."""
+    import os
+    import sys
+
+    from pixelperfect.config import use_settings
+    from pixelperfect.db import session as db_session
+    from pixelperfect.worker import app
+
+    use_settings(Settings(database_url=pg_url))
+    app._preload()
+    engine = db_session._ENGINES.get((os.getpid(), pg_url))
+    assert engine is not None and "psycopg" in sys.modules
+    assert engine.pool.checkedout() == 0  # no connection made before the fork
