@@ -31,6 +31,16 @@ class SourceUnavailableError(OSError):
     reason = "source_unavailable"
 
 
+class UnsupportedObjectError(Exception):
+    """The store holds the object but will not hand it over in a form the worker reads (a DIMSE archive that cannot
+    send it in a transfer syntax we decode, or whose SOP class is no X-ray image); ``reason`` is the image's
+    failure reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a safe relative key; raise :class:`InvalidKeyError` naming the problem."""
     if not isinstance(key, str) or not key:
@@ -86,7 +96,9 @@ class ObjectStore(ABC):
         suffix, or none). Attribute ``filters`` (DICOM keyword -> accepted values) only a PACS can apply: elsewhere
         they raise ``ValueError``."""
         if filters:
-            raise ValueError(f"attribute filters apply to DICOMweb sources (dicomweb+http://…), not {self.url}")
+            raise ValueError(
+                f"attribute filters apply to DICOM archives (dicomweb+http://…, dimse://…), not {self.url}"
+            )
         for key in self.list():
             yield Entry(key, image=is_image_key(key))
 
