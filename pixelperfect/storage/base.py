@@ -7,6 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAX_KEY_BYTES = 1024
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff")
@@ -101,6 +102,14 @@ class ObjectStore(ABC):
             )
         for key in self.list():
             yield Entry(key, image=is_image_key(key))
+
+    def store(self, datasets: Sequence[Any]) -> dict[str, str]:
+        """Send DICOM objects (pydicom datasets: SEG, SR, KOS, …) to the archive this store is, in one request or
+        association; returns ``{SOPInstanceUID: why}`` of those the archive refused, and raises when the send as a
+        whole failed after its retries. Only archives take objects: DICOMweb (STOW-RS) and DIMSE (C-STORE)."""
+        raise NotImplementedError(
+            f"{self.url} is no DICOM archive: send DICOM objects to dicomweb+http://… or dimse://…"
+        )
 
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{validate_key(key)}"

@@ -287,7 +287,7 @@ def test_c_store_records_each_refusal_and_retry_sends_refused_segs_again(
     odd.SOPClassUID = odd.file_meta.MediaStorageSOPClassUID = "1.2.3.4.5.6"  # a class the archive does not take
     odd.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
     store = open_store(dimse_archive.url, Settings())
-    refused = store.store([seg, odd])  # type: ignore[attr-defined]
+    refused = store.store([seg, odd])
     assert list(refused) == [str(odd.SOPInstanceUID)] and "not accepted" in refused[str(odd.SOPInstanceUID)]
     found = [e for e in store.entries({"StudyInstanceUID": [_uids(source)[0]]}) if not e.image]
     assert [e.key.rsplit("/", 1)[1] for e in found] == [str(seg.SOPInstanceUID)]
