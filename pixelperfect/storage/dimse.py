@@ -234,8 +234,8 @@ def _answer_matches(answer: Any, combo: Mapping[str, str]) -> bool:
 
 
 def _no_delay(event: Any) -> None:
-    """Send each PDU at once (pynetdicom leaves Nagle's algorithm on; with the peer's delayed ACKs every C-GET
-    waited ~40 ms for nothing: 48 -> 7 ms an image against Orthanc, bench/p9_dicomweb.py)."""
+    """Send each PDU at once (pynetdicom leaves Nagle's algorithm on; with the peer's delayed ACKs a C-GET of a
+    513 KiB image took 52 ms instead of 11 against the local Orthanc: ``make bench`` P9)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
