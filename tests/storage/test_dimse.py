@@ -312,3 +312,18 @@ def test_c_store_records_each_refusal_and_retry_sends_refused_segs_again(
     assert (report.stowed, report.stow_failed) == (1, 0)
     sent = [e for e in store.entries({"StudyInstanceUID": [_uids(source)[0]]}) if not e.image]
     assert rows[0][0] in {e.key.rsplit("/", 1)[1] for e in sent}
+
+
+def test_c_store_groups_fit_the_context_limit_of_one_association() -> None:
+    from types import SimpleNamespace
+
+    from pixelperfect.storage.dimse import _context_groups
+
+    def ds(sop_class: str, syntax: str) -> SimpleNamespace:
+        return SimpleNamespace(SOPClassUID=sop_class, file_meta=SimpleNamespace(TransferSyntaxUID=syntax))
+
+    many = [ds(f"1.2.3.{i}", "1.2.840.10008.1.2.1") for i in range(MAX_CONTEXTS + 5)]
+    many += [ds("1.2.3.0", "1.2.840.10008.1.2.1")] * 3  # three objects of one pair: one context
+    groups = list(_context_groups(many))
+    assert [len(g) for g in groups] == [MAX_CONTEXTS, 5 + 3]
+    assert [d for g in groups for d in g] == many
