@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,7 @@ def test_get_returns_the_stored_bytes_in_each_transfer_syntax_over_one_associati
     for data in files:
         dimse_archive.upload(data)
     store = open_store(dimse_proxy.url, Settings(dimse_attempts=3, dimse_backoff_s=0.05))
+    assert isinstance(store, DimseStore)
     for data in files:
         _, _, sop = _uids(data)
         received = store.get(_key(data))
@@ -168,10 +170,12 @@ def test_get_returns_the_stored_bytes_in_each_transfer_syntax_over_one_associati
     assert dimse_proxy.connections == 1  # one association for every fetch
     assert store.exists(_key(files[0])) and not store.exists(_key(files[0]).rsplit("/", 1)[0] + "/1.2.3")
     dimse_proxy.fail()  # the association breaks: the next fetch opens a new one, once the archive is back
+    deadline = time.monotonic() + 5  # until pynetdicom has read the end of the connection (else the next C-GET
+    while store._fetch.is_established and time.monotonic() < deadline:  # waits out dimse_timeout_s on a dead one)
+        time.sleep(0.01)
     dimse_proxy.failing = False
     assert _dataset_bytes(store.get(_key(files[1]))) == _dataset_bytes(files[1])
     assert dimse_proxy.connections == 2
-    assert isinstance(store, DimseStore)
     store.close()
 
 
