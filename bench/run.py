@@ -13,7 +13,8 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P11 ``p11_decode.py``  DICOM decode per transfer syntax ÷ the fastest single-thread decoder + numpy VOI
 * P12 ``p12_reduced.py`` decode at the model's input size ÷ full decode; reduced-vs-full mask Dice
 * P15 ``p15_control.py`` cancel of 100,000 queued images (s); delete rate of a run's objects (objects/s, S3)
-* P9 ``p9_dicomweb.py``  QIDO-RS keys/s and WADO-RS ms/image against the local Orthanc, beside S3 (moto)
+* P9 ``p9_dicomweb.py``  listing keys/s and fetch ms/image against the local Orthanc: DICOMweb (QIDO-RS, WADO-RS)
+  beside DIMSE (C-FIND, C-GET), and S3 (moto)
 * P10 ``p10_seg.py``     GPU worker time per image, --output png,dicom-seg ÷ png (SEGs on the ``seg`` queue)
 * P10 ``p10_export.py``  COCO export of 2,000 images: images/s, peak RSS against a quarter of the run
 * P13 ``p13_report.py``  ``report`` time and peak RSS at 10k, 100k, 1M synthesized images (JSON and HTML)

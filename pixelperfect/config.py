@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     dicomweb_backoff_s: float = Field(default=0.5, ge=0)
     dicomweb_timeout_s: float = Field(default=60.0, gt=0)
     dicomweb_page_size: int = Field(default=500, ge=1, le=10_000)
+    # DIMSE archives (dimse://CALLED_AE@HOST:PORT, storage/dimse.py): our calling AE title (the archive must know
+    # it: Orthanc's DicomModalities), and one retry policy for associations and C-FIND/C-GET/C-STORE that fail
+    # (refused, aborted, no answer within dimse_timeout_s): tried dimse_attempts times, waiting dimse_backoff_s,
+    # doubling.
+    dimse_ae_title: str = Field(default="PIXELPERFECT", min_length=1, max_length=16)
+    dimse_attempts: int = Field(default=4, ge=1, le=20)
+    dimse_backoff_s: float = Field(default=0.5, ge=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("dimse_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        if not value.strip() or "\\" in value or not value.isascii() or not value.isprintable():
+            raise ValueError(f"an AE title is 1-16 printable ASCII characters without a backslash, not {value!r}")
+        return value.strip()
 
     @field_validator("device")
     @classmethod

@@ -3,12 +3,15 @@ and phantom DICOM archives; its fixtures are registered in tests/conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -142,3 +145,167 @@ def dicom_phantoms(out: Path, n: int, seed: int, size: int = 256, *, phi: bool =
     renamed = [lines[0]] + [pids[line.split(",", 1)[0]] + "," + line.split(",", 1)[1] for line in lines[1:]]
     (out / "labels_pid.csv").write_text("\n".join(renamed) + "\n")
     return paths
+
+
+# --- Orthanc's DICOM server (DIMSE) ---------------------------------------------------------------------------
+
+DIMSE_PORT = 4242
+DIMSE = f"dimse://ORTHANC@127.0.0.1:{DIMSE_PORT}"
+
+
+def _dimse_up() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", DIMSE_PORT), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class DimseArchive:
+    """The real Orthanc as a DIMSE archive (``url``), shared with other tests and sessions: a test stores through
+    ``upload`` (Orthanc's REST API, the file's bytes as they are), filters by its own UIDs, and the fixture deletes
+    the studies it stored (with the SEGs sent back into them), nothing else."""
+
+    url: str = DIMSE
+    rest: str = ORTHANC
+    studies: set[str] = field(default_factory=set)  # StudyInstanceUIDs this test stored
+
+    def upload(self, data: bytes) -> None:
+        import pydicom
+
+        self.studies.add(str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID))
+        requests.post(f"{self.rest}/instances", data=data, timeout=30).raise_for_status()
+
+    def _lookup(self, uid: str, level: str) -> list[str]:
+        found = requests.post(f"{self.rest}/tools/lookup", data=uid, timeout=10).json()
+        return [f["ID"] for f in found if f["Type"] == level]
+
+    def stored_file(self, sop_uid: str) -> bytes:
+        """The file Orthanc holds for an instance, as it stored it."""
+        (instance,) = self._lookup(sop_uid, "Instance")
+        return requests.get(f"{self.rest}/instances/{instance}/file", timeout=30).content
+
+    def delete_instance(self, sop_uid: str) -> None:
+        for instance in self._lookup(sop_uid, "Instance"):
+            requests.delete(f"{self.rest}/instances/{instance}", timeout=10).raise_for_status()
+
+    def cleanup(self) -> None:
+        for uid in self.studies:
+            for study in self._lookup(uid, "Study"):
+                requests.delete(f"{self.rest}/studies/{study}", timeout=30)
+
+
+@pytest.fixture
+def dimse_archive() -> Iterator[DimseArchive]:
+    """Orthanc's DICOM server on 127.0.0.1:4242 (scripts/services.sh starts it, or restarts an Orthanc it started
+    with an older configuration); the studies a test uploaded are deleted after."""
+    if not (_up() and _dimse_up()):
+        subprocess.run(["bash", str(ROOT / "scripts" / "services.sh")], check=False, timeout=120)
+    if not _dimse_up():
+        pytest.fail(
+            f"no DICOM server on 127.0.0.1:{DIMSE_PORT}: an Orthanc that scripts/services.sh did not start is "
+            "running without it; stop it and run scripts/services.sh"
+        )
+    archive = DimseArchive()
+    yield archive
+    archive.cleanup()
+
+
+@dataclass
+class TcpProxy:
+    """A TCP relay to Orthanc's DICOM port; while ``failing`` it closes each new connection at once (an archive
+    that went away) and cuts the open ones. ``connections`` counts the connections it accepted."""
+
+    url: str = ""
+    failing: bool = False
+    connections: int = 0
+    _open: list[Any] = field(default_factory=list)
+
+    def fail(self) -> None:
+        self.failing = True
+        for sock in list(self._open):
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+
+
+@pytest.fixture
+def dimse_proxy() -> Iterator[TcpProxy]:
+    import select
+    import socket
+
+    state = TcpProxy()
+    server = socket.create_server(("127.0.0.1", 0))
+    state.url = f"dimse://ORTHANC@127.0.0.1:{server.getsockname()[1]}"
+    stop = threading.Event()
+
+    def relay(client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", DIMSE_PORT), timeout=10)
+        except OSError:
+            client.close()
+            return
+        state._open.extend([client, upstream])
+        try:
+            while not stop.is_set() and not state.failing:
+                readable, _, _ = select.select([client, upstream], [], [], 0.2)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is client else client).sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.close()
+                with contextlib.suppress(ValueError):
+                    state._open.remove(sock)
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            state.connections += 1
+            if state.failing:
+                client.close()
+                continue
+            threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield state
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+def archive_files(kinds: list[str], *, seed: int, shape: tuple[int, int] = (200, 240)) -> list[bytes]:
+    """One small archive phantom per kind (``synthetic.archive_phantoms``: its transfer syntax; CR and DX
+    alternating), each in a study of its own, with UIDs and a PatientID new to this call, so tests sharing
+    Orthanc never meet each other's instances."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from pixelperfect.synthetic.archive_phantoms import archive_phantom
+
+    out = []
+    for index, kind in enumerate(kinds):
+        data, _ = archive_phantom(kind, index, seed=seed, shape=shape)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID = f"{PHI['PatientID']}-{generate_uid()[-12:]}"
+        ds.PatientName, ds.PatientBirthDate = PHI["PatientName"], PHI["PatientBirthDate"]
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out

@@ -193,7 +193,7 @@ def test_deprecated_aliases_warn_and_only_re_export(tmp_path: Path) -> None:
 
 
 #: Store classes: only :func:`pixelperfect.storage.open_store` chooses among them by URL.
-STORE_CLASSES = ("LocalStore", "S3Store", "DicomwebStore")
+STORE_CLASSES = ("LocalStore", "S3Store", "DicomwebStore", "DimseStore")
 
 
 def test_only_the_storage_package_chooses_a_store() -> None:

@@ -65,7 +65,9 @@ def retry_segs(run: str, settings: Settings) -> None:
 
     report = rebuild_segs(run, settings)
     stow = (
-        f"; STOW-RS: {report.stowed} sent, {report.stow_failed} refused" if report.stowed + report.stow_failed else ""
+        f"; sent to the archive: {report.stowed}, refused: {report.stow_failed}"
+        if report.stowed + report.stow_failed
+        else ""
     )
     console.print(f"run [bold]{run}[/]: {report.rebuilt} SEG(s) rebuilt, {report.failed} failed{stow}")
     if report.failed:
@@ -73,12 +75,14 @@ def retry_segs(run: str, settings: Settings) -> None:
 
 
 def restow_refused(run: str, settings: Settings) -> None:
-    """Part of a plain ``retry RUN``: send again the SEGs the run's STOW-RS target refused."""
+    """Part of a plain ``retry RUN``: send again the SEGs the run's ``--stow-to`` archive refused."""
     from pixelperfect.worker.segretry import restow
 
     report = restow(run, settings)
     if report.stowed + report.stow_failed:
-        console.print(f"run [bold]{run}[/]: STOW-RS re-sent {report.stowed} SEG(s), {report.stow_failed} still refused")
+        console.print(
+            f"run [bold]{run}[/]: re-sent {report.stowed} SEG(s) to the archive, {report.stow_failed} still refused"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
 
 
 def submit(
-    source: str = typer.Argument(..., help="images: s3://bucket/prefix, file://dir or dicomweb+http://host/path"),
+    source: str = typer.Argument(
+        ..., help="images: s3://bucket/prefix, file://dir, dicomweb+http://host/path or dimse://AE@host:port"
+    ),
     run: str = typer.Option(..., "--run", help="run name (re-submitting a run resumes it)"),
     annotations: str | None = typer.Option(None, help="box annotations file (path or URL)"),
     annotations_format: str = typer.Option("rsna", help="rsna (patientId,x,y,width,height,Target) or csv"),
@@ -60,8 +62,12 @@ def submit(
         False, help="publish every queued image again, also those with a message (after a broker lost its data)"
     ),
     output: str = typer.Option("png", "--output", help="png or png,dicom-seg (DICOM sources: one SEG per image)"),
-    stow_to: str | None = typer.Option(None, help="send the SEGs to dicomweb+http://HOST:PORT/PATH (STOW-RS)"),
-    filter_: list[str] = typer.Option([], "--filter", help="DICOMweb source: QIDO filter, e.g. Modality=CR,DX"),
+    stow_to: str | None = typer.Option(
+        None, help="send the SEGs to dicomweb+http://HOST:PORT/PATH (STOW-RS) or dimse://AE@HOST:PORT (C-STORE)"
+    ),
+    filter_: list[str] = typer.Option(
+        [], "--filter", help="DICOM archive source: attribute filter, e.g. Modality=CR,DX"
+    ),
     allow_version_change: bool = typer.Option(
         False,
         help="accept workers running other code than the run was created with (their refused images are queued again)",
@@ -312,7 +318,7 @@ def retry(
     seg: bool = typer.Option(False, "--seg", help="rebuild missing DICOM-SEGs from the stored masks (no model)"),
 ) -> None:
     """Re-enqueue the failed images of RUN, after fixing what failed them; they end done (or failed again).
-    Refused STOW-RS sends are sent again; --seg rebuilds missing DICOM-SEGs instead."""
+    SEGs the --stow-to archive refused are sent again; --seg rebuilds missing DICOM-SEGs instead."""
     from pixelperfect.cli import archive
 
     settings = command_settings()

@@ -70,8 +70,8 @@ class SubmitRequest:
     manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
     outputs: Sequence[str] = ("png",)  # png | png,dicom-seg
-    stow_to: str | None = None  # dicomweb+http://…: STOW-RS target of the DICOM-SEG objects
-    filters: Sequence[str] = ()  # DICOMweb sources: QIDO-RS attribute filters, e.g. Modality=CR,DX
+    stow_to: str | None = None  # dicomweb+http://… (STOW-RS) or dimse://… (C-STORE): target of the DICOM-SEG objects
+    filters: Sequence[str] = ()  # DICOM archive sources: attribute filters, e.g. Modality=CR,DX
     process: ProcessSettings = field(default_factory=ProcessSettings)
     # publish every queued image again, even those a message was published for (after a broker lost its data)
     republish: bool = False

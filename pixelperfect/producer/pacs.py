@@ -1,7 +1,8 @@
 """A PACS as a run's source and target: attribute filters, annotations matched by PatientID, the archive options.
 
-RSNA-format annotations name images by ``patientId`` (one image per patient there). A DICOMweb key is made of UIDs,
-so such rows are matched through the PatientID QIDO-RS returns for each instance: both sides are hashed
+RSNA-format annotations name images by ``patientId`` (one image per patient there). An archive's key (DICOMweb or
+DIMSE) is made of UIDs, so such rows are matched through the PatientID its listing returns for each instance (QIDO-RS,
+or the study-level C-FIND): both sides are hashed
 (:func:`~pixelperfect.pipeline.decode.dicom.hash_identifier`) as soon as they are read, and only hashes are compared and
 held; no PatientID is stored or logged in clear. Other annotation rows match a key by its SOPInstanceUID (the key's
 last part), like file stems.
@@ -14,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from pixelperfect.inputs.sources import SourceListing
 from pixelperfect.pipeline.decode.dicom import hash_identifier
-from pixelperfect.storage.dicomweb import is_dicomweb_url, service_url
+from pixelperfect.storage import check_archive_url, is_archive_url
 
 V = TypeVar("V")
 
@@ -42,7 +43,7 @@ def parse_filters(texts: Sequence[str]) -> dict[str, list[str]]:
 
 
 class PatientMatcher(Generic[V]):
-    """Attaches values named by PatientID (RSNA ``patientId``) to DICOMweb keys, comparing hashes only. The first
+    """Attaches values named by PatientID (RSNA ``patientId``) to archive keys, comparing hashes only. The first
     key listed for a patient takes the patient's value; same interface as
     :class:`~pixelperfect.producer.stream.KeyMatcher`."""
 
@@ -83,10 +84,12 @@ def archive_settings(
     if stow_to:
         if "dicom-seg" not in chosen:
             raise ValueError("--stow-to sends DICOM-SEG objects: add --output png,dicom-seg")
-        service_url(stow_to)  # a DICOMweb URL without credentials
-        out["stow_to"] = stow_to.rstrip("/")
+        try:  # a DICOMweb URL without credentials, or a DIMSE URL
+            out["stow_to"] = check_archive_url(stow_to)
+        except ValueError as exc:
+            raise ValueError(f"--stow-to: {exc}") from None
     if filters:
-        if not is_dicomweb_url(source):
-            raise ValueError(f"--filter applies to DICOMweb sources (dicomweb+http://…), not {source!r}")
+        if not is_archive_url(source):
+            raise ValueError(f"--filter applies to DICOM archives (dicomweb+http://…, dimse://…), not {source!r}")
         out["filters"] = parse_filters(filters)
     return out

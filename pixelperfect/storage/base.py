@@ -7,6 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAX_KEY_BYTES = 1024
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff")
@@ -29,6 +30,16 @@ class SourceUnavailableError(OSError):
     """The service holding the object did not answer (down, timing out, 5xx) after its retries."""
 
     reason = "source_unavailable"
+
+
+class UnsupportedObjectError(Exception):
+    """The store holds the object but will not hand it over in a form the worker reads (a DIMSE archive that cannot
+    send it in a transfer syntax we decode, or whose SOP class is no X-ray image); ``reason`` is the image's
+    failure reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def validate_key(key: str) -> str:
@@ -86,9 +97,19 @@ class ObjectStore(ABC):
         suffix, or none). Attribute ``filters`` (DICOM keyword -> accepted values) only a PACS can apply: elsewhere
         they raise ``ValueError``."""
         if filters:
-            raise ValueError(f"attribute filters apply to DICOMweb sources (dicomweb+http://…), not {self.url}")
+            raise ValueError(
+                f"attribute filters apply to DICOM archives (dicomweb+http://…, dimse://…), not {self.url}"
+            )
         for key in self.list():
             yield Entry(key, image=is_image_key(key))
+
+    def store(self, datasets: Sequence[Any]) -> dict[str, str]:
+        """Send DICOM objects (pydicom datasets: SEG, SR, KOS, …) to the archive this store is, in one request or
+        association; returns ``{SOPInstanceUID: why}`` of those the archive refused, and raises when the send as a
+        whole failed after its retries. Only archives take objects: DICOMweb (STOW-RS) and DIMSE (C-STORE)."""
+        raise NotImplementedError(
+            f"{self.url} is no DICOM archive: send DICOM objects to dicomweb+http://… or dimse://…"
+        )
 
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{validate_key(key)}"

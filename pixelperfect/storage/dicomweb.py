@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pixelperfect.storage.base import (
-    Entry,
-    InvalidKeyError,
-    ObjectNotFoundError,
-    ObjectStore,
-    SourceUnavailableError,
+from pixelperfect.storage.base import Entry, ObjectStore, SourceUnavailableError
+from pixelperfect.storage.dicomkeys import (
+    NON_IMAGE_SOP_PREFIXES,
+    SEG_SOP_CLASS,
+    InstanceNotFoundError,
+    is_image_sop_class,
+    split_key,
 )
 
 log = logging.getLogger(__name__)
@@ -38,28 +38,7 @@ logging.getLogger("retrying").setLevel(logging.ERROR)
 
 T = TypeVar("T")
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
-#: SOP classes that carry no image to segment: segmentations, structured reports, presentation states, key
-#: objects, encapsulated documents, RT plans and structures, waveforms, raw data and registrations.
-NON_IMAGE_SOP_PREFIXES = (
-    "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, fiducials, SEG, surface SEG
-    "1.2.840.10008.5.1.4.1.1.88.",  # SR, key object selection
-    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
-    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF, CDA, STL
-    "1.2.840.10008.5.1.4.1.1.481.2",  # RT dose
-    "1.2.840.10008.5.1.4.1.1.481.3",  # RT structure set
-    "1.2.840.10008.5.1.4.1.1.481.4",  # RT beams treatment record
-    "1.2.840.10008.5.1.4.1.1.481.5",  # RT plan
-    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
-)
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _RETRIED_STATUS = {408, 429, 500, 502, 503, 504}
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-class InstanceNotFoundError(ObjectNotFoundError):
-    """The PACS has no instance at the key (deleted between listing and retrieval)."""
-
-    reason = "not_found"
 
 
 def is_dicomweb_url(url: str | None) -> bool:
@@ -83,14 +62,6 @@ def service_url(url: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"DICOMweb URL must not have a query or fragment: {url!r}")
     return http
-
-
-def split_key(key: str) -> tuple[str, str, str]:
-    """``study/series/sop`` -> the three UIDs; raises :class:`~pixelperfect.storage.InvalidKeyError` otherwise."""
-    parts = key.split("/")
-    if len(parts) != 3 or not all(_UID.match(p) and len(p) <= 64 for p in parts):
-        raise InvalidKeyError(f"a DICOMweb key is StudyUID/SeriesUID/SOPInstanceUID, not {key[:200]!r}")
-    return parts[0], parts[1], parts[2]
 
 
 @dataclass(frozen=True)
@@ -212,7 +183,7 @@ class DicomwebStore(ObjectStore):
         """Every instance matching ``filters``, non-image SOP classes (SEG, SR, …) marked ``image=False``, each with
         the PatientID QIDO-RS returned."""
         for instance in self.instances({k: list(v) for k, v in (filters or {}).items()}):
-            image = not instance.sop_class.startswith(NON_IMAGE_SOP_PREFIXES)
+            image = is_image_sop_class(instance.sop_class)
             yield Entry(instance.key, image=image, patient_id=instance.patient_id)
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -276,3 +247,15 @@ class DicomwebStore(ObjectStore):
             reason = item.get("FailureReason", "")
             failed[str(item.get("ReferencedSOPInstanceUID", ""))] = f"failure reason {reason}"
         return failed
+
+
+__all__ = [
+    "NON_IMAGE_SOP_PREFIXES",
+    "SEG_SOP_CLASS",
+    "DicomwebStore",
+    "Instance",
+    "InstanceNotFoundError",
+    "is_dicomweb_url",
+    "service_url",
+    "split_key",
+]

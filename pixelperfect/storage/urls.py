@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from pixelperfect.storage.base import ObjectStore
-from pixelperfect.storage.dicomweb import DicomwebStore
+from pixelperfect.storage.dicomweb import DicomwebStore, service_url
+from pixelperfect.storage.dimse import DimseStore, parse_dimse_url
 from pixelperfect.storage.local import LocalStore
 from pixelperfect.storage.s3 import S3Store
 
-SCHEMES = ("s3", "file", "dicomweb")
+SCHEMES = ("s3", "file", "dicomweb", "dimse")
+#: The schemes of DICOM archives: sources with attribute filters, targets of DICOM objects (SEG, SR, KOS).
+ARCHIVE_SCHEMES = ("dicomweb", "dimse")
 
 
 def parse_url(url: str) -> tuple[str, str, str]:
@@ -23,29 +26,59 @@ def parse_url(url: str) -> tuple[str, str, str]:
         return "file", "", url[7:] or "."
     if url.startswith(("dicomweb+http://", "dicomweb+https://")):
         return "dicomweb", "", url
+    if url.startswith("dimse://"):
+        return "dimse", "", url
     if "://" in url:
         raise ValueError(
-            f"unsupported store URL {url!r}: use s3://bucket/prefix, file://dir or dicomweb+http://host/path"
+            f"unsupported store URL {url!r}: use s3://bucket/prefix, file://dir, dicomweb+http://host/path or "
+            "dimse://CALLED_AE@host:port"
         )
     return "file", "", url
 
 
 def open_store(url: str, settings: Any = None, *, endpoint_url: str | None = None) -> ObjectStore:
-    """The store rooted at ``url``: ``s3://``, ``file://`` (or a bare path) or a ``dicomweb+http(s)://`` PACS.
+    """The store rooted at ``url``: ``s3://``, ``file://`` (or a bare path), a ``dicomweb+http(s)://`` PACS or a
+    ``dimse://CALLED_AE@HOST:PORT`` archive.
 
-    ``settings`` (default: the process's) give the S3 endpoint and the DICOMweb credentials, timeouts and retries;
+    ``settings`` (default: the process's) give the S3 endpoint, the DICOMweb credentials, our DIMSE AE title, and
+    the archives' timeouts and retries;
     ``endpoint_url`` overrides the S3 endpoint (``PIXELPERFECT_S3_ENDPOINT_URL``). Raises ``ValueError`` naming a
     URL no store serves."""
     scheme, bucket, path = parse_url(url)
     if scheme == "file":
         return LocalStore(path)
-    if settings is None and (scheme == "dicomweb" or endpoint_url is None):
+    if settings is None and (scheme in ARCHIVE_SCHEMES or endpoint_url is None):
         from pixelperfect.config import get_settings
 
         settings = get_settings()
     if scheme == "dicomweb":
         return DicomwebStore(url, settings)
+    if scheme == "dimse":
+        return DimseStore(url, settings)
     return S3Store(bucket, path, endpoint_url=endpoint_url if endpoint_url is not None else settings.s3_endpoint_url)
+
+
+def is_archive_url(url: str | None) -> bool:
+    """Whether ``url`` names a DICOM archive (DICOMweb or DIMSE), which lists by attribute filters and takes
+    DICOM objects; nothing is opened."""
+    try:
+        return bool(url) and parse_url(str(url))[0] in ARCHIVE_SCHEMES
+    except ValueError:
+        return False
+
+
+def check_archive_url(url: str) -> str:
+    """``url`` without a trailing slash if it names a DICOM archive that can be opened (a DICOMweb URL without
+    credentials, a DIMSE URL with its AE title, host and port); ``ValueError`` naming the problem otherwise.
+    Nothing is opened."""
+    if not is_archive_url(url):
+        raise ValueError(
+            f"not a DICOM archive: {url!r} (dicomweb+http://HOST:PORT/PATH or dimse://CALLED_AE@HOST:PORT)"
+        )
+    if parse_url(url)[0] == "dimse":
+        return parse_dimse_url(url).url
+    service_url(url)
+    return url.rstrip("/")
 
 
 def split_object_url(url: str) -> tuple[str, str]:

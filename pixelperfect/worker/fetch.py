@@ -20,7 +20,13 @@ from pixelperfect.pipeline.decode.spacing import resolve_spacing
 from pixelperfect.pipeline.model.protocol import model_input_side
 from pixelperfect.pipeline.options import PromptMode
 from pixelperfect.pipeline.records import ImageInput, PreparedImage
-from pixelperfect.storage import InvalidKeyError, ObjectNotFoundError, SourceUnavailableError, read_url
+from pixelperfect.storage import (
+    InvalidKeyError,
+    ObjectNotFoundError,
+    SourceUnavailableError,
+    UnsupportedObjectError,
+    read_url,
+)
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
 
@@ -87,8 +93,8 @@ def fetch_image(
     t0 = time.perf_counter()
     try:
         data = rt.store(run.source_url).get(key)
-    except (ObjectNotFoundError, SourceUnavailableError) as exc:  # missing | not_found | source_unavailable
-        out.fail(exc.reason, str(exc))
+    except (ObjectNotFoundError, SourceUnavailableError, UnsupportedObjectError) as exc:
+        out.fail(exc.reason, str(exc))  # missing | not_found | source_unavailable | not_an_image | missing_codec
         return out
     except InvalidKeyError as exc:
         out.fail("invalid_key", str(exc))

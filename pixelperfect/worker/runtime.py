@@ -39,7 +39,7 @@ class RunSpec:
     variants: tuple[Variant, ...]
     process: ProcessSettings
     outputs: tuple[str, ...] = ("png",)  # png | png + dicom-seg
-    stow_to: str | None = None  # DICOMweb STOW-RS target of the SEGs
+    stow_to: str | None = None  # the archive the SEGs are sent to (STOW-RS or C-STORE)
     code_version: str | None = None  # the code that created the run (pixelperfect.version)
 
     @classmethod
@@ -94,8 +94,9 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self, url: str) -> ObjectStore:
-        """The store at ``url`` (``s3://``, ``file://``, or a ``dicomweb+http(s)://`` PACS with this runtime's
-        DICOMweb credentials), opened once per process."""
+        """The store at ``url`` (``s3://``, ``file://``, a ``dicomweb+http(s)://`` PACS with this runtime's
+        DICOMweb credentials, or a ``dimse://`` archive, whose fetch association this process then reuses), opened
+        once per process."""
         with self._lock:
             if url not in self._stores:
                 self._stores[url] = open_store(url, self.settings)

@@ -6,7 +6,8 @@ and stores it at
 ``STORE_URL/<run>/seg/<image key>/<variant>.dcm``. A SEG that cannot be built or stored does not fail the image:
 its masks and rows are written, the image is ``done``, and the SEG row records ``seg_error``
 (``pixelperfect retry RUN --seg`` rebuilds it from the stored masks). After the batch, SEGs go to the run's
-STOW-RS target (``--stow-to``) in requests of :data:`STOW_BATCH`; what the PACS refuses is recorded per instance
+archive (``--stow-to``: STOW-RS or C-STORE, through the target store's ``store``) in groups of :data:`STOW_BATCH`;
+what the archive refuses is recorded per instance
 (``stow_status = failed``) and ``pixelperfect retry RUN`` sends it again.
 """
 
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 SEG_THREADS = 1
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
-#: SEG objects per STOW-RS request (a 1024² SEG of two segments is ~260 KiB, so a request stays a few MiB).
+#: SEG objects per STOW-RS request or C-STORE association (a 1024² SEG of two segments is ~260 KiB, so a request
+#: stays a few MiB).
 STOW_BATCH = 16
 
 
@@ -148,7 +150,8 @@ def submit_segs(run: Any, store: ObjectStore, fetched: Any, result: Any) -> list
 
 
 def stow(target: Any, outcomes: Sequence[SegOutcome]) -> None:
-    """Send the stored SEGs of ``outcomes`` to ``target`` (a DicomwebStore) in requests of :data:`STOW_BATCH`,
+    """Send the stored SEGs of ``outcomes`` to ``target`` (an archive's store: its ``store(datasets)`` sends DICOM
+    objects and returns the refused ones, STOW-RS or C-STORE) in groups of :data:`STOW_BATCH`,
     setting each outcome's ``stow_status`` (``stored`` | ``failed``) and ``stow_error``; frees ``data``."""
     import io
 

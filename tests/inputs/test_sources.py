@@ -22,5 +22,5 @@ def test_a_listing_streams_image_keys_and_counts_the_rest(tmp_path: Path) -> Non
     listing = SourceListing(store, track_patients=True)
     assert list(listing) == ["a/1.png", "b/2.dcm"]
     assert listing.skipped == 3 and not listing.track_patients and listing.patient_hashes == {}
-    with pytest.raises(ValueError, match="attribute filters apply to DICOMweb sources"):
+    with pytest.raises(ValueError, match="attribute filters apply to DICOM archives"):
         list(SourceListing(store, {"Modality": ["CR"]}))

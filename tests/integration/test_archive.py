@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import service_env
 from tests.integration.test_distributed import cli, wait_for_run
-from tests.orthanc import PHI, Orthanc, dicom_phantoms
+from tests.orthanc import PHI, DimseArchive, Orthanc, archive_files, dicom_phantoms
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -145,3 +145,89 @@ def _wait_for_segs(engine, timeout: float = 120.0) -> None:  # type: ignore[no-u
             return
         assert time.monotonic() < deadline, f"{got} of {want} SEGs after {timeout}s"
         time.sleep(0.5)
+
+
+def test_dimse_run_reads_stored_bytes_and_c_stores_one_seg_per_image_and_variant(
+    tmp_path: Path,
+    dimse_archive: DimseArchive,
+    redis_url: str,
+    pg_url: str,
+    tiny_checkpoint: Path,
+    start_worker,  # type: ignore[no-untyped-def]
+) -> None:
+    """The same workflow over DIMSE: phantoms in four transfer syntaxes stored into Orthanc, listed with C-FIND,
+    fetched with C-GET by two workers (the dataset bytes Orthanc stored), SEGs C-STOREd back; C-FIND then finds
+    one SEG per image and variant, each referencing its image."""
+    import hashlib
+
+    import pydicom
+
+    from pixelperfect.config import Settings
+    from pixelperfect.storage import open_store
+
+    files = archive_files(["explicit_le", "jpeg_baseline", "j2k_lossless", "rle"], seed=67)
+    keys = {}
+    for data in files:
+        dimse_archive.upload(data)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        keys[f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}"] = data
+    boxes = tmp_path / "boxes.csv"  # matched by SOPInstanceUID, the key's last part
+    boxes.write_text("key,x1,y1,x2,y2\n" + "".join(f"{k.rsplit('/', 1)[1]},50,40,170,150\n" for k in keys))
+    store = tmp_path / "store"
+    env = service_env(broker_url=redis_url, database_url=pg_url, store_url=f"file://{store}", device="cpu")
+    assert cli(env, "db", "upgrade").returncode == 0
+    workers = [start_worker(env, hostname=f"w{i}@%h", extra=["--queues", "gpu,seg"], wait=False) for i in (1, 2)]
+    for worker in workers:  # both start at once
+        worker.wait_ready()
+    out = cli(
+        env, "submit", dimse_archive.url, "--run", "dimse", "--model", "sam_tiny", "--checkpoint",
+        str(tiny_checkpoint), "--filter", f"StudyInstanceUID={','.join(sorted(dimse_archive.studies))}",
+        "--filter", "Modality=CR,DX", "--annotations", str(boxes), "--annotations-format", "csv",
+        "--variant", "raw", "--variant", "clahe", "--batch-size", "2", "--output", "png,dicom-seg",
+        "--stow-to", dimse_archive.url,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr + out.stdout
+    status = wait_for_run(env, "dimse")
+    assert status["images"]["done"] == len(files), status
+
+    engine = create_engine(pg_url)
+    _wait_for_segs(engine)
+    with engine.connect() as conn:
+        images = dict(conn.execute(text("select key, content_sha256 from images")).all())
+        segs = conn.execute(text(
+            "select i.key, o.variant, o.sop_instance_uid, o.seg_error, o.stow_status "
+            "from seg_objects o join images i on i.id = o.image_id"
+        )).all()  # fmt: skip
+        hosts = {r[0] for r in conn.execute(text("select distinct worker_host from images"))}
+    engine.dispose()
+    assert sorted(images) == sorted(keys) and len(hosts) == 2, hosts
+    # what the workers read is what Orthanc stored: its dataset bytes, behind the file meta of the C-GET
+    archive = open_store(dimse_archive.url, Settings())
+    for key, data in keys.items():
+        received = archive.get(key)
+        stored = dimse_archive.stored_file(key.rsplit("/", 1)[1])
+        assert _dataset(received) == _dataset(stored) == _dataset(data)
+        assert images[key] == hashlib.sha256(received).hexdigest()
+    assert sorted((k, v) for k, v, *_ in segs) == sorted((k, v) for k in keys for v in ("raw", "clahe"))
+    assert all(err is None and sent == "stored" for *_, err, sent in segs)
+
+    # C-FIND finds exactly one SEG per image and variant, each referencing its image
+    found = [e for e in archive.entries({"StudyInstanceUID": sorted(dimse_archive.studies)}) if not e.image]
+    assert sorted(e.key.rsplit("/", 1)[1] for e in found) == sorted(str(s[2]) for s in segs)
+    for entry in found:
+        seg = next(s for s in segs if s[2] == entry.key.rsplit("/", 1)[1])
+        sent = pydicom.dcmread(io.BytesIO(dimse_archive.stored_file(seg[2])))
+        ref = sent.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        assert ref == seg[0].rsplit("/", 1)[1] and entry.key.split("/")[0] == seg[0].split("/")[0]
+    logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log")) + out.stderr + out.stdout
+    for value in (PHI["PatientID"], PHI["PatientBirthDate"], "Doe^Jane"):
+        assert value not in logs
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def _dataset(part10: bytes) -> bytes:
+    """The encoded dataset of a Part 10 file, behind its preamble and file meta information."""
+    import pydicom
+
+    meta = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True).file_meta
+    return part10[132 + 12 + int(meta.FileMetaInformationGroupLength) :]
