@@ -259,4 +259,4 @@ def count_model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 # --- Orthanc (the archive tests' PACS), registered for every directory ----------------------------------------
 
-from tests.orthanc import dimse_archive, dimse_proxy, orthanc, orthanc_proxy  # noqa: E402, F401
+from tests.orthanc import dimse_archive, dimse_proxy, empty_orthanc, orthanc, orthanc_proxy  # noqa: E402, F401

@@ -68,6 +68,17 @@ def orthanc() -> Iterator[Orthanc]:
         requests.delete(f"{ORTHANC}/studies/{study}", timeout=30)
 
 
+@pytest.fixture
+def empty_orthanc(orthanc: Orthanc) -> Orthanc:
+    """The test PACS emptied first, for a test that lists the whole archive: a run killed before its fixture's
+    clean-up (an interrupted session, a CI job cut off) leaves studies behind that would otherwise join the run."""
+    for study in orthanc.studies():
+        requests.delete(f"{ORTHANC}/studies/{study}", timeout=30).raise_for_status()
+    orthanc.studies_before = orthanc.studies()
+    assert orthanc.studies_before == set(), orthanc.studies_before
+    return orthanc
+
+
 @dataclass
 class OrthancProxy:
     """An HTTP proxy to Orthanc that answers ``status`` instead of forwarding while ``failing`` matches a path."""

@@ -30,7 +30,7 @@ def _mask(path: str) -> np.ndarray:
 
 def test_dicomweb_run_writes_seg_and_coco_without_phi(
     tmp_path: Path,
-    orthanc: Orthanc,
+    empty_orthanc: Orthanc,
     redis_url: str,
     pg_url: str,
     tiny_checkpoint: Path,
@@ -38,6 +38,8 @@ def test_dicomweb_run_writes_seg_and_coco_without_phi(
 ) -> None:
     import pydicom
     from pycocotools import mask as mask_util
+
+    orthanc = empty_orthanc  # the run lists the whole PACS
 
     paths = dicom_phantoms(tmp_path / "archive", 4, seed=45, phi=True)
     orthanc.stow_files(paths)
