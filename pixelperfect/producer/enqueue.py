@@ -22,7 +22,7 @@ from typing import Any
 
 from pixelperfect.broker.names import GPU_QUEUE
 from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
-from pixelperfect.db import bulk, control, repo
+from pixelperfect.db import bulk, control, keyed, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
@@ -229,7 +229,7 @@ def submit(
 
     sink = _Sink(run_id, req.run, settings, on_progress, run_batches) if execute else None
     batcher = Batcher(batch_size)
-    images = new = pending = batches = annotated = 0
+    images = new = pending = batches = annotated = analyzed = 0
     stopped = False
     try:
         for chunk in chunks:
@@ -249,6 +249,9 @@ def submit(
                 if points is not None:
                     repo.add_points(session, run_id=run_id, points=points.match(chunk))
             images, new, pending = images + len(chunk), new + inserted, pending + len(queued)
+            if (inserted and analyzed == 0) or new >= 4 * analyzed > 0:
+                _analyze(settings)  # the run's rows in the statistics: see _analyze
+                analyzed = new
             ready = batcher.add(queued)
             batches += len(ready)
             if sink is not None:
@@ -260,11 +263,23 @@ def submit(
     finally:
         if sink is not None:
             sink.close()
+    if new > analyzed:
+        _analyze(settings)
     if points is not None and not points.matched:
         log.warning("no point in %s matches an image key or stem", req.points)
     if stopped:
         log.warning("run %s was cancelled while it was being submitted: publishing stopped", req.run)
     return SubmitResult(run_id, req.run, created, images, new, pending, batches, annotated, resumed, stopped)
+
+
+def _analyze(settings: Settings) -> None:
+    """``ANALYZE images`` (issue 24) after the first chunk of new rows, whenever the rows registered since grew
+    fourfold, and after the registration: statements that name a run's images by key or id are written so that
+    stale statistics cannot mislead them (``db/keyed.py``), except where the statistics have never seen the run,
+    and every other statement on the run (status, report, the sweep) plans on its real size. About 0.3 s at a
+    million rows (a 30,000-row sample); log4(run size / chunk) + 2 times a run."""
+    with session_scope(settings.database_url) as session:
+        keyed.analyze_images(session)
 
 
 def _resume(session: Any, run: Any) -> int:
