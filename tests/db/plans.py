@@ -56,7 +56,8 @@ def _series(dialect: str, n: int) -> str:
     return f"(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) SELECT g FROM s) AS s"
 
 
-def build(url: str, dialect: str, stats: str) -> BigRun:
+def build(url: str, dialect: str, stats: str, n_images: int = N_IMAGES) -> BigRun:
+    """The runs of the module docstring in a fresh database at ``url`` (``n_images``: the big run's size)."""
     upgrade(url)
     pg = dialect == "postgresql"
     now = "now()" if pg else "CURRENT_TIMESTAMP"
@@ -80,7 +81,7 @@ def build(url: str, dialect: str, stats: str) -> BigRun:
             f"SELECT {BIG}, {key}, {status}, CASE WHEN g % 10 = 1 THEN 'truncated' END, 1, {now}, "
             f"CASE WHEN g % 10 = 0 THEN {now} END, CASE WHEN g % 10 = 0 THEN 4 END, "
             "CASE WHEN g % 10 = 2 THEN 'msg-' || (g / 32) END, CASE WHEN g % 10 = 2 THEN 'tok@host:1' END, "
-            f"CASE WHEN g % 10 = 2 THEN {later} END, {ago} FROM {_series(dialect, N_IMAGES)}"
+            f"CASE WHEN g % 10 = 2 THEN {later} END, {ago} FROM {_series(dialect, n_images)}"
         ))  # fmt: skip
         conn.execute(text(
             "INSERT INTO images (run_id, key, status, attempts, created_at) "
