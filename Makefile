@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-gpu gpu-wheels gpu-rehearsal soak partition clean
+.PHONY: install demo test lint typecheck unit bench bench-quick bench-gpu gpu-wheels gpu-rehearsal soak partition clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,15 @@ unit: $(STAMP)
 # once per package list) at load ~7 on the 2-core VM, past the 2 minutes `make test` allows it; the suite keeps the
 # smoke run itself and the import checks (tests/speed/test_gpu_bench.py, test_gpu_carry.py).
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/run.py --json bench/results.json
 	bash bench/gpu-rehearsal.sh
+
+# The gate for the next scale regression (issue 24): P5 at 200,000 keys with its scaling ratio, P13 and P14 at
+# 100,000 images, P15, P1 on 4 images; fails when a line misses its goal or falls past bench/baseline.json's margin.
+# Under 5 minutes on 2 cores. The real services must be up (PostgreSQL, Redis).
+bench-quick: $(STAMP)
+	bash scripts/services.sh
+	$(PY) bench/run.py --quick --strict --json bench/results-quick.json
 
 # The GPU plan (issue 33; bench/RESULTS.md says how to run it on a lent machine through the device tool): the wheels
 # it carries there (bench/wheels, git-ignored), and its rehearsal on this CPU in a bare venv with those wheels.

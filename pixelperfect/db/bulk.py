@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from pixelperfect.db import keyed
 from pixelperfect.db.models import Image, ImageStatus, Segment, utcnow
 from pixelperfect.db.repo import dialect_insert
 from pixelperfect.pipeline.records import SegmentRecord
@@ -56,7 +57,7 @@ def register_images(
     old = [k for k in dict.fromkeys(keys) if k not in new]
     if old:  # a resumed run: which of the keys registered before are still unfinished (one index lookup each)
         stmt = select(Image.key).where(
-            Image.run_id == run_id, Image.status == ImageStatus.queued.value, Image.key.in_(old)
+            keyed.by_keys(session, run_id=run_id, keys=old), Image.status == ImageStatus.queued.value
         )
         if unpublished_only:
             stmt = stmt.where(Image.published_at.is_(None))

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from pixelperfect.db import keyed
 from pixelperfect.db.models import Annotation, Image, ImageStatus, ModelWork, Run, RunState, Segment, utcnow
 
 #: The longest (seconds) a transaction that locked image rows may wait for its client's next statement.
@@ -68,7 +69,7 @@ def cancel_images(session: Session, *, run_id: int, keys: Sequence[str]) -> int:
     producer registered after the cancel, too). Returns how many."""
     result = session.execute(
         update(Image)
-        .where(Image.run_id == run_id, Image.key.in_(list(keys)), Image.status == ImageStatus.queued.value)
+        .where(keyed.by_keys(session, run_id=run_id, keys=keys), Image.status == ImageStatus.queued.value)
         .where(_free(utcnow()))
         .values(status=ImageStatus.cancelled.value, published_at=None)
         .execution_options(**_NO_SYNC)
@@ -144,7 +145,7 @@ def claim(
     now = utcnow()
     rows = session.execute(
         update(Image)
-        .where(Image.run_id == run_id, Image.key.in_(list(keys)), Image.status == ImageStatus.queued.value)
+        .where(keyed.by_keys(session, run_id=run_id, keys=keys), Image.status == ImageStatus.queued.value)
         .where(_free(now, owner))
         .values(lease_owner=owner, lease_worker=worker[:255], lease_expires=now + timedelta(seconds=ttl_s))
         .returning(Image.id, Image.key, Image.gt_mask_key)
@@ -162,7 +163,7 @@ def renew(session: Session, *, image_ids: Sequence[int], owner: str, ttl_s: floa
     held = [Image.lease_owner == owner] + ([Image.lease_worker == worker[:255]] if worker is not None else [])
     result = session.execute(
         update(Image)
-        .where(Image.id.in_(list(image_ids)), *held)
+        .where(keyed.by_ids(session, Image.id, image_ids), *held)
         .values(lease_expires=utcnow() + timedelta(seconds=ttl_s))
         .execution_options(**_NO_SYNC)
     )
@@ -179,7 +180,8 @@ def held(session: Session, *, image_ids: Sequence[int], owner: str, worker: str)
         return set()
     rows = session.execute(
         select(Image.id)
-        .where(Image.id.in_(list(image_ids)), Image.lease_owner == owner, Image.lease_worker == worker[:255])
+        .where(keyed.by_ids(session, Image.id, image_ids), Image.lease_owner == owner)
+        .where(Image.lease_worker == worker[:255])
         .with_for_update()
     ).all()
     return {int(i) for (i,) in rows}
@@ -198,13 +200,13 @@ def release(
     ``image_ids`` (index lookups, no scan)."""
     if not keys and not image_ids:
         return 0
-    stmt = update(Image).where(Image.run_id == run_id, Image.lease_owner == owner)
+    stmt = update(Image).where(Image.lease_owner == owner)
     if worker is not None:
         stmt = stmt.where(Image.lease_worker == worker[:255])
     if keys:
-        stmt = stmt.where(Image.key.in_(list(keys)))
-    if image_ids:
-        stmt = stmt.where(Image.id.in_(list(image_ids)))
+        stmt = stmt.where(keyed.by_keys(session, run_id=run_id, keys=keys))
+    if image_ids:  # ids alone: no run condition the planner could prefer to the primary key
+        stmt = stmt.where(keyed.by_ids(session, Image.id, image_ids))
     result = session.execute(
         stmt.values(lease_owner=None, lease_worker=None, lease_expires=None).execution_options(**_NO_SYNC)
     )
@@ -230,7 +232,7 @@ def mark_published(session: Session, *, run_id: int, keys: Sequence[str]) -> Non
     if keys:
         session.execute(
             update(Image)
-            .where(Image.run_id == run_id, Image.key.in_(list(keys)))
+            .where(keyed.by_keys(session, run_id=run_id, keys=keys))
             .values(published_at=utcnow())
             .execution_options(**_NO_SYNC)
         )
@@ -239,16 +241,26 @@ def mark_published(session: Session, *, run_id: int, keys: Sequence[str]) -> Non
 def orphan_candidates(session: Session, *, published_before: datetime, limit: int) -> list[tuple[int, int, str]]:
     """``(image id, run id, key)`` of queued images of active segmentation runs that were published before
     ``published_before`` and hold no live lease: images whose message may have been lost (the caller rules out
-    those named by a message still in the broker). At most ``limit``, in run and id order."""
-    rows = session.execute(
-        select(Image.id, Image.run_id, Image.key)
-        .join(Run, Run.id == Image.run_id)
-        .where(Run.state == RunState.active.value, Run.kind == "segment")
-        .where(Image.status == ImageStatus.queued.value, Image.published_at < published_before, _free(utcnow()))
-        .order_by(Image.run_id, Image.id)
-        .limit(limit)
+    those named by a message still in the broker). At most ``limit``, in run and id order.
+
+    One query per active run (there are few), each on ``(run_id, status)`` of ``ix_images_run_status_progress``:
+    a join ordered by run would let the planner walk every image of every run in index order (SQLite does)."""
+    run_ids = session.scalars(
+        select(Run.id).where(Run.state == RunState.active.value, Run.kind == "segment").order_by(Run.id)
     ).all()
-    return [(int(i), int(r), str(k)) for i, r, k in rows]
+    out: list[tuple[int, int, str]] = []
+    for run_id in run_ids:
+        if len(out) >= limit:
+            break
+        rows = session.execute(
+            select(Image.id, Image.key)
+            .where(Image.run_id == run_id, Image.status == ImageStatus.queued.value)
+            .where(Image.published_at < published_before, _free(utcnow()))
+            .order_by(Image.id)
+            .limit(limit - len(out))
+        ).all()
+        out.extend((int(i), int(run_id), str(k)) for i, k in rows)
+    return out
 
 
 def mark_republished(
@@ -262,7 +274,7 @@ def mark_republished(
     now = utcnow()
     rows = session.execute(
         update(Image)
-        .where(Image.id.in_(list(image_ids)), Image.status == ImageStatus.queued.value)
+        .where(keyed.by_ids(session, Image.id, image_ids), Image.status == ImageStatus.queued.value)
         .where(Image.published_at < published_before, _free(now))
         .values(published_at=now)
         .returning(Image.run_id, Image.key)
@@ -377,8 +389,9 @@ def delete_rows_chunk(session: Session, *, run_id: int) -> int:
     """Delete up to :data:`DELETE_CHUNK` of the run's rows, children first (segments, model work, annotations,
     then images); 0 when none is left. The run row itself goes last, with :func:`delete_run_row`."""
     for model in (Segment, ModelWork, Annotation, Image):
-        ids = select(model.id).where(model.run_id == run_id).limit(DELETE_CHUNK).scalar_subquery()  # type: ignore[attr-defined]
-        result = session.execute(delete(model).where(model.id.in_(ids)).execution_options(**_NO_SYNC))  # type: ignore[attr-defined]
+        ids = select(model.id).where(model.run_id == run_id).limit(DELETE_CHUNK)  # type: ignore[attr-defined]
+        chunk = keyed.by_selected(session, model.id, ids)  # type: ignore[attr-defined]
+        result = session.execute(delete(model).where(chunk).execution_options(**_NO_SYNC))
         deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
         if deleted:
             return deleted

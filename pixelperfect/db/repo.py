@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from pixelperfect.db import keyed
 from pixelperfect.db.models import Annotation, Image, ImageStatus, Run, Segment, utcnow
 
 # SQLite caps bound parameters per statement (32766 in current builds); 500 rows x ~25 columns stays below it.
@@ -90,7 +91,7 @@ def keys_with_status(session: Session, *, run_id: int, statuses: Sequence[str], 
 
 
 def images_by_key(session: Session, *, run_id: int, keys: Sequence[str]) -> dict[str, Image]:
-    rows = session.scalars(select(Image).where(Image.run_id == run_id, Image.key.in_(list(keys))))
+    rows = session.scalars(select(Image).where(keyed.by_keys(session, run_id=run_id, keys=keys)))
     return {row.key: row for row in rows}
 
 
@@ -98,7 +99,7 @@ def requeue(session: Session, *, run_id: int, keys: Sequence[str]) -> int:
     """Mark failed images queued again (for ``retry``), free of the leases of the messages that failed them."""
     result = session.execute(
         update(Image)
-        .where(Image.run_id == run_id, Image.key.in_(list(keys)), Image.status == ImageStatus.failed.value)
+        .where(keyed.by_keys(session, run_id=run_id, keys=keys), Image.status == ImageStatus.failed.value)
         .values(status=ImageStatus.queued.value, error=None, error_reason=None, lease_owner=None, lease_expires=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -189,7 +190,7 @@ def mark_labelled(session: Session, *, run_id: int, keys: Sequence[str]) -> int:
     for start in range(0, len(keys), INSERT_CHUNK):
         chunk = list(keys[start : start + INSERT_CHUNK])
         result = session.execute(
-            update(Image).where(Image.run_id == run_id, Image.key.in_(chunk)).values(labelled=True)
+            update(Image).where(keyed.by_keys(session, run_id=run_id, keys=chunk)).values(labelled=True)
         )
         total += int(getattr(result, "rowcount", 0) or 0)
     return total

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pixelperfect.db import keyed
 from pixelperfect.db.models import Image, ImageStatus, Segment, SegObject, utcnow
 from pixelperfect.db.repo import dialect_insert
 
@@ -35,18 +36,19 @@ def missing_segs(
 ) -> list[tuple[int, str, str, list[str]]]:
     """``(image_id, image key, variant, mask URLs in prompt order)`` of every done image and variant with
     segments but no stored SEG (never built, or failed with ``seg_error``); only of ``image_ids`` when given."""
-    stored = select(SegObject.image_id, SegObject.variant).where(
-        SegObject.run_id == run_id, SegObject.object_key.is_not(None)
-    )
+    stored = select(SegObject.image_id, SegObject.variant).where(SegObject.object_key.is_not(None))
     query = (
         select(Image.id, Image.key, Segment.variant, Segment.prompt_index, Segment.mask_key)
         .join(Segment, Segment.image_id == Image.id)
-        .where(Image.run_id == run_id, Image.status == ImageStatus.done.value)
+        .where(Image.status == ImageStatus.done.value)
         .order_by(Image.id, Segment.variant, Segment.prompt_index)
     )
-    if image_ids is not None:
-        stored = stored.where(SegObject.image_id.in_(list(image_ids)))
-        query = query.where(Image.id.in_(list(image_ids)))
+    if image_ids is not None:  # a batch's images (of this run): by id alone, no run condition to read the run by
+        stored = stored.where(keyed.by_ids(session, SegObject.image_id, image_ids))
+        query = query.where(keyed.by_ids(session, Image.id, image_ids))
+    else:
+        stored = stored.where(SegObject.run_id == run_id)
+        query = query.where(Image.run_id == run_id)
     have = {(i, v) for i, v in session.execute(stored)}
     rows = session.execute(query)
     out: dict[tuple[int, str], tuple[str, list[str]]] = {}
