@@ -19,7 +19,7 @@ from pixelperfect.db.session import get_engine
 from pixelperfect.pipeline.model.hf_checkpoint import expected_shapes
 from pixelperfect.pipeline.model.sam2_family import config_kwargs, sam2_spec
 from pixelperfect.producer.enqueue import SubmitError, SubmitRequest, submit
-from tests.conftest import embedded_settings
+from tests.conftest import S3Server, embedded_settings, upload_dir
 
 
 def fake_directory(path: Path, model: str, *, model_type: str = "sam2", weights: bool = True) -> Path:
@@ -89,3 +89,44 @@ print(json.dumps({{"torch": "torch" in sys.modules, "transformers": "transformer
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False, "same": True}
     assert "sam2.1_hiera_base_plus" in MODEL_NAMES
+
+
+@pytest.mark.integration
+def test_an_s3_prefix_is_checked_at_submit_and_refused_by_a_worker_once_a_weight_changed(
+    tmp_path: Path, phantom_dir: Path, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """A directory under an ``s3://`` prefix (moto over HTTP): the producer records its sha256, a worker builds the
+    model from the same objects, and a worker that reads other weights than the run's refuses them."""
+    import dataclasses
+
+    import torch
+
+    from pixelperfect.db import repo
+    from pixelperfect.db.session import session_scope
+    from pixelperfect.pipeline.model.sam2 import Sam2Segmenter, seeded_sam2
+    from pixelperfect.worker.runtime import CheckpointMismatchError, RunSpec, Runtime
+
+    seeded_sam2("sam2_tiny", 3).save_pretrained(tmp_path / "tiny")
+    client = s3_server.client()
+    upload_dir(client, s3_bucket, tmp_path / "tiny", "models/tiny")
+    url = f"s3://{s3_bucket}/models/tiny/"
+    settings = embedded_settings(tmp_path, s3_endpoint_url=s3_server.endpoint)
+    req = SubmitRequest(source=str(phantom_dir / "images"), run="s3", variants=["raw"], model="sam2_tiny",
+                        checkpoint=url, annotations=str(phantom_dir / "labels.csv"))  # fmt: skip
+    submit(req, settings, execute=False)
+    with session_scope(settings.database_url) as session:
+        spec = RunSpec.from_row(repo.get_run(session, name="s3"))
+    assert spec.checkpoint == url and spec.checkpoint_sha256 and len(spec.checkpoint_sha256) == 64
+    seg = Runtime(settings).segmenter(spec)
+    assert isinstance(seg, Sam2Segmenter)
+    assert torch.equal(
+        seg.model.prompt_encoder.point_embed.weight, seeded_sam2("sam2_tiny", 3).prompt_encoder.point_embed.weight
+    )
+
+    other = tmp_path / "other"
+    seeded_sam2("sam2_tiny", 4).save_pretrained(other)  # someone replaced the weights under the run's prefix
+    client.put_object(
+        Bucket=s3_bucket, Key="models/tiny/model.safetensors", Body=(other / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(CheckpointMismatchError, match="the run was created with"):
+        Runtime(settings).segmenter(dataclasses.replace(spec))
