@@ -23,6 +23,8 @@ from common import Measure
 ESTIMATE_S = 240
 MIN_S = 90
 SMOKE_S = 150
+TESTS = ("tests/pipeline/model/test_sam2.py",)  # -m gpu: bf16 encoder + fp32 decoder vs fp32 masks
+TESTS_S = 60
 
 
 def main() -> None:
