@@ -12,7 +12,11 @@ The embedding is computed once per image and variant and the K + 1 boxes of ever
 batch, so the extra cost is decoder passes, the upsampling of K more masks and their pairwise IoU — not the
 encoder, which the research re-ran for every perturbed box.
 
-Run: ``python bench/bench_consistency.py [--images 3] [--device cpu]``.
+``--model sam2.1_hiera_tiny`` runs the same measure with SAM 2.1 hiera-tiny (transformers' ``Sam2Model``, seeded
+random weights; ``make bench`` runs both, side by side) and prints the prompt side (decoder + post-processing) and
+the encoder time per 1024² image beside the ratio.
+
+Run: ``python bench/bench_consistency.py [--images 3] [--device cpu] [--model sam_vit_b|sam2.1_hiera_tiny]``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,6 +40,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3, help="1024² phantoms to time (after one warm-up)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--size", type=int, default=1024, help="image side in px")
+    parser.add_argument("--model", default="sam_vit_b", help="sam_vit_b (SAM v1) or a SAM 2 name (sam2.1_hiera_tiny)")
     args = parser.parse_args()
 
     import torch
@@ -47,7 +53,15 @@ def main() -> None:
     from pixelperfect.synthetic.phantoms import make_phantom
 
     device = resolve_device(args.device)
-    seg = SamSegmenter(load_sam("sam_vit_b", None), device, name="sam_vit_b", encoder_batch=1)
+    seg: Any
+    if args.model.startswith("sam2") or args.model == "medsam2":
+        from pixelperfect.pipeline.model.sam2 import Sam2Segmenter, load_sam2
+
+        seg = Sam2Segmenter(load_sam2(args.model, None), device, name=args.model, encoder_batch=1)
+        label = f"{args.model} (transformers Sam2Model) random weights"
+    else:
+        seg = SamSegmenter(load_sam(args.model, None), device, name=args.model, encoder_batch=1)
+        label = f"{args.model} random weights"
     images = []
     index = 0
     while len(images) < args.images + 1:  # positive phantoms only: every image has prompts
@@ -83,13 +97,18 @@ def main() -> None:
     ratio = (encode + rest[4]) / (encode + rest[0])
     wall = statistics.median(times[4]) / statistics.median(times[0])
     boxes = sum(len(img.boxes) for img in images[1:])
-    print(f"P3 consistency K=4 vs K=0 ratio={ratio:.3f} goal<={GOAL} ok={'yes' if ratio <= GOAL else 'no'}", flush=True)
+    tag = "" if args.model == "sam_vit_b" else f" ({args.model})"
+    print(f"P3 consistency K=4 vs K=0{tag} ratio={ratio:.3f} goal<={GOAL} ok={'yes' if ratio <= GOAL else 'no'}",
+          flush=True)  # fmt: skip
     print(
         f"#   device {device}, torch threads {torch.get_num_threads()}, {len(images) - 1} images of "
-        f"{args.size}² px, {boxes} boxes, ViT-B random weights",
+        f"{args.size}² px, {boxes} boxes, {label}",
         flush=True,
     )
     print(f"#   encoder {encode:.3f} s/image (pooled); rest K=0 {rest[0]:.3f} s, K=4 {rest[4]:.3f} s", flush=True)
+    prompt_side = {k: float(np.mean([t["prompts"] + t["post"] for t in stages[k]])) for k in (0, 4)}
+    print(f"#   prompt side (decoder + post-processing) K=0 {prompt_side[0]:.3f} s, K=4 {prompt_side[4]:.3f} s/image; "
+          f"encoder per {args.size}² image of {args.model}: {encode:.3f} s", flush=True)  # fmt: skip
     print(f"#   wall-clock median ratio {wall:.3f} (includes the encoder's call-to-call noise)", flush=True)
     for k in (0, 4):
         mean_stage = {s: float(np.mean([t.get(s, 0.0) for t in stages[k]])) for s in stages[k][0]}

@@ -9,8 +9,49 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ModelName = Literal["sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny"]
-MODEL_NAMES: tuple[str, ...] = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny")
+ModelName = Literal[
+    "sam_vit_b",
+    "sam_vit_l",
+    "sam_vit_h",
+    "medsam",
+    "grabcut",
+    "sam_tiny",
+    "sam2.1_hiera_tiny",
+    "sam2.1_hiera_small",
+    "sam2.1_hiera_base_plus",
+    "sam2.1_hiera_large",
+    "sam2_hiera_tiny",
+    "sam2_hiera_small",
+    "sam2_hiera_base_plus",
+    "sam2_hiera_large",
+    "medsam2",
+    "sam2_tiny",
+]
+#: SAM 2 / 2.1 / MedSAM2 (transformers' Sam2Model; architectures in pipeline/model/sam2_family.py, which a test
+#: keeps equal to this list): Hugging Face model directories as checkpoints
+SAM2_MODEL_NAMES: tuple[str, ...] = (
+    "sam2.1_hiera_tiny",
+    "sam2.1_hiera_small",
+    "sam2.1_hiera_base_plus",
+    "sam2.1_hiera_large",
+    "sam2_hiera_tiny",
+    "sam2_hiera_small",
+    "sam2_hiera_base_plus",
+    "sam2_hiera_large",
+    "medsam2",
+    "sam2_tiny",
+)
+MODEL_NAMES: tuple[str, ...] = (
+    "sam_vit_b",
+    "sam_vit_l",
+    "sam_vit_h",
+    "medsam",
+    "grabcut",
+    "sam_tiny",
+    *SAM2_MODEL_NAMES,
+)
+#: Models that run with seeded random weights when no checkpoint is given (tests, demos, benchmarks)
+RANDOM_BY_DEFAULT: tuple[str, ...] = ("sam_tiny", "sam2_tiny")
 RANDOM_CHECKPOINT = "random"  # seeded random weights: benchmarks and tests of speed, never results
 #: Mask components of at most this many pixels give no box (the research kept contours with area > 250 px).
 MIN_AREA = 250

@@ -40,8 +40,14 @@ def submit(
         ["raw"], "--variant", help="preprocessing variant: built-in or saved name, or spec; repeat"
     ),
     variants_file: str = typer.Option("pixelperfect-variants.toml", help="saved variants (pixelperfect tune --save)"),
-    model: str | None = typer.Option(None, help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny, grabcut"),
-    checkpoint: str | None = typer.Option(None, help="model weights: path or s3:// URL"),
+    model: str | None = typer.Option(
+        None,
+        help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny, grabcut; SAM 2: sam2.1_hiera_tiny|small|base_plus|"
+        "large, sam2_hiera_*, medsam2, sam2_tiny",
+    ),
+    checkpoint: str | None = typer.Option(
+        None, help="model weights: path or s3:// URL (SAM 2: a Hugging Face model directory or s3:// prefix)"
+    ),
     batch_size: int | None = typer.Option(None, min=1, help="images per task"),
     consistency_k: int = typer.Option(4, min=0, help="perturbed boxes per prompt for consistency"),
     seed: int = typer.Option(0, help="seed of the box perturbations"),
@@ -57,6 +63,8 @@ def submit(
     ),
     points_per_side: int = typer.Option(16, min=1, max=128, help="--prompts auto: grid points per side"),
     lung_only: bool = typer.Option(True, help="--prompts auto: keep only masks inside the lung field"),
+    auto_min_score: float = typer.Option(0.88, min=0, max=1, help="--prompts auto: keep masks with this predicted IoU"),
+    auto_min_stability: float = typer.Option(0.95, min=0, max=1, help="--prompts auto: and this stability score"),
     wait: bool = typer.Option(False, help="distributed: wait until every image is done or failed"),
     republish: bool = typer.Option(
         False, help="publish every queued image again, also those with a message (after a broker lost its data)"
@@ -118,7 +126,12 @@ def submit(
             nsd_tolerance=nsd_tolerance,
             nsd_tolerance_mm=nsd_tolerance_mm,
             pixel_spacing=spacing,
-            auto=AutoSettings(points_per_side=points_per_side, lung_only=lung_only),
+            auto=AutoSettings(
+                points_per_side=points_per_side,
+                lung_only=lung_only,
+                min_score=auto_min_score,
+                min_stability=auto_min_stability,
+            ),
         ),
     )
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pixelperfect.broker.names import GPU_QUEUE
-from pixelperfect.config import MODEL_NAMES, RANDOM_CHECKPOINT, Settings
+from pixelperfect.config import MODEL_NAMES, RANDOM_BY_DEFAULT, RANDOM_CHECKPOINT, SAM2_MODEL_NAMES, Settings
 from pixelperfect.db import bulk, control, keyed, repo
 from pixelperfect.db.migrate import upgrade
 from pixelperfect.db.models import RunState
@@ -112,7 +112,7 @@ def _checkpoint(model: str, checkpoint: str | None, settings: Settings) -> tuple
     if model == "grabcut":
         return None, None
     if not checkpoint:
-        if model == "sam_tiny":
+        if model in RANDOM_BY_DEFAULT:
             return RANDOM_CHECKPOINT, None
         raise SubmitError(
             f"model {model} needs a checkpoint: --checkpoint PATH|s3://… or PIXELPERFECT_CHECKPOINT "
@@ -121,11 +121,35 @@ def _checkpoint(model: str, checkpoint: str | None, settings: Settings) -> tuple
     if checkpoint == RANDOM_CHECKPOINT:
         return checkpoint, None
     url = checkpoint if "://" in checkpoint else absolute_url(checkpoint)
+    if model in SAM2_MODEL_NAMES:
+        return url, _sam2_checkpoint(model, checkpoint, url, settings)
     try:
         data = read_url(url, endpoint_url=settings.s3_endpoint_url)
     except Exception as exc:
         raise SubmitError(f"cannot read checkpoint {checkpoint}: {exc}") from None
     return url, hashlib.sha256(data).hexdigest()  # as the worker's check (pipeline.models.sha256_hex)
+
+
+def _sam2_checkpoint(model: str, checkpoint: str, url: str, settings: Settings) -> str:
+    """Check a SAM 2 Hugging Face directory (``config.json`` and the safetensors headers: no torch here) against
+    ``model`` and return the sha256 over its weight files, as every worker checks it."""
+    from pixelperfect.pipeline.model.hf_checkpoint import check_sam2_checkpoint, read_hf_checkpoint
+    from pixelperfect.pipeline.model.protocol import CheckpointError
+
+    def read(name: str) -> bytes:
+        try:
+            return read_url(f"{url.rstrip('/')}/{name}", endpoint_url=settings.s3_endpoint_url)
+        except (NotADirectoryError, IsADirectoryError) as exc:  # a single file where a directory belongs
+            raise FileNotFoundError(str(exc)) from None
+
+    try:
+        found = read_hf_checkpoint(read, checkpoint)
+        check_sam2_checkpoint(model, found, checkpoint)
+    except CheckpointError as exc:
+        raise SubmitError(str(exc)) from None
+    except Exception as exc:
+        raise SubmitError(f"cannot read checkpoint {checkpoint}: {exc}") from None
+    return found.sha256
 
 
 def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from pixelperfect.worker import leases, segout
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
 from pixelperfect.worker.persist import BatchSummary, persist_batch
-from pixelperfect.worker.runtime import Runtime, get_runtime
+from pixelperfect.worker.runtime import MISSING_DEPENDENCY, Runtime, get_runtime
 from pixelperfect.worker.telemetry import observe_batch
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ def _run_held(
     refusal = rt.version_refusal(run)
     if refusal is not None:
         return _refuse(rt, hold, summary, refusal, t_start)
+    missing = rt.dependency_refusal(run)
+    if missing is not None:  # permanent for this worker: no retries burnt; `retry` once the package is installed
+        return _refuse(rt, hold, summary, missing, t_start, reason=MISSING_DEPENDENCY)
     deferred = publish_segs is not None and segout.wants_seg(run)
     if deferred:  # the flow neither keeps the sources nor builds SEGs: queue `seg` does
         run = dataclasses.replace(run, outputs=tuple(o for o in run.outputs if o != "dicom-seg"))
@@ -137,15 +140,18 @@ def _run_held(
     return summary
 
 
-def _refuse(rt: Runtime, hold: leases.Hold, summary: BatchSummary, why: str, t_start: float) -> BatchSummary:
-    """The batch's held images end ``failed`` with reason ``version_changed`` and ``why``, without model work, in
-    one transaction that also drops the leases (``submit --allow-version-change`` queues them again)."""
+def _refuse(
+    rt: Runtime, hold: leases.Hold, summary: BatchSummary, why: str, t_start: float, *, reason: str = VERSION_CHANGED
+) -> BatchSummary:
+    """The batch's held images end ``failed`` with ``reason`` (``version_changed``: ``submit
+    --allow-version-change`` queues them again; ``missing_dependency``: ``retry``) and ``why``, without model work,
+    in one transaction that also drops the leases."""
     with session_scope(rt.settings.database_url) as session:
         kept = hold.fence(session)
         for image_id, key, _ in hold.todo:
             if image_id in kept:
-                repo.mark_failed(session, image_id=image_id, reason=VERSION_CHANGED, error=why)
-                summary.failures[key] = VERSION_CHANGED
+                repo.mark_failed(session, image_id=image_id, reason=reason, error=why)
+                summary.failures[key] = reason
         hold.release(session)
     summary.failed = len(summary.failures)
     observe_batch(done=0, failures=summary.failures, segments=0, timings=[], seconds=time.perf_counter() - t_start)

@@ -11,14 +11,18 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, Settings, get_settings
-from pixelperfect.pipeline.model.builder import build_segmenter
+from pixelperfect.config import MIN_AREA, RANDOM_CHECKPOINT, SAM2_MODEL_NAMES, Settings, get_settings
+from pixelperfect.pipeline.model.builder import build_segmenter, dependency_problem
+from pixelperfect.pipeline.model.hf_checkpoint import HfCheckpoint, read_hf_checkpoint
 from pixelperfect.pipeline.model.protocol import Segmenter
 from pixelperfect.pipeline.model.weights import sha256_hex
 from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings, PromptMode
 from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
 from pixelperfect.storage import ObjectStore, open_store, read_url
 from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
+
+#: The failure reason of images whose model this worker cannot run (a package missing or too old)
+MISSING_DEPENDENCY = "missing_dependency"
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -107,12 +111,12 @@ class Runtime:
         key = (run.model, run.checkpoint)
         with self._lock:
             if key not in self._segmenters:
-                data = None
+                data: bytes | HfCheckpoint | None = None
                 if run.checkpoint and run.checkpoint != RANDOM_CHECKPOINT:
-                    data = read_url(run.checkpoint, endpoint_url=self.settings.s3_endpoint_url)
-                    if run.checkpoint_sha256 and sha256_hex(data) != run.checkpoint_sha256:
+                    data, sha = self._read_checkpoint(run)
+                    if run.checkpoint_sha256 and sha != run.checkpoint_sha256:
                         raise CheckpointMismatchError(
-                            f"checkpoint {run.checkpoint} has sha256 {sha256_hex(data)[:12]}…, the run was "
+                            f"checkpoint {run.checkpoint} has sha256 {sha[:12]}…, the run was "
                             f"created with {run.checkpoint_sha256[:12]}…"
                         )
                 self._segmenters[key] = build_segmenter(
@@ -124,6 +128,24 @@ class Runtime:
                     compile_encoder=self.settings.compile_encoder,
                 )
             return self._segmenters[key]
+
+    def _read_checkpoint(self, run: RunSpec) -> tuple[bytes | HfCheckpoint, str]:
+        """The run's checkpoint and its sha256: a SAM v1 file's bytes, or a SAM 2 Hugging Face directory (its
+        ``config.json`` and weight files; the sha256 over the weight files, as the producer recorded it)."""
+        url = str(run.checkpoint)
+        if run.model not in SAM2_MODEL_NAMES:
+            data = read_url(url, endpoint_url=self.settings.s3_endpoint_url)
+            return data, sha256_hex(data)
+        found = read_hf_checkpoint(
+            lambda name: read_url(f"{url.rstrip('/')}/{name}", endpoint_url=self.settings.s3_endpoint_url), url
+        )
+        return found, found.sha256
+
+    def dependency_refusal(self, run: RunSpec) -> str | None:
+        """Why this worker cannot run the run's model at all — a package it needs is missing or too old — or None.
+        Permanent for this process: its images fail at once with reason ``missing_dependency`` (no retries)."""
+        problem = dependency_problem(run.model)
+        return None if problem is None else str(problem)
 
     def version_refusal(self, run: RunSpec) -> str | None:
         """Why this worker refuses the run's images — it runs other code than the run was created with and the

@@ -19,6 +19,20 @@ from pixelperfect.pipeline.options import PromptKind
 #: segment-anything's automatic generator uses an offset of 1.0 on the mask logits for its stability score.
 STABILITY_OFFSET = 1.0
 
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the architecture."""
+
+
+class MissingDependencyError(RuntimeError):
+    """A model needs a package this process lacks (or has too old): ``package`` names it. Permanent for this
+    worker: its images fail without retries (``retry`` after installing)."""
+
+    def __init__(self, package: str, message: str) -> None:
+        super().__init__(message)
+        self.package = package
+
+
 #: The prompt kinds of segment rows (``segments.prompt_kind``).
 PROMPT_KINDS = tuple(k.value for k in PromptKind)
 

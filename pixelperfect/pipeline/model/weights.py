@@ -15,12 +15,10 @@ from typing import Any
 
 import torch
 
+from pixelperfect.pipeline.model.protocol import CheckpointError
+
 SAM_ARCH = {"sam_vit_b": "vit_b", "medsam": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h"}
 INIT_SEED = 1234
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the architecture."""
 
 
 @dataclass(frozen=True)
