@@ -2,10 +2,11 @@
 
 ``python -m tests.fuzz.campaign [--seconds 180] [--runs N] [--seed 1] [HARNESS ...]`` (``make fuzz``): for each
 harness, a child process fuzzes it from its seed corpus (built under ``fuzz/corpus/<harness>/``, git-ignored, and
-grown by the run) under limits: 2 s per input (a watchdog thread of the child; libFuzzer's own ``-timeout``
-is off, its SIGALRM killed the Python child without a trace), :data:`~tests.fuzz.harnesses.RSS_LIMIT_MB`
-of memory (``-rss_limit_mb``). A crash, hang or memory blow-up is a finding: libFuzzer writes the input to
-``fuzz/findings/<harness>/`` and the child is started again for the time left (at most :data:`MAX_RESTARTS` times).
+grown by the run) under limits: 2 s of CPU time per input, 30 s of wall time (a watchdog thread of the
+child; libFuzzer's own ``-timeout`` is off, its SIGALRM killed the Python child without a trace),
+:data:`~tests.fuzz.harnesses.RSS_LIMIT_MB` of memory (``-rss_limit_mb``). A crash, hang or memory blow-up is a
+finding: its input is written to ``fuzz/findings/<harness>/`` and the child is started again for the time left (at
+most :data:`MAX_RESTARTS` times).
 Prints one line per harness (executions, coverage, features, corpus, peak RSS, slowest input, findings) and exits
 1 when any harness has a finding.
 
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FUZZ_DIR = ROOT / "fuzz"
 MAX_RESTARTS = 20
 INPUT_TIMEOUT_S = 2
+WALL_TIMEOUT_S = 30
 
 
 def _child(name: str, argv: list[str], slow_file: str) -> None:
@@ -44,24 +46,30 @@ def _child(name: str, argv: list[str], slow_file: str) -> None:
 
     harnesses.warm_up(name)
     slowest = [0.0]
-    current: list = [b"", 0.0]  # the input being run and when it started (0: none)
+    main_clock = time.pthread_getcpuclockid(threading.main_thread().ident or 0)
+    current: list = [b"", 0.0, 0.0]  # the input being run, when it started (wall, main thread's CPU; 0: none)
     findings = Path(argv[[a.startswith("-artifact_prefix=") for a in argv].index(True)].split("=", 1)[1])
 
-    def watchdog() -> None:  # libFuzzer's SIGALRM timeout does not survive in every Python child: our own
+    def watchdog() -> None:
+        """libFuzzer's SIGALRM timeout does not survive in every Python child: ours. An input over
+        INPUT_TIMEOUT_S of the fuzzing thread's CPU time (wall time misfires on a shared, loaded host), or over
+        WALL_TIMEOUT_S of wall time (an input blocked without computing), is written as a timeout finding."""
         import hashlib
 
         while True:
             time.sleep(0.1)
-            started = current[1]
-            if started and time.perf_counter() - started > INPUT_TIMEOUT_S:
-                data = current[0]
+            data, wall, cpu = current
+            if not wall:
+                continue
+            over_cpu = time.clock_gettime(main_clock) - cpu > INPUT_TIMEOUT_S
+            if over_cpu or time.perf_counter() - wall > WALL_TIMEOUT_S:
                 path = findings / f"timeout-{hashlib.sha1(data).hexdigest()}"
                 path.write_bytes(data)
-                print(f"input over {INPUT_TIMEOUT_S} s: Test unit written to {path}", file=sys.stderr, flush=True)
+                print(f"input over its time: Test unit written to {path}", file=sys.stderr, flush=True)
                 os._exit(71)
 
     def one_input(data: bytes) -> None:
-        current[0], current[1] = data, time.perf_counter()
+        current[:] = [data, time.perf_counter(), time.clock_gettime(main_clock)]
         try:
             harnesses.run_one(name, data)
         except BaseException:  # atheris' own crash path died by SIGALRM before writing the input: ours
@@ -72,11 +80,11 @@ def _child(name: str, argv: list[str], slow_file: str) -> None:
             path.write_bytes(data)
             print(traceback.format_exc(), f"Test unit written to {path}", sep="\n", file=sys.stderr, flush=True)
             os._exit(70)
-        took = time.perf_counter() - current[1]
+        took = time.clock_gettime(main_clock) - current[2]
         current[1] = 0.0
         if took > slowest[0]:
             slowest[0] = took
-            Path(slow_file).write_text(json.dumps({"seconds": took, "size": len(data)}))
+            Path(slow_file).write_text(json.dumps({"cpu_seconds": took, "size": len(data)}))
 
     threading.Thread(target=watchdog, daemon=True).start()
     atheris.Setup([sys.argv[0], *argv], one_input)
@@ -115,7 +123,8 @@ def run_harness(name: str, *, seconds: float | None, runs: int | None, seed: int
             args.insert(0, f"-runs={runs}")
         findings.mkdir(parents=True, exist_ok=True)
         before = set(findings.iterdir())
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "RUST_BACKTRACE": "0"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        env["RUST_BACKTRACE"] = "0"  # pylibjpeg-rle's panics (docs/fuzzing.md F8) print no backtrace
         proc = subprocess.run(
             [sys.executable, "-m", "tests.fuzz.campaign", "--child", name, "--slow-file", str(slow_file), "--", *args],
             cwd=ROOT, env=env, capture_output=True, text=True, errors="replace",
@@ -126,20 +135,21 @@ def run_harness(name: str, *, seconds: float | None, runs: int | None, seed: int
         summary["coverage"] = max(summary["coverage"], _stat(r"cov: (\d+)", log))
         summary["features"] = max(summary["features"], _stat(r"ft: (\d+)", log))
         summary["corpus"] = max(summary["corpus"], _stat(r"corp: (\d+)", log))
-        summary["peak_rss_mb"] = max(summary["peak_rss_mb"], _stat(r"stat::peak_rss_mb: (\d+)", log), _stat(r"rss: (\d+)Mb", log))
+        rss = max(_stat(r"stat::peak_rss_mb: (\d+)", log), _stat(r"rss: (\d+)Mb", log))
+        summary["peak_rss_mb"] = max(summary["peak_rss_mb"], rss)
         written = re.findall(r"Test unit written to (\S+)", log)
         new = sorted(set(findings.iterdir()) - before) or [Path(p) for p in written if Path(p).exists()]
         summary["findings"] += [str(p.relative_to(ROOT)) for p in new]
         if new and not quiet:
             print(log[-3000:], file=sys.stderr)
-        if proc.returncode == 0 or runs is not None and not new:
+        if proc.returncode == 0 or (runs is not None and not new):
             break
         if not new:  # no finding, yet a failure: the harness itself broke
             raise RuntimeError(f"harness {name} exited {proc.returncode}:\n{log[-3000:]}")
         if runs is not None:
             break
     summary["seconds"] = round(time.monotonic() - started, 1)
-    summary["slowest_input_s"] = json.loads(slow_file.read_text())["seconds"] if slow_file.exists() else 0.0
+    summary["slowest_input_s"] = json.loads(slow_file.read_text())["cpu_seconds"] if slow_file.exists() else 0.0
     return summary
 
 

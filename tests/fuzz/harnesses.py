@@ -128,9 +128,7 @@ def dicom_file(data: bytes) -> tuple[bytes, str]:
     bits_allocated = (8, 16, 16, 32, 1, 12, 64)[reader.byte() % 7]
     bits_stored = reader.byte() % 40
     samples = (1, 1, 1, 3, 0, 4)[reader.byte() % 6]
-    photometric = (
-        _PHOTOMETRIC[reader.byte() % len(_PHOTOMETRIC)] if reader.byte() < 220 else reader.text(16)
-    ).encode()
+    photometric = (_PHOTOMETRIC[reader.byte() % len(_PHOTOMETRIC)] if reader.byte() < 220 else reader.text(16)).encode()
     us = ">H" if big else "<H"
     elements: list[tuple[int, bytes, bytes]] = [
         (0x00080060, b"CS", b"DX"),

@@ -32,7 +32,7 @@ def test_seed_corpus_keeps_the_contract(name: str) -> None:
 def test_the_decode_seeds_decode_and_fail_as_documented() -> None:
     """The seeds are not all failures: the phantoms of every transfer syntax decode."""
     decoded, reasons = 0, set()
-    for label, data in seeds.seeds("decode"):
+    for _, data in seeds.seeds("decode"):
         try:
             decode_image(data[1:], "seed" + harnesses.SUFFIXES[data[0] % len(harnesses.SUFFIXES)])
             decoded += 1
@@ -138,7 +138,7 @@ def test_finding_8_rle_decoder_panic() -> None:
 )
 def test_finding_9_csv_errors_are_annotation_errors(text: str) -> None:
     """F9: the csv module's own errors (a carriage return inside an unquoted field) escaped as ``_csv.Error``."""
-    with pytest.raises(AnnotationError, match="not CSV|header lacks"):
+    with pytest.raises(AnnotationError, match=r"not CSV|header lacks"):
         parse_annotations(text, "rsna" if text.startswith("patientId") else "csv", "labels.csv")
 
 
