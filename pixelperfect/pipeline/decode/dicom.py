@@ -458,15 +458,16 @@ def _to_luminance(arr: np.ndarray, ds: Any, photometric: str, key: str) -> np.nd
 
 
 def _decimal(ds: Any, keyword: str, default: float, key: str) -> float:
-    """A DS attribute as one finite number (``default`` when absent or empty); ``bad_attribute`` otherwise."""
+    """A DS attribute as one number (``default`` when absent or empty); ``bad_attribute`` when it is none,
+    ``nan_pixels`` when it is NaN or infinite."""
     value: Any = "(unconvertible)"
     try:
         value = ds.get(keyword, None)
         number = default if value is None or value == "" else float(value)
     except (TypeError, ValueError, OverflowError, NotImplementedError):
         raise CorruptImageError(key, "bad_attribute", f"{keyword} is no single number: {str(value)[:40]!r}") from None
-    if not np.isfinite(number):
-        raise CorruptImageError(key, "bad_attribute", f"{keyword} = {number} is not finite")
+    if not np.isfinite(number):  # as the modality LUT's check names it
+        raise CorruptImageError(key, "nan_pixels", f"{keyword} = {number} is not finite")
     return number
 
 
