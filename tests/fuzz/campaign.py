@@ -96,6 +96,21 @@ def _stat(pattern: str, text: str, default: int = 0) -> int:
     return int(found[-1]) if found else default
 
 
+def _reproduces(name: str, path: Path, env: dict[str, str]) -> bool:
+    """Whether a finding's input fails the harness again in a fresh, uninstrumented process (within the limits)."""
+    code = (
+        "import sys, time; from tests.fuzz import harnesses; harnesses.warm_up(sys.argv[1]); "
+        "t = time.process_time(); harnesses.run_one(sys.argv[1], open(sys.argv[2], 'rb').read()); "
+        f"sys.exit(3 if time.process_time() - t > {INPUT_TIMEOUT_S} else 0)"
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, name, str(path)], cwd=ROOT, env=env, capture_output=True,
+                              timeout=WALL_TIMEOUT_S + 60)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return True
+    return proc.returncode != 0
+
+
 def run_harness(name: str, *, seconds: float | None, runs: int | None, seed: int, quiet: bool = True) -> dict:
     """Fuzz harness ``name`` for ``seconds`` (or ``runs`` executions); the summary of the campaign."""
     from tests.fuzz import seeds
@@ -139,12 +154,19 @@ def run_harness(name: str, *, seconds: float | None, runs: int | None, seed: int
         summary["peak_rss_mb"] = max(summary["peak_rss_mb"], rss)
         written = re.findall(r"Test unit written to (\S+)", log)
         new = sorted(set(findings.iterdir()) - before) or [Path(p) for p in written if Path(p).exists()]
+        new = [p for p in new if p.is_file()]
+        unreproduced = [p for p in new if not _reproduces(name, p, env)]
+        for path in unreproduced:
+            new.remove(path)  # e.g. libFuzzer ending the child at -max_total_time mid-input: kept apart, counted
+            (findings / "unreproduced").mkdir(exist_ok=True)
+            path.rename(findings / "unreproduced" / path.name)
+            summary["unreproduced"] = summary.get("unreproduced", 0) + 1
         summary["findings"] += [str(p.relative_to(ROOT)) for p in new]
         if new and not quiet:
             print(log[-3000:], file=sys.stderr)
         if proc.returncode == 0 or (runs is not None and not new):
             break
-        if not new:  # no finding, yet a failure: the harness itself broke
+        if not new and not unreproduced:  # no finding, yet a failure: the harness itself broke
             raise RuntimeError(f"harness {name} exited {proc.returncode}:\n{log[-3000:]}")
         if runs is not None:
             break
@@ -176,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         failed |= bool(s["findings"])
         print(f"{name:12s} executions={s['executions']} cov={s['coverage']} ft={s['features']} corpus={s['corpus']} "
               f"peak_rss_mb={s['peak_rss_mb']} slowest_input_s={s['slowest_input_s']:.3f} seconds={s['seconds']} "
-              f"findings={len(s['findings'])} {' '.join(s['findings'])}", flush=True)  # fmt: skip
+              f"findings={len(s['findings'])} unreproduced={s.get('unreproduced', 0)} "
+              f"{' '.join(s['findings'])}", flush=True)  # fmt: skip
     print(f"total executions={total} findings={'yes' if failed else 0}")
     return 1 if failed else 0
 
