@@ -73,7 +73,7 @@ clean:
 	rm -rf pixelperfect-demo pixelperfect-store pixelperfect.db .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
 
 # Coverage-guided fuzzing (issue 30, docs/fuzzing.md): every harness of tests/fuzz/harnesses.py for FUZZ_SECONDS
-# each (default 180: 15 minutes for the five), printing executions, coverage, peak RSS, the slowest input and the
+# each (default 180: 18 minutes for the six), printing executions, coverage, peak RSS, the slowest input and the
 # findings (fuzz/findings/<harness>/, git-ignored); exit 1 on a finding. `make test` replays the seeds and every
 # past finding (tests/fuzz/test_replay.py) and runs a short fixed-seed pass per harness (test_campaign.py).
 FUZZ_SECONDS ?= 180

@@ -301,12 +301,41 @@ def wado_body(part: bytes) -> bytes:
     return head + part + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+_FIND_KEYS = ("Modality", "BodyPartExamined", "StudyDescription", "PatientID", "SOPClassUID", "ViewPosition")
+
+
+def dimse(data: bytes) -> None:
+    """C-FIND answers as pynetdicom hands them over (an identifier dataset decoded from the archive's bytes,
+    implicit VR little endian): the three UIDs of a key, the SOP class, and the match against a ``--filter`` value
+    (first byte: which keyword; the next up to 16: the pattern, ``*`` and ``?`` wildcards)."""
+    from pydicom.filereader import read_dataset
+
+    from pixelperfect.storage.dicomkeys import is_image_sop_class
+    from pixelperfect.storage.dimse import _answer_matches, answer_uid
+
+    reader = Bytes(data)
+    keyword = _FIND_KEYS[reader.byte() % len(_FIND_KEYS)]
+    pattern = reader.text(16)
+    try:  # pynetdicom's decoding of the identifier: bytes it cannot read never reach us
+        answer = read_dataset(io.BytesIO(reader.rest()), True, True)
+    except Exception:
+        return
+    for uid_keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "PatientID"):
+        uid = answer_uid(answer, uid_keyword)
+        if uid is not None and (not isinstance(uid, str) or not uid):
+            raise Finding(f"{uid_keyword} {uid!r}")
+    is_image_sop_class(answer_uid(answer, "SOPClassUID"))
+    if not isinstance(_answer_matches(answer, {keyword: pattern}), bool):
+        raise Finding("a match that is no bool")
+
+
 HARNESSES: dict[str, Callable[[bytes], None]] = {
     "decode": decode,
     "dicom_meta": dicom_meta,
     "annotations": annotations,
     "mask": mask,
     "dicomweb": dicomweb,
+    "dimse": dimse,
 }
 
 

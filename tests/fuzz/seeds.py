@@ -119,6 +119,25 @@ def seeds(name: str) -> list[tuple[str, bytes]]:
         for label, data in _phantoms()[:3]:
             out.append((f"wado-{label}", b"\xff" + wado_body(data)))
         return out
+    if name == "dimse":
+        from pydicom.dataset import Dataset
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+
+        out = []
+        for i, (modality, sop_class) in enumerate(
+            (("DX", "1.2.840.10008.5.1.4.1.1.1.1"), ("SR", "1.2.840.10008.5.1.4.1.1.88.22"))
+        ):
+            answer = Dataset()
+            answer.QueryRetrieveLevel = "IMAGE"
+            answer.StudyInstanceUID, answer.SeriesInstanceUID, answer.SOPInstanceUID = "1.2", "3.4", f"5.{i}"
+            answer.SOPClassUID, answer.Modality, answer.PatientID = sop_class, modality, "PID"
+            buffer = DicomBytesIO()
+            buffer.is_little_endian, buffer.is_implicit_VR = True, True
+            write_dataset(buffer, answer)
+            out.append((f"find-{modality}", bytes([0, 2]) + b"D*" + buffer.getvalue()))
+        out.append(("find-no-uids", bytes([1, 1]) + b"*" + out[0][1][4:40]))  # cut after the SOP class
+        return out
     raise KeyError(name)
 
 

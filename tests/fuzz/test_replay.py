@@ -181,3 +181,24 @@ def test_the_contract_catches_what_it_should() -> None:
     with pytest.raises(harnesses.Finding):
         harnesses.check_image(Image(np.full((4, 4), np.nan, np.float32)))
     harnesses.check_image(Image(np.zeros((4, 4), np.uint16)))
+
+
+def test_finding_12_cfind_answers_without_their_uids() -> None:
+    """F12 (found writing the DIMSE harness): a C-FIND answer without StudyInstanceUID / SeriesInstanceUID /
+    SOPInstanceUID raised AttributeError out of the listing (``a.StudyInstanceUID``); now it is skipped."""
+    import io
+
+    from pydicom.dataset import Dataset
+    from pydicom.filereader import read_dataset
+
+    from pixelperfect.storage.dimse import _answer_matches, answer_uid
+
+    answer = Dataset()
+    answer.SOPInstanceUID = "1.2.3"
+    assert answer_uid(answer, "StudyInstanceUID") is None
+    assert answer_uid(answer, "SOPInstanceUID") == "1.2.3"
+    answer.StudyInstanceUID = ""
+    assert answer_uid(answer, "StudyInstanceUID") is None
+    raw = struct.pack("<HHI", 0x0008, 0x0060, 2) + b"DX"  # Modality, implicit VR
+    assert _answer_matches(read_dataset(io.BytesIO(raw), True, True), {"Modality": "D*"})
+    assert not _answer_matches(read_dataset(io.BytesIO(raw), True, True), {"Modality": "CR"})
