@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-quick bench-gpu gpu-wheels gpu-rehearsal soak partition clean
+.PHONY: install demo test lint typecheck unit bench bench-quick bench-gpu gpu-wheels gpu-rehearsal soak partition fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,3 +78,11 @@ partition: $(STAMP)
 
 clean:
 	rm -rf pixelperfect-demo pixelperfect-store pixelperfect.db .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
+
+# Coverage-guided fuzzing (issue 30, docs/fuzzing.md): every harness of tests/fuzz/harnesses.py for FUZZ_SECONDS
+# each (default 180: 18 minutes for the six), printing executions, coverage, peak RSS, the slowest input and the
+# findings (fuzz/findings/<harness>/, git-ignored); exit 1 on a finding. `make test` replays the seeds and every
+# past finding (tests/fuzz/test_replay.py) and runs a short fixed-seed pass per harness (test_campaign.py).
+FUZZ_SECONDS ?= 180
+fuzz: $(STAMP)
+	PYTHONPATH=. $(PY) -m tests.fuzz.campaign --seconds $(FUZZ_SECONDS)

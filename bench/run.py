@@ -20,6 +20,7 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P10 ``p10_export.py``  COCO export of 2,000 images: images/s, peak RSS against a quarter of the run
 * P13 ``p13_report.py``  ``report`` time and peak RSS at 10k, 100k, 1M synthesized images (JSON and HTML)
 * P14 ``p14_status.py``  ``status`` time and peak RSS at 1M synthesized images
+* P30 ``p30_bombs.py``  seconds to refuse each bomb (tests/fuzz/bombs.py); a process per image ÷ in-process decode
 * P6 (GPU) is ``bench/gpu.sh``, not part of this run.
 
 Run: ``python bench/run.py [--only P1,P5] [--quick] [--strict] [--json FILE]``.
@@ -80,6 +81,7 @@ BENCHES = [
     ("P10", "p10_export.py", ["--images", "2000"], ["--images", "200"]),
     ("P13", "p13_report.py", ["--sizes", "10000,100000,1000000"], ["--sizes", "10000,100000"]),
     ("P14", "p14_status.py", ["--images", "1000000"], ["--images", "100000"]),
+    ("P30", "p30_bombs.py", ["--repeats", "5"], ["--repeats", "1"]),
 ]
 #: what ``--quick`` runs (issue 24): the lines a statement that grows with the run, or memory that does, would move
 QUICK = ("P1", "P5", "P13", "P14", "P15")

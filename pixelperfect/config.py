@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     max_queued_batches: int = Field(default=2000, ge=1)
     min_area: int = Field(default=MIN_AREA, ge=0, description="connected components smaller than this are dropped")
     max_pixels: int = Field(default=50_000_000, ge=1, description="refuse images larger than this (header check)")
+    # What a DICOM object may declare before pydicom reads it (pipeline/decode/limits.py, docs/fuzzing.md): the
+    # deflated syntax's inflated bytes (a 500 KB zlib bomb inflates to 512 MB), sequence nesting (pydicom recurses
+    # per level), data elements (a CR/DX header has hundreds). Over a limit: inflate_limit, too_deep,
+    # too_many_elements.
+    max_inflated_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    max_sequence_depth: int = Field(default=16, ge=1, le=200)
+    max_dicom_elements: int = Field(default=200_000, ge=100)
+    # Seconds one image may spend in decode + preprocess; over it the image ends too_slow and the batch goes on.
+    # Measured after the stage returns (a C codec in a thread cannot be interrupted; a process per image costs
+    # IPC on every image, bench P30); a decode that never returns is ended by the task's pool-process death path
+    # (worker_lost). 0: no budget.
+    decode_budget_s: float = Field(default=60.0, ge=0)
     # Visibility timeout (Redis broker). A message is acknowledged only after its batch finished (late acks); until
     # then Redis keeps it in an "unacked" set, and any worker hands it back to the queue once it is older than this
     # many seconds. That is how the batch of a worker that died with its main process (OOM kill, lost machine) or

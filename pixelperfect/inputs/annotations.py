@@ -43,10 +43,20 @@ def _float(value: str, column: str, where: str) -> float:
 
 def _rows(text: str, columns: tuple[str, ...], name: str) -> Iterable[tuple[str, dict[str, str]]]:
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:  # a stray carriage return in an unquoted field, a field over the csv module's limit
+        raise AnnotationError(f"{name}:{reader.line_num}: not CSV: {exc}") from None
+    missing = [c for c in columns if c not in (fieldnames or [])]
     if missing:
         raise AnnotationError(f"{name}:1: header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}")
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise AnnotationError(f"{name}:{reader.line_num}: not CSV: {exc}") from None
         where = f"{name}:{reader.line_num}"
         if None in row or any(row.get(c) is None for c in columns):
             raise AnnotationError(f"{where}: expected {len(columns)} fields, got a different number")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pixelperfect.storage.base import Entry, ObjectStore, SourceUnavailableError
+from pixelperfect.storage.base import Entry, ObjectStore, SourceUnavailableError, UnsupportedObjectError
 from pixelperfect.storage.dicomkeys import (
     NON_IMAGE_SOP_PREFIXES,
     SEG_SOP_CLASS,
@@ -75,8 +75,30 @@ class Instance:
 
 
 def _value(item: dict[str, Any], tag: str) -> str | None:
-    values = item.get(tag, {}).get("Value")
-    return str(values[0]) if values else None
+    """The first value of ``tag`` in a DICOM JSON object (PS3.18 F.2), ``None`` where the attribute is absent, empty
+    or malformed (not an object, ``Value`` not a list, a value that is itself an object or list)."""
+    attribute = item.get(tag)
+    values = attribute.get("Value") if isinstance(attribute, dict) else None
+    if not isinstance(values, list) or not values or isinstance(values[0], (dict, list)) or values[0] is None:
+        return None
+    return str(values[0])
+
+
+def instances_of_page(page: Any, where: str) -> list[Instance]:
+    """The instances of one QIDO-RS response page (a JSON array of DICOM JSON objects). An item without its three
+    UIDs is skipped, as any malformed attribute is ignored; a page that is not an array of objects raises
+    :class:`~pixelperfect.storage.SourceUnavailableError` (the listing fails with the server's fault named)."""
+    if not isinstance(page, list) or not all(isinstance(item, dict) for item in page):
+        raise SourceUnavailableError(f"QIDO-RS response at {where} is not a JSON array of objects")
+    found = []
+    for item in page:
+        study, series, sop = (_value(item, t) for t in ("0020000D", "0020000E", "00080018"))
+        if study and series and sop:
+            found.append(
+                Instance(f"{study}/{series}/{sop}", _value(item, "00080016") or "", _value(item, "00080060"),
+                         _value(item, "00100020"))
+            )  # fmt: skip
+    return found
 
 
 def _auth(settings: Any) -> Any:
@@ -121,6 +143,7 @@ class DicomwebStore(ObjectStore):
         self.url = f"dicomweb+{self.http_url}"
         session = requests.Session()
         session.auth = _auth(settings)
+        self.session = session
         self.client = DICOMwebClient(self.http_url, session=session, timeout=settings.dicomweb_timeout_s)
         self.client.set_http_retry_params(retry=False)  # one policy: _call's
 
@@ -166,15 +189,7 @@ class DicomwebStore(ObjectStore):
                         limit=size, offset=o, search_filters=dict(s), fields=["PatientID", "Modality"]
                     ),
                 )
-                for item in page:
-                    study, series, sop = (_value(item, t) for t in ("0020000D", "0020000E", "00080018"))
-                    if study and series and sop:
-                        yield Instance(
-                            f"{study}/{series}/{sop}",
-                            _value(item, "00080016") or "",
-                            _value(item, "00080060"),
-                            _value(item, "00100020"),
-                        )
+                yield from instances_of_page(page, self.url)
                 if len(page) < size:
                     break
                 offset += len(page)
@@ -217,8 +232,19 @@ class DicomwebStore(ObjectStore):
             if exc.response is not None and exc.response.status_code in (404, 410):
                 raise InstanceNotFoundError(self.url_for(key)) from None
             raise SourceUnavailableError(f"WADO-RS retrieve at {self.url}: {exc}") from None
+        except (requests.RequestException, SourceUnavailableError):
+            raise
+        except Exception as exc:  # dicomweb-client's multipart or pydicom's parse of the body
+            raise UnsupportedObjectError(
+                "bad_response", f"WADO-RS body for {key} at {self.url} does not parse: {type(exc).__name__}: {exc}"
+            ) from None
         buf = io.BytesIO()
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        try:
+            pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        except Exception as exc:  # a dataset pydicom read but cannot write back (a missing or malformed UID, ...)
+            raise UnsupportedObjectError(
+                "bad_response", f"WADO-RS instance {key} at {self.url} is no valid Part 10 object: {exc}"
+            ) from None
         return buf.getvalue()
 
     # -- STOW-RS -----------------------------------------------------------------------------------------------
@@ -255,6 +281,7 @@ __all__ = [
     "DicomwebStore",
     "Instance",
     "InstanceNotFoundError",
+    "instances_of_page",
     "is_dicomweb_url",
     "service_url",
     "split_key",

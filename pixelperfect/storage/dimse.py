@@ -216,6 +216,19 @@ def _wildcard(pattern: str) -> re.Pattern[str]:
     return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), re.DOTALL)
 
 
+def answer_uid(answer: Any, keyword: str) -> str | None:
+    """A UID of a C-FIND answer, ``None`` when the archive left it out, empty or unreadable (an element of an unknown
+    VR, several values): the answer is then skipped, as QIDO-RS items without their UIDs are."""
+    try:
+        value = answer.get(keyword)
+    except (NotImplementedError, ValueError, TypeError):  # pydicom converts the raw value on first access
+        return None
+    if value is None or not isinstance(value, str):
+        return None
+    value = value.strip(" \x00")
+    return value or None
+
+
 def _answer_matches(answer: Any, combo: Mapping[str, str]) -> bool:
     """Whether an archive's C-FIND answer carries the filter's values (wildcards ``*`` and ``?`` as in DICOM);
     an answer without the attribute does not match, as an instance without it would not. Dates, times and
@@ -226,7 +239,10 @@ def _answer_matches(answer: Any, combo: Mapping[str, str]) -> bool:
     for keyword, pattern in combo.items():
         if dictionary_VR(keyword) in _ARCHIVE_MATCHED_VRS:
             continue
-        value = answer.get(keyword)
+        try:
+            value = answer.get(keyword)
+        except (NotImplementedError, ValueError, TypeError):  # an unreadable value matches nothing
+            return False
         values = [str(v) for v in (value if isinstance(value, MultiValue) else [value]) if v not in (None, "")]
         if not any(_wildcard(pattern).fullmatch(v) for v in values):
             return False
@@ -421,16 +437,20 @@ class DimseStore(ObjectStore):
         link: list[Any] = [None]
         try:
             studies = [
-                (str(a.StudyInstanceUID), str(a.get("PatientID") or "") or None)
+                (study, answer_uid(a, "PatientID"))
                 for a in self._find_all(link, "STUDY", {}, combos["STUDY"], ["PatientID"])
+                if (study := answer_uid(a, "StudyInstanceUID"))
             ]
             for study, patient_id in studies:
                 series = self._find_all(link, "SERIES", {"StudyInstanceUID": study}, combos["SERIES"], [])
-                for one in series:
-                    keys = {"StudyInstanceUID": study, "SeriesInstanceUID": str(one.SeriesInstanceUID)}
+                for one in [uid for a in series if (uid := answer_uid(a, "SeriesInstanceUID"))]:
+                    keys = {"StudyInstanceUID": study, "SeriesInstanceUID": one}
                     for image in self._find_all(link, "IMAGE", keys, combos["IMAGE"], ["SOPClassUID"]):
-                        key = f"{study}/{one.SeriesInstanceUID}/{image.SOPInstanceUID}"
-                        yield Entry(key, image=is_image_sop_class(image.get("SOPClassUID")), patient_id=patient_id)
+                        sop = answer_uid(image, "SOPInstanceUID")
+                        if sop:
+                            image_class = answer_uid(image, "SOPClassUID")
+                            yield Entry(f"{study}/{one}/{sop}", image=is_image_sop_class(image_class),
+                                        patient_id=patient_id)  # fmt: skip
         finally:
             if link[0] is not None:
                 self._release(link[0])

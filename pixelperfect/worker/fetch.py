@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
+from pixelperfect.pipeline.decode.limits import DecodeLimits
+from pixelperfect.pipeline.decode.mask import decode_mask
 from pixelperfect.pipeline.decode.reader import ImageDecodeError, decode_image
 from pixelperfect.pipeline.decode.spacing import resolve_spacing
 from pixelperfect.pipeline.model.protocol import model_input_side
@@ -103,7 +104,8 @@ def fetch_image(
     out.source = data if "dicom-seg" in run.outputs else None
     out.fields = {"content_sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
     try:
-        decoded = decode_image(data, key, max_pixels=rt.settings.max_pixels, model_side=model_side)
+        decoded = decode_image(data, key, max_pixels=rt.settings.max_pixels, model_side=model_side,
+                               limits=decode_limits(rt.settings))  # fmt: skip
     except ImageDecodeError as exc:
         out.fail(exc.reason, str(exc))
         return out
@@ -129,17 +131,27 @@ def fetch_image(
     return out
 
 
+def decode_limits(settings: Any) -> DecodeLimits:
+    """The settings' limits on what a DICOM object may declare (``max_inflated_bytes``, ``max_sequence_depth``,
+    ``max_dicom_elements``)."""
+    return DecodeLimits(settings.max_inflated_bytes, settings.max_sequence_depth, settings.max_dicom_elements)
+
+
+def check_budget(f: FetchedImage, budget_s: float) -> None:
+    """Fail ``f`` with ``too_slow`` when its decode and preprocess took more than ``budget_s`` seconds (0: no
+    budget): its result is dropped, the batch goes on. The stages are timed after they return; see
+    ``Settings.decode_budget_s`` for why nothing is interrupted."""
+    spent = f.timings.get("decode", 0.0) + f.timings.get("preprocess", 0.0)
+    if budget_s > 0 and f.reason is None and spent > budget_s:
+        f.fail("too_slow", f"{f.key}: decode + preprocess took {spent:.1f} s, over the {budget_s:g} s budget")
+
+
 def load_gt_mask(url: str, rt: Runtime, shape: tuple[int, int]) -> np.ndarray:
     """The ground-truth mask at ``url`` as ``(H, W)`` bool (any non-zero pixel is foreground); ``ValueError`` when
-    it does not decode or its size is not ``shape`` ``(H, W)``."""
+    it does not decode or its size is not ``shape`` ``(H, W)`` (checked from its header before it is decoded)."""
     if url.startswith("s3://"):  # the runtime's store per bucket: one S3 client per process, not one per mask
         bucket, _, key = url[len("s3://") :].partition("/")
         data = rt.store(f"s3://{bucket}").get(key)
     else:
         data = read_url(url)
-    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError("ground-truth mask does not decode as an image")
-    if mask.shape != shape:
-        raise ValueError(f"ground-truth mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
-    return mask > 0
+    return decode_mask(data, shape)

@@ -27,7 +27,7 @@ from pixelperfect.pipeline.records import ImageResult, PreparedImage
 from pixelperfect.pipeline.stages import finish_image, predict_images, prepare_image
 from pixelperfect.storage import ObjectStore, join_key, validate_key
 from pixelperfect.worker import pools, segout
-from pixelperfect.worker.fetch import FetchedImage, ImageTodo, decode_side, fetch_image
+from pixelperfect.worker.fetch import FetchedImage, ImageTodo, check_budget, decode_side, fetch_image
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,15 @@ class BatchFlow:
         prompts = self.boxes.get(todo.key, []), self.points.get(todo.key, [])
         f = fetch_image(self.rt, self.run_spec, todo, *prompts, model_side=self.decode_side)
         if f.input is not None:
+            start = time.perf_counter()
             try:
                 f.prepared = prepare_image(f.input, self.run_spec.variants, self.segmenter, self.run_spec.process)
             except MemoryError:
                 raise
             except Exception as exc:  # a preprocessing step that fails on this image fails this image only
                 f.fail("segmentation_error", f"{f.key}: {type(exc).__name__}: {exc}")
+            f.timings["preprocess"] = time.perf_counter() - start
+            check_budget(f, self.rt.settings.decode_budget_s)
         return f
 
     # --- encode -> prompt -> segment (this thread) ------------------------------------------------------------

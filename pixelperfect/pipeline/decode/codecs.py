@@ -446,6 +446,10 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
             array = codec.decode(stream, info, level)
         except Exception:  # this decoder refused the stream: the next one (then pydicom) decides
             continue
+        except BaseException as exc:  # a Rust decoder's panic (pylibjpeg-rle) is no Exception: the same
+            if not is_codec_panic(exc):
+                raise
+            continue
         # a scaling decoder may stop short of level r (Pillow's draft picks 1/4 for some odd sizes): any level up
         # to the one asked for is the original grid at that scale
         sizes = {(math.ceil(info.rows / 2**k), math.ceil(info.columns / 2**k)): 2**k for k in range(level + 1)}
@@ -456,6 +460,12 @@ def decode_frame(syntax: str, stream: bytes, info: FrameInfo, *, model_side: int
         stored = stored_values(array, syntax, replace(info, bits_stored=dataset_bits), precision, stream_signed)
         return StoredFrame(stored, codec.name, sizes[array.shape])
     return None
+
+
+def is_codec_panic(exc: BaseException) -> bool:
+    """A panic inside a Rust decoder (pyo3's ``PanicException``, a ``BaseException``: pylibjpeg-rle 2.x panics with
+    "index out of bounds" on RLE segments that decode past the frame, docs/fuzzing.md): the stream is refused."""
+    return type(exc).__name__ == "PanicException"
 
 
 def stored_values(array: np.ndarray, syntax: str, info: FrameInfo, precision: int, stream_signed: bool) -> np.ndarray:

@@ -31,6 +31,7 @@ from pixelperfect.pipeline.decode.image import (
     UnsupportedImageError,
     is_dicom,
 )
+from pixelperfect.pipeline.decode.limits import DEFAULT_LIMITS, DecodeLimits, frame_bytes_ok, precheck_dicom
 from pixelperfect.pipeline.decode.spacing import dicom_spacing_meta
 from pixelperfect.pipeline.decode.voi import apply_window, display, first_line
 
@@ -93,6 +94,7 @@ def decode_dicom(
     colour_to_grey: bool = False,
     window_index: int = 0,
     model_side: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> DecodedImage:
     """Decode a DICOM object to a display image (see the module docstring for the rules).
 
@@ -103,16 +105,24 @@ def decode_dicom(
     still ``>= model_side`` (:mod:`~pixelperfect.pipeline.decode.codecs`). The pixel count is checked from the
     header before any pixel is decoded. A file in a compressed transfer syntax that a fast decoder takes is read by
     pydicom's element parser for the attributes the decode uses only (:func:`read_header`), with the same result.
+    Before either, :func:`~pixelperfect.pipeline.decode.limits.precheck_dicom` refuses an object over ``limits``
+    (inflated size, sequence depth, element count).
     """
+    precheck_dicom(data, key, limits)
     header = read_header(data)
     if header is not None:
         image = _decode_header(header, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey,
                                window_index=window_index, model_side=model_side)  # fmt: skip
         if image is not None:
             return image
-    parsed = parse_dicom(data, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey)
-    stored = decode_stored(parsed, key, model_side=model_side)
-    return finish_dicom(parsed, stored.array, key, window_index=window_index, scale=stored.scale)
+    try:
+        parsed = parse_dicom(data, key, max_pixels=max_pixels, frame=frame, colour_to_grey=colour_to_grey)
+        stored = decode_stored(parsed, key, model_side=model_side)
+        return finish_dicom(parsed, stored.array, key, window_index=window_index, scale=stored.scale)
+    except NotImplementedError as exc:  # pydicom converts a value on first access: an element of an unknown VR
+        if "Value Representation" not in str(exc):
+            raise
+        raise CorruptImageError(key, "bad_attribute", first_line(exc)) from None
 
 
 #: The attributes the decode reads (checks, stored values, modality rescale, window, spacing, metadata, hashes).
@@ -249,8 +259,8 @@ def parse_dicom(data: bytes, key: str, *, max_pixels: int, frame: int | None, co
 def check_dataset(ds: Any, key: str, *, max_pixels: int, frame: int | None, colour_to_grey: bool) -> ParsedDicom:
     """The checks before any pixel is decoded: a size within ``max_pixels``, the frame choice, greyscale (unless
     ``colour_to_grey``). Raises the typed errors of :mod:`.image`."""
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = _integer(ds, "Rows", 0, key), _integer(ds, "Columns", 0, key)
+    frames = _integer(ds, "NumberOfFrames", 1, key)
     if rows <= 0 or cols <= 0:
         raise CorruptImageError(key, "zero_size", f"Rows x Columns = {rows} x {cols}")
     if rows * cols > max_pixels:
@@ -262,7 +272,12 @@ def check_dataset(ds: Any, key: str, *, max_pixels: int, frame: int | None, colo
     if frame is not None and not 0 <= frame < frames:
         raise UnsupportedImageError(key, "frame_index", f"frame {frame} requested, the object has {frames}")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = _integer(ds, "SamplesPerPixel", 1, key)
+    bits_allocated = _integer(ds, "BitsAllocated", 0, key)
+    if not frame_bytes_ok(rows, cols, samples, bits_allocated, max_pixels):
+        raise UnsupportedImageError(
+            key, "too_large", f"one frame declares {cols}x{rows} px x {samples} samples x {bits_allocated} bits"
+        )
     monochrome = photometric in ("MONOCHROME1", "MONOCHROME2") and samples == 1
     if not monochrome and not colour_to_grey:
         raise UnsupportedImageError(
@@ -277,11 +292,27 @@ def check_dataset(ds: Any, key: str, *, max_pixels: int, frame: int | None, colo
         max_pixels,
         rows=rows,
         columns=cols,
-        bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
-        bits_stored=int(ds.get("BitsStored", 0) or 0),
-        representation=int(ds.get("PixelRepresentation", 0) or 0),
+        bits_allocated=bits_allocated,
+        bits_stored=_integer(ds, "BitsStored", 0, key),
+        representation=_integer(ds, "PixelRepresentation", 0, key),
         syntax=str(ds.file_meta.TransferSyntaxUID),
     )
+
+
+def _integer(ds: Any, keyword: str, default: int, key: str) -> int:
+    """An image pixel attribute as one integer (``default`` when absent or empty). ``bad_attribute`` for a value
+    that is none: several values (``1\\2``), text (an IS of ``"abc"``), infinity, or one below 0 or over 2**32."""
+    value: Any = "(unconvertible)"
+    try:  # pydicom converts the value when it is first read: an IS of "inf" fails there
+        value = ds.get(keyword, None)
+        if value is None or value == "":
+            return default
+        number = int(value)
+    except (TypeError, ValueError, OverflowError, NotImplementedError):  # NotImplementedError: an unknown VR
+        raise CorruptImageError(key, "bad_attribute", f"{keyword} is no single integer: {str(value)[:40]!r}") from None
+    if not 0 <= number < 2**32:
+        raise CorruptImageError(key, "bad_attribute", f"{keyword} = {number} is out of range")
+    return number or default  # 0 frames or samples: one, as before
 
 
 def fast_frame(parsed: ParsedDicom) -> tuple[bytes, codecs.FrameInfo] | None:
@@ -341,7 +372,14 @@ def finish_dicom(
     """Stored values ``arr`` (``(h, w)``, or ``(h, w, 3)`` colour) -> the display image and its metadata.
     ``scale`` > 1: ``arr`` is a reduced decode (the original size is the dataset's Rows x Columns)."""
     ds, photometric = parsed.ds, parsed.photometric
-    meta = _metadata(parsed)
+    expected = (-(-parsed.rows // scale), -(-parsed.columns // scale))
+    if arr.shape[:2] != expected or arr.ndim != (2 if parsed.monochrome else arr.ndim if arr.ndim in (2, 3) else 0):
+        raise CorruptImageError(
+            key,
+            "dicom_pixels",
+            f"the pixels decode to {arr.shape}, the dataset declares {parsed.rows}x{parsed.columns}",
+        )
+    meta = _metadata(parsed, key)
     original = (parsed.rows, parsed.columns)
     if scale != 1:
         meta.update(decoded_shape=[int(arr.shape[0]), int(arr.shape[1])], decode_scale=scale)
@@ -392,6 +430,12 @@ def _decode_pixels(ds: Any, key: str, index: int | None) -> np.ndarray:
         raise CorruptImageError(key, reason, first_line(exc)) from None
     except Exception as exc:
         raise CorruptImageError(key, "dicom_pixels", f"{type(exc).__name__}: {first_line(exc)}") from None
+    except BaseException as exc:  # a Rust plugin's panic (pylibjpeg-rle) is no Exception
+        if not codecs.is_codec_panic(exc):
+            raise
+        raise UnsupportedImageError(
+            key, "codec_error", f"{syntax.name}: the decoder panicked: {first_line(exc)}"
+        ) from None
 
 
 def _package_hint(syntax: str) -> str:
@@ -404,13 +448,30 @@ def _to_luminance(arr: np.ndarray, ds: Any, photometric: str, key: str) -> np.nd
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        arr = apply_color_lut(arr, ds)
+        try:
+            arr = apply_color_lut(arr, ds)
+        except Exception as exc:  # no or a malformed Palette Color Lookup Table module
+            raise CorruptImageError(key, "bad_lut", f"palette colour LUT: {first_line(exc)}") from None
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise UnsupportedImageError(key, "colour", f"cannot read {photometric} pixels of shape {arr.shape}")
     return np.asarray(arr, np.float32) @ _LUMA
 
 
-def _metadata(parsed: ParsedDicom) -> dict[str, Any]:
+def _decimal(ds: Any, keyword: str, default: float, key: str) -> float:
+    """A DS attribute as one number (``default`` when absent or empty); ``bad_attribute`` when it is none,
+    ``nan_pixels`` when it is NaN or infinite."""
+    value: Any = "(unconvertible)"
+    try:
+        value = ds.get(keyword, None)
+        number = default if value is None or value == "" else float(value)
+    except (TypeError, ValueError, OverflowError, NotImplementedError):
+        raise CorruptImageError(key, "bad_attribute", f"{keyword} is no single number: {str(value)[:40]!r}") from None
+    if not np.isfinite(number):  # as the modality LUT's check names it
+        raise CorruptImageError(key, "nan_pixels", f"{keyword} = {number} is not finite")
+    return number
+
+
+def _metadata(parsed: ParsedDicom, key: str) -> dict[str, Any]:
     ds = parsed.ds
 
     def text(tag: str) -> str | None:
@@ -433,7 +494,7 @@ def _metadata(parsed: ParsedDicom) -> dict[str, Any]:
     if parsed.frame is not None:
         meta["frame"] = parsed.frame
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        meta["rescale"] = [float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)]
+        meta["rescale"] = [_decimal(ds, "RescaleSlope", 1.0, key), _decimal(ds, "RescaleIntercept", 0.0, key)]
     for tag, name in HASHED_IDENTIFIERS.items():
         value = text(tag)
         if value:

@@ -11,6 +11,16 @@ import numpy as np
 
 DICOM_MAGIC_OFFSET = 128
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Every ``reason`` a decode error may carry (the table of :mod:`~pixelperfect.pipeline.decode.reader`'s docstring
+#: and :mod:`~pixelperfect.pipeline.decode.limits`'): the fuzz harnesses (``tests/fuzz``) hold the decode to it.
+DECODE_REASONS = frozenset(
+    {
+        "empty", "not_an_image", "not_dicom", "dicom_unreadable", "truncated", "corrupt", "zero_size", "too_large",
+        "too_small", "multi_frame", "frame_index", "colour", "pixel_type", "no_pixel_data", "missing_codec",
+        "codec_error", "dicom_pixels", "bad_lut", "nan_pixels", "bad_attribute", "inflate_limit", "too_deep",
+        "too_many_elements",
+    }
+)  # fmt: skip
 
 
 class ImageDecodeError(Exception):

@@ -19,8 +19,15 @@ pixel_type     a raster pixel type we do not read (e.g. complex, 64-bit)
 no_pixel_data  a DICOM object without pixel data (a report, a plan)
 missing_codec  a compressed DICOM transfer syntax with no installed decoder
 codec_error    the installed decoders all failed on the compressed stream
-dicom_pixels   other DICOM pixel decoding errors; ``bad_lut``/``nan_pixels``: unusable LUT or rescale
+dicom_pixels   other DICOM pixel decoding errors (pixels of another shape than Rows x Columns, ...)
+bad_lut        an unusable modality, VOI or palette colour LUT
+nan_pixels     rescale or LUT values that are NaN, infinite or beyond float32
+bad_attribute  an image pixel attribute that is no single number (an IS of text, several values, an unknown VR)
+inflate_limit  a deflated dataset that inflates past ``max_inflated_bytes`` (:mod:`.limits`, checked first)
+too_deep       sequences nested deeper than ``max_sequence_depth`` (:mod:`.limits`)
+too_many_...   ``too_many_elements``: more data elements than ``max_elements`` (:mod:`.limits`)
 ============== ==================================================================================
+``image.DECODE_REASONS`` is this table as a set; the fuzz harnesses (``tests/fuzz``) hold the decode to it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from pixelperfect.pipeline.decode.image import (
     UnsupportedImageError,
     is_dicom,
 )
+from pixelperfect.pipeline.decode.limits import DEFAULT_LIMITS, DecodeLimits
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -92,6 +100,7 @@ def decode_image(
     colour_to_grey: bool = False,
     window_index: int = 0,
     model_side: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> DecodedImage:
     """Decode ``data`` (the object stored at ``key``) into a :class:`DecodedImage`.
 
@@ -102,7 +111,8 @@ def decode_image(
     ``model_side``: the long side the model will resize the image to (SAM: 1024). When given, a DICOM JPEG 2000
     image is decoded at its smallest resolution level whose long side is still ``>= model_side`` and a JPEG one
     with DCT scaling the same way (see :mod:`~pixelperfect.pipeline.decode.codecs`); :attr:`DecodedImage.original_shape`
-    keeps the stored size. ``None``: full resolution.
+    keeps the stored size. ``None``: full resolution. ``limits``: what a DICOM object may declare before pydicom
+    reads it (:mod:`~pixelperfect.pipeline.decode.limits`: inflated bytes, sequence depth, element count).
     """
     if max_pixels < 1 or min_side < 1 or window_index < 0 or (frame is not None and frame < 0):
         raise ValueError(f"bad decode options: {max_pixels=}, {min_side=}, {frame=}, {window_index=}")
@@ -110,7 +120,7 @@ def decode_image(
         raise ValueError(f"model_side must be >= 1 or None, got {model_side!r}")
     if not data:
         raise CorruptImageError(key, "empty", "the object has 0 bytes")
-    image = _decode_dicom_or_raster(data, key, max_pixels, frame, colour_to_grey, window_index, model_side)
+    image = _decode_dicom_or_raster(data, key, max_pixels, frame, colour_to_grey, window_index, model_side, limits)
     height, width = image.full_shape
     if min(height, width) < min_side:
         raise UnsupportedImageError(key, "too_small", f"{width}x{height} px is below the {min_side} px minimum")
@@ -127,9 +137,15 @@ def _decode_dicom_or_raster(
     colour_to_grey: bool,
     window_index: int,
     model_side: int | None,
+    limits: DecodeLimits,
 ) -> DecodedImage:
     options: dict[str, Any] = {"max_pixels": max_pixels, "frame": frame, "colour_to_grey": colour_to_grey}
-    dicom_options: dict[str, Any] = {**options, "window_index": window_index, "model_side": model_side}
+    dicom_options: dict[str, Any] = {
+        **options,
+        "window_index": window_index,
+        "model_side": model_side,
+        "limits": limits,
+    }
     if is_dicom(data) or (key.lower().endswith((".dcm", ".dicom")) and _raster_format(data) is None):
         return decode_dicom(data, key, **dicom_options)
     if _looks_like_bare_dicom(data):

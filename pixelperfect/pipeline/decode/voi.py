@@ -125,7 +125,10 @@ def _display_values(
         if photometric == "MONOCHROME1":
             present = _present(values, values_in, index)
             values = present.max() + present.min() - values
-        return values.astype(np.float32)
+        out = values.astype(np.float32)
+        if not np.isfinite(_present(out, values_in, index)).all():  # finite in float64, beyond float32's range
+            raise CorruptImageError(key, "nan_pixels", "the modality values exceed the float32 range")
+        return out
     if photometric == "MONOCHROME1":
         display = 255.0 - display
     return np.clip(display + 0.5, 0, 255).astype(np.uint8)
@@ -174,15 +177,18 @@ def _window(ds: Any, index: int) -> tuple[float, float, str, int] | None:
         return None
     from pydicom.multival import MultiValue
 
-    centres, widths = (
-        [*v] if isinstance(v, (MultiValue, list, tuple)) else [v] for v in (ds.WindowCenter, ds.WindowWidth)
-    )
-    count = min(len(centres), len(widths))
-    if count == 0:
+    try:  # a window that does not read as numbers (pydicom converts on first access) is ignored, as below
+        centres, widths = (
+            [*v] if isinstance(v, (MultiValue, list, tuple)) else [v] for v in (ds.WindowCenter, ds.WindowWidth)
+        )
+        count = min(len(centres), len(widths))
+        if count == 0:
+            return None
+        index = index if index < count else 0
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        centre, width = float(centres[index]), float(widths[index])
+    except (TypeError, ValueError, OverflowError):
         return None
-    index = index if index < count else 0
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    centre, width = float(centres[index]), float(widths[index])
     if not (np.isfinite(centre) and np.isfinite(width)) or width <= 0 or (function == "LINEAR" and width < 1):
         return None  # an invalid window is ignored, as viewers do
     return centre, width, function, index

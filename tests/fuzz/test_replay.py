@@ -1,0 +1,204 @@
+"""Every harness's seed corpus and every past finding through the harness contract, in plain pytest (no atheris):
+a regression fails here on any machine. Each finding's input is generated in its test (docs/fuzzing.md lists them)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from pixelperfect.inputs.annotations import AnnotationError, parse_annotations
+from pixelperfect.pipeline.decode.dicom import ParsedDicom, finish_dicom
+from pixelperfect.pipeline.decode.image import DECODE_REASONS, ImageDecodeError
+from pixelperfect.pipeline.decode.reader import decode_image
+from pixelperfect.storage.base import SourceUnavailableError
+from pixelperfect.storage.dicomweb import instances_of_page
+from tests.fuzz import harnesses, seeds
+from tests.fuzz.bombs import _explicit, _meta
+
+
+@pytest.mark.parametrize("name", list(harnesses.HARNESSES))
+def test_seed_corpus_keeps_the_contract(name: str) -> None:
+    items = seeds.seeds(name)
+    assert len(items) >= 3
+    for label, data in items:
+        try:
+            harnesses.run_one(name, data)
+        except Exception as exc:  # pragma: no cover - the assertion names the seed
+            raise AssertionError(f"seed {label} of {name}: {type(exc).__name__}: {exc}") from exc
+
+
+def test_the_decode_seeds_decode_and_fail_as_documented() -> None:
+    """The seeds are not all failures: the phantoms of every transfer syntax decode."""
+    decoded, reasons = 0, set()
+    for _, data in seeds.seeds("decode"):
+        try:
+            decode_image(data[1:], "seed" + harnesses.SUFFIXES[data[0] % len(harnesses.SUFFIXES)])
+            decoded += 1
+        except ImageDecodeError as exc:
+            reasons.add(exc.reason)
+    assert decoded >= 10
+    assert reasons <= DECODE_REASONS and {"truncated", "too_large"} <= reasons
+
+
+# ---------------------------------------------------------------------------------- findings (docs/fuzzing.md)
+
+
+def _film(*extra: tuple[int, bytes, bytes], rows: int = 16, cols: int = 16, photometric: bytes = b"MONOCHROME2 ",
+          bits: int = 16) -> bytes:  # fmt: skip
+    us = lambda v: struct.pack("<H", v)  # noqa: E731
+    elements = [
+        (0x00280002, b"US", us(1)),
+        (0x00280004, b"CS", photometric),
+        (0x00280010, b"US", us(rows)),
+        (0x00280011, b"US", us(cols)),
+        (0x00280100, b"US", us(bits)),
+        (0x00280101, b"US", us(bits)),
+        (0x00280103, b"US", us(0)),
+        *extra,
+        (0x7FE00010, b"OW", bytes(rows * cols * bits // 8)),
+    ]
+    return _meta("1.2.840.10008.1.2.1") + b"".join(_explicit(*e) for e in sorted(elements))
+
+
+def _reason(data: bytes, **options: object) -> str:
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(data, "finding.dcm", **options)  # type: ignore[arg-type]
+    return caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "value", [b"12abc ", b"1\\2 ", b"inf ", b"-3"], ids=["text", "multi-valued", "infinity", "negative"]
+)
+def test_finding_1_number_of_frames_that_is_no_integer(value: bytes) -> None:
+    """F1-F3: an IS NumberOfFrames of text, several values or infinity raised ValueError / TypeError /
+    OverflowError out of the decode."""
+    assert _reason(_film((0x00280008, b"IS", value))) == "bad_attribute"
+
+
+def test_finding_4_palette_colour_without_its_lut() -> None:
+    """F4: PALETTE COLOR with no Palette Color LUT module raised pydicom's ValueError."""
+    film = _film(photometric=b"PALETTE COLOR ", bits=8)
+    assert _reason(film, colour_to_grey=True) == "bad_lut"
+    assert _reason(film) == "colour"
+
+
+@pytest.mark.parametrize(
+    "value,reason",
+    [(b"OB)d ", "bad_attribute"), (b"1\\2 ", "bad_attribute"), (b"inf ", "nan_pixels")],
+    ids=["text", "multi-valued", "infinity"],
+)
+def test_finding_5_rescale_that_is_no_number(value: bytes, reason: str) -> None:
+    """F5: a RescaleSlope of text raised ValueError from the metadata (infinity stays ``nan_pixels``, as the
+    modality LUT's check and tests/faults name it)."""
+    film = _film((0x00281052, b"DS", b"0 "), (0x00281053, b"DS", value))
+    assert _reason(film) == reason
+
+
+def test_finding_6_rescale_beyond_float32() -> None:
+    """F6: RescaleIntercept -1e308 without a VOI gave -inf float32 pixels (finite in float64)."""
+    film = _film((0x00281052, b"DS", b"-1e308"), (0x00281053, b"DS", b"0.5 "))
+    assert _reason(film) == "nan_pixels"
+
+
+def test_finding_7_pixels_of_another_shape_than_declared() -> None:
+    """F7: a stored array of another shape than Rows x Columns (pydicom read frames the dataset did not count)
+    came out as a 3-D "image"."""
+    from pydicom.dataset import Dataset
+
+    parsed = ParsedDicom(Dataset(), 1, None, "MONOCHROME2", True, rows=8, columns=32, bits_allocated=16)
+    with pytest.raises(ImageDecodeError) as caught:
+        finish_dicom(parsed, np.zeros((8, 32, 13), np.uint16), "finding.dcm")
+    assert caught.value.reason == "dicom_pixels"
+
+
+def test_finding_11_an_element_of_an_unknown_vr() -> None:
+    """F11: PixelRepresentation written with the VR bytes ``U\\x13``: pydicom's NotImplementedError ("Unknown Value
+    Representation") when the value was first read."""
+    film = _film().replace(struct.pack("<HH", 0x0028, 0x0103) + b"US", struct.pack("<HH", 0x0028, 0x0103) + b"U\x13")
+    assert _reason(film) == "bad_attribute"
+
+
+def _rle_segments_longer_than_the_frame() -> bytes:
+    """A 64 x 64 RLE Lossless phantom whose Columns says 56: its segments decode past the 64 x 56 frame."""
+    from pixelperfect.synthetic.archive_phantoms import archive_phantom
+
+    data = bytearray(archive_phantom("rle", 0, shape=(64, 64))[0])
+    columns = data.find(struct.pack("<HH", 0x0028, 0x0011) + b"US")
+    data[columns + 8 : columns + 10] = struct.pack("<H", 56)
+    return bytes(data)
+
+
+def test_finding_8_rle_decoder_panic() -> None:
+    """F8: pylibjpeg-rle (Rust) panics "index out of bounds" on a segment that decodes past its frame; the panic
+    is a BaseException (pyo3's PanicException) and went through every ``except Exception``."""
+    assert _reason(_rle_segments_longer_than_the_frame()) == "codec_error"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["patientId,x,y,width,height,Target\na\rb,1,2,3,4,1\n", "patientId,x\ry\n", "key,x1\n" + "x" * 200_000 + "\n"],
+    ids=["cr-in-row", "cr-in-header", "field-over-csv-limit"],
+)
+def test_finding_9_csv_errors_are_annotation_errors(text: str) -> None:
+    """F9: the csv module's own errors (a carriage return inside an unquoted field) escaped as ``_csv.Error``."""
+    with pytest.raises(AnnotationError, match=r"not CSV|header lacks"):
+        parse_annotations(text, "rsna" if text.startswith("patientId") else "csv", "labels.csv")
+
+
+@pytest.mark.parametrize(
+    "page",
+    [{"0020000D": {}}, [1, 2], [{"0020000D": []}], [{"0020000D": {"Value": "1.2"}}], [{"0020000D": {"Value": [{}]}}]],
+    ids=["object", "numbers", "attribute-list", "value-string", "value-object"],
+)
+def test_finding_10_malformed_qido_pages(page: object) -> None:
+    """F10 (found reading the code for the harness): a QIDO-RS page that is not an array of DICOM JSON objects
+    raised AttributeError / KeyError out of the listing; attributes of the wrong shape were indexed as strings."""
+    try:
+        found = instances_of_page(page, "test")
+    except SourceUnavailableError:
+        return
+    assert found == []
+
+
+def test_the_dicomweb_harness_reads_a_malformed_wado_body_as_bad_response() -> None:
+    harnesses.dicomweb(b"\xff" + harnesses.wado_body(b"\x00" * 200))
+    harnesses.dicomweb(b"\xff" + b"--nothing--")
+
+
+def test_the_contract_catches_what_it_should() -> None:
+    """The harness contract itself: an undocumented reason, a 3-D image, NaN pixels are findings."""
+    with pytest.raises(harnesses.Finding):
+        harnesses.check_reason(ImageDecodeError("k", "oops", "undocumented"))
+
+    class Image:
+        def __init__(self, pixels: np.ndarray) -> None:
+            self.pixels, self.full_shape = pixels, pixels.shape[:2]
+
+    with pytest.raises(harnesses.Finding):
+        harnesses.check_image(Image(np.zeros((4, 4, 3), np.uint8)))
+    with pytest.raises(harnesses.Finding):
+        harnesses.check_image(Image(np.full((4, 4), np.nan, np.float32)))
+    harnesses.check_image(Image(np.zeros((4, 4), np.uint16)))
+
+
+def test_finding_12_cfind_answers_without_their_uids() -> None:
+    """F12 (found writing the DIMSE harness): a C-FIND answer without StudyInstanceUID / SeriesInstanceUID /
+    SOPInstanceUID raised AttributeError out of the listing (``a.StudyInstanceUID``); now it is skipped."""
+    import io
+
+    from pydicom.dataset import Dataset
+    from pydicom.filereader import read_dataset
+
+    from pixelperfect.storage.dimse import _answer_matches, answer_uid
+
+    answer = Dataset()
+    answer.SOPInstanceUID = "1.2.3"
+    assert answer_uid(answer, "StudyInstanceUID") is None
+    assert answer_uid(answer, "SOPInstanceUID") == "1.2.3"
+    answer.StudyInstanceUID = ""
+    assert answer_uid(answer, "StudyInstanceUID") is None
+    raw = struct.pack("<HHI", 0x0008, 0x0060, 2) + b"DX"  # Modality, implicit VR
+    assert _answer_matches(read_dataset(io.BytesIO(raw), True, True), {"Modality": "D*"})
+    assert not _answer_matches(read_dataset(io.BytesIO(raw), True, True), {"Modality": "CR"})
