@@ -69,7 +69,7 @@ class SubmitRequest:
     points: str | None = None  # points mode: CSV key,x,y[,label] (path or URL)
     manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
-    outputs: Sequence[str] = ("png",)  # png | png,dicom-seg
+    outputs: Sequence[str] = ("png",)  # png | png,dicom-seg | png,dicom-seg,dicom-sr
     stow_to: str | None = None  # dicomweb+http://… (STOW-RS) or dimse://… (C-STORE): target of the DICOM-SEG objects
     filters: Sequence[str] = ()  # DICOM archive sources: attribute filters, e.g. Modality=CR,DX
     process: ProcessSettings = field(default_factory=ProcessSettings)
@@ -134,7 +134,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
     checkpoint, sha = _checkpoint(model, req.checkpoint or settings.checkpoint, settings)
     process = replace(req.process, prompt_mode=prompt_mode(req, model))
     try:
-        archive = archive_settings(req.source, req.outputs, req.stow_to, req.filters)
+        archive = archive_settings(req.source, req.outputs, req.stow_to, req.filters, settings.research_use)
     except ValueError as exc:
         raise SubmitError(str(exc)) from None
     return {

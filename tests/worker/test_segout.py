@@ -69,7 +69,8 @@ def test_seg_error_keeps_masks_and_retry_seg_rebuilds(
     assert restow("segs", settings).stowed == len(rows)
     with session_scope(settings.database_url) as s:
         assert seg_repo.seg_counts(s, run_id=1) == {"stored": len(rows), "seg_error": 0, "stowed": len(rows),
-                                                    "stow_failed": 0}  # fmt: skip
+                                                    "stow_failed": 0, "sr_stored": 0, "sr_error": 0, "sr_stowed": 0,
+                                                    "sr_stow_failed": 0}  # fmt: skip
     assert len(orthanc.studies() - orthanc.studies_before) == len(with_segments)
 
     from pixelperfect.export import export_run
