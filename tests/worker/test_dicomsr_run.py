@@ -1,0 +1,96 @@
+"""An embedded run with ``--output png,dicom-seg,dicom-sr`` over DICOM files, sending to the real Orthanc: one SR
+per image and variant stored, recorded, STOWed, found by QIDO (exactly one per image and variant), its measurements
+those SQL holds; an SR that cannot be built leaves the image done and its SEG stored (``sr_error``), and ``retry
+--seg`` rebuilds it; a refused STOW is sent again by ``retry``."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from pixelperfect.db import segs as seg_repo
+from pixelperfect.db.models import Image, Segment, SegObject
+from pixelperfect.db.session import session_scope
+from pixelperfect.embedded import submit
+from pixelperfect.monitor import run_status
+from pixelperfect.pipeline.output.dicomsr import SrBuildError
+from pixelperfect.producer.enqueue import SubmitRequest
+from pixelperfect.storage import read_url
+from pixelperfect.worker import segout
+from pixelperfect.worker.segretry import rebuild_segs, restow
+from tests.conftest import embedded_settings
+from tests.orthanc import ORTHANC, Orthanc, OrthancProxy, dicom_phantoms
+from tests.pipeline.output.test_dicomsr import dciodvfy_errors
+
+pytestmark = pytest.mark.integration
+
+
+def _qido_srs(study: str) -> list[dict[str, object]]:
+    reply = requests.get(f"{ORTHANC}/dicom-web/studies/{study}/instances", params={"Modality": "SR"}, timeout=30)
+    reply.raise_for_status()
+    return list(reply.json()) if reply.text.strip() else []
+
+
+def test_sr_per_image_is_stored_sent_and_reads_back(
+    tmp_path: Path, orthanc: Orthanc, orthanc_proxy: OrthancProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import highdicom as hd
+
+    dicom_phantoms(tmp_path / "archive", 3, seed=71)
+    settings = embedded_settings(tmp_path)
+
+    def refuse(*_: object, **__: object) -> None:
+        raise SrBuildError("injected: highdicom refused the SR")
+
+    monkeypatch.setattr(segout, "build_sr", refuse)
+    orthanc_proxy.failing = "/dicom-web/studies"  # STOW answers 503: recorded per instance
+    req = SubmitRequest(source=str(tmp_path / "archive" / "images"), run="srs", variants=["raw", "clahe"],
+                        annotations=str(tmp_path / "archive" / "labels.csv"), outputs=("png,dicom-sr",),
+                        stow_to=orthanc_proxy.url)  # fmt: skip
+    submit(req, settings)
+    with session_scope(settings.database_url) as s:
+        assert {i.status for i in s.scalars(select(Image))} == {"done"}
+        objects = list(s.scalars(select(SegObject)))
+        assert objects and all(o.object_key and o.sr_key is None for o in objects)  # the SEG is kept
+        assert all(o.sr_error == "injected: highdicom refused the SR" for o in objects)
+        counts = seg_repo.seg_counts(s, run_id=1)
+    assert counts["sr_error"] == counts["stored"] == len(objects) and counts["stow_failed"] == len(objects)
+    assert run_status("srs", settings)["dicom"]["sr_error"] == len(objects)
+
+    monkeypatch.undo()
+    report = rebuild_segs("srs", settings)  # SEG and SR again from the stored masks: no model
+    assert report.rebuilt == len(objects) and report.sr_failed == 0
+    orthanc_proxy.failing = None
+    sent = restow("srs", settings)
+    assert sent.stow_failed == 0 and sent.stowed == 2 * len(objects)  # every SEG and SR
+    with session_scope(settings.database_url) as s:
+        counts = seg_repo.seg_counts(s, run_id=1)
+        objects = list(s.scalars(select(SegObject)))
+        segments = {(g.image_id, g.variant, g.prompt_index): g for g in s.scalars(select(Segment))}
+        images = {i.id: i for i in s.scalars(select(Image))}
+    assert counts["sr_stored"] == counts["sr_stowed"] == len(objects) and counts["sr_error"] == 0
+
+    studies: dict[str, set[str]] = {}
+    for o in objects:
+        data = read_url(o.sr_key or "")
+        assert dciodvfy_errors(data, tmp_path, "sr.dcm") == []
+        sr = hd.sr.srread(io.BytesIO(data))
+        assert sr.SOPInstanceUID == o.sr_sop_instance_uid
+        for number, group in enumerate(sr.content.get_planar_roi_measurement_groups()):
+            row = segments[(o.image_id, o.variant, number)]
+            got = {m.name.value: m.value for m in group.get_measurements()}
+            assert got["PP0001"] == pytest.approx(row.score, abs=1e-9)  # the value SQL holds
+            assert got["PP0002"] == pytest.approx(row.stability, abs=1e-9)
+            if row.dice is not None:
+                assert got["PP0005"] == pytest.approx(row.dice, abs=1e-9)
+            spacing = (images[o.image_id].meta or {}).get("spacing_mm")
+            area_px = row.area * (spacing[0] * spacing[1] if spacing else 1.0)
+            assert got["42798000"] == pytest.approx(area_px, rel=1e-9)  # masks at the source's size
+        studies.setdefault(str(sr.StudyInstanceUID), set()).add(str(sr.SOPInstanceUID))
+    for study, ours in studies.items():  # exactly one SR per image and variant in the PACS
+        found = [str(i["00080018"]["Value"][0]) for i in _qido_srs(study)]  # type: ignore[index]
+        assert sorted(found) == sorted(ours)
