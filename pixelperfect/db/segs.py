@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from pixelperfect.db.models import Image, ImageStatus, Segment, SegObject, utcnow
@@ -145,3 +145,31 @@ def stowed_segs(session: Session, *, run_id: int, chunk: int = 5_000) -> Iterato
             yield str(key), str(variant), str(uid or "")
         if sr_status == "stored":
             yield str(key), str(variant), str(sr_uid or "")
+
+
+#: The segment scores ``pixelperfect review --below`` may name (higher is better for each).
+REVIEW_METRICS = ("score", "stability", "consistency_iou", "consistency_iou_base", "dice", "iou", "nsd", "box_iou")
+
+
+def below_thresholds(
+    session: Session, *, run_id: int, below: dict[str, float], chunk: int = 5_000
+) -> Iterator[tuple[str, str, int, dict[str, float], str | None]]:
+    """``(image key, variant, prompt index, {metric: value below its threshold}, SEG SOPInstanceUID)`` of every
+    segment of the run's done images with a named metric below its threshold, in image key order, streamed (SQL
+    only: one indexed pass over the run's segments, no pixels)."""
+    unknown = [m for m in below if m not in REVIEW_METRICS]
+    if unknown or not below:
+        raise ValueError(f"--below {', '.join(unknown) or '(none)'}: choose from {', '.join(REVIEW_METRICS)}")
+    columns = [getattr(Segment, m) for m in below]
+    condition = or_(*(getattr(Segment, m) < t for m, t in below.items()))
+    stmt = (
+        select(Image.key, Segment.variant, Segment.prompt_index, SegObject.sop_instance_uid, *columns)
+        .join(Image, Image.id == Segment.image_id)
+        .outerjoin(SegObject, (SegObject.image_id == Segment.image_id) & (SegObject.variant == Segment.variant))
+        .where(Segment.run_id == run_id, Image.status == ImageStatus.done.value, condition)
+        .order_by(Image.key, Segment.variant, Segment.prompt_index)
+        .execution_options(yield_per=chunk)
+    )
+    for key, variant, prompt, seg_uid, *values in session.execute(stmt):
+        low = {m: float(v) for (m, t), v in zip(below.items(), values, strict=True) if v is not None and v < t}
+        yield str(key), str(variant), int(prompt), low, seg_uid

@@ -221,6 +221,20 @@ class DicomwebStore(ObjectStore):
         pydicom.dcmwrite(buf, ds, enforce_file_format=True)
         return buf.getvalue()
 
+    def header(self, key: str) -> Any:
+        """The instance's attributes from WADO-RS metadata (JSON, no bulk data): a pydicom ``Dataset``."""
+        import pydicom
+        import requests
+
+        study, series, sop = split_key(key)
+        try:
+            found = self._call("WADO-RS metadata", lambda: self.client.retrieve_instance_metadata(study, series, sop))
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code in (404, 410):
+                raise InstanceNotFoundError(self.url_for(key)) from None
+            raise SourceUnavailableError(f"WADO-RS metadata at {self.url}: {exc}") from None
+        return pydicom.Dataset.from_json(found)
+
     # -- STOW-RS -----------------------------------------------------------------------------------------------
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         import pydicom

@@ -5,9 +5,11 @@ those SQL holds; an SR that cannot be built leaves the image done and its SEG st
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 from sqlalchemy import select
@@ -17,8 +19,10 @@ from pixelperfect.db.models import Image, Segment, SegObject
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import submit
 from pixelperfect.monitor import run_status
+from pixelperfect.pipeline.output.dicomkos import REJECTION_TITLES
 from pixelperfect.pipeline.output.dicomsr import SrBuildError
 from pixelperfect.producer.enqueue import SubmitRequest
+from pixelperfect.review import review_run
 from pixelperfect.storage import read_url
 from pixelperfect.worker import segout
 from pixelperfect.worker.segretry import rebuild_segs, restow
@@ -29,8 +33,12 @@ from tests.pipeline.output.test_dicomsr import dciodvfy_errors
 pytestmark = pytest.mark.integration
 
 
-def _qido_srs(study: str) -> list[dict[str, object]]:
-    reply = requests.get(f"{ORTHANC}/dicom-web/studies/{study}/instances", params={"Modality": "SR"}, timeout=30)
+def _study_of(url: str) -> str:
+    return str(pydicom.dcmread(io.BytesIO(read_url(url)), stop_before_pixels=True).StudyInstanceUID)
+
+
+def _qido(study: str, modality: str) -> list[dict[str, object]]:
+    reply = requests.get(f"{ORTHANC}/dicom-web/studies/{study}/instances", params={"Modality": modality}, timeout=30)
     reply.raise_for_status()
     return list(reply.json()) if reply.text.strip() else []
 
@@ -92,5 +100,31 @@ def test_sr_per_image_is_stored_sent_and_reads_back(
             assert got["42798000"] == pytest.approx(area_px, rel=1e-9)  # masks at the source's size
         studies.setdefault(str(sr.StudyInstanceUID), set()).add(str(sr.SOPInstanceUID))
     for study, ours in studies.items():  # exactly one SR per image and variant in the PACS
-        found = [str(i["00080018"]["Value"][0]) for i in _qido_srs(study)]  # type: ignore[index]
+        found = [str(i["00080018"]["Value"][0]) for i in _qido(study, "SR")]  # type: ignore[index]
         assert sorted(found) == sorted(ours)
+
+    # review: every segment below score 2 (all of them), one KOS per study, stored, sent, found by QIDO
+    with pytest.raises(ValueError, match="choose from"):
+        review_run("srs", settings, below={"area": 1.0})
+    assert review_run("srs", settings, below={"score": -1.0}, out=str(tmp_path / "none.csv")).studies == 0
+    stats = review_run("srs", settings, below={"score": 2.0}, out=str(tmp_path / "review.csv"), stow_to=orthanc.url)
+    rows = list(csv.DictReader((tmp_path / "review.csv").open()))
+    assert len(rows) == stats.segments == len(segments) and not stats.errors
+    assert {r["seg_sop_instance_uid"] for r in rows} == {o.sop_instance_uid for o in objects}
+    assert stats.studies == len(studies) == stats.stowed == len(stats.kos)
+    for url in stats.kos:
+        data = read_url(url)
+        assert dciodvfy_errors(data, tmp_path, "kos.dcm") == []
+        kos = pydicom.dcmread(io.BytesIO(data))
+        title = kos.ConceptNameCodeSequence[0]
+        assert (title.CodeValue, title.CodingSchemeDesignator) == ("113000", "DCM") and kos.Modality == "KO"
+        assert title.CodeValue not in REJECTION_TITLES
+        refs = {str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in kos.ContentSequence
+                if i.ValueType in ("IMAGE", "COMPOSITE")}  # fmt: skip
+        study = str(kos.StudyInstanceUID)
+        segs_here = {o.sop_instance_uid for o in objects if o.sr_key and _study_of(o.sr_key) == study}
+        assert segs_here and segs_here <= refs  # the SEGs of the study's images are selected too
+        text = [i.TextValue for i in kos.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "113012"]
+        assert text and "score" in text[0] and "< 2" in text[0] and text[0].startswith("RESEARCH USE ONLY")
+        found = [str(i["00080018"]["Value"][0]) for i in _qido(study, "KO")]  # type: ignore[index]
+        assert found == [str(kos.SOPInstanceUID)]
