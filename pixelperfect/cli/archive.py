@@ -47,16 +47,24 @@ def export(
     fmt: str = typer.Option("coco", "--format", help="coco (JSON, RLE masks) or csv (one row per segment)"),
     out: str = typer.Option(..., "--out", help="output file: a path, file:// or s3:// URL"),
     variant: str | None = typer.Option(None, "--variant", help="only this preprocessing variant"),
+    deidentify: bool = typer.Option(
+        False, "--deidentify", help="replace UIDs and keys by stable pseudonyms per run (PS3.15 basic profile)"
+    ),
+    mapping: str | None = typer.Option(
+        None, "--mapping", help="where --deidentify writes pseudonym -> original (default OUT.mapping.csv)"
+    ),
 ) -> None:
     """Export a run's segments for training pipelines: COCO RLE masks with scores, or a flat CSV (streamed)."""
     from pixelperfect.export import export_run
 
     settings = command_settings()
     try:
-        stats = export_run(run, settings, fmt=fmt, out=out, variant=variant)
+        stats = export_run(run, settings, fmt=fmt, out=out, variant=variant, deidentify=deidentify, mapping=mapping)
     except (LookupError, ValueError) as exc:
         fail(str(exc))
     console.print(f"run [bold]{run}[/]: {stats.images} images, {stats.annotations} segments -> {out}")
+    if stats.mapping:
+        console.print(f"pseudonyms -> originals in {stats.mapping}: keep it apart from the export")
 
 
 def retry_segs(run: str, settings: Settings) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import pydicom
@@ -18,6 +19,7 @@ from pixelperfect.db import segs as seg_repo
 from pixelperfect.db.models import Image, Segment, SegObject
 from pixelperfect.db.session import session_scope
 from pixelperfect.embedded import submit
+from pixelperfect.export import export_run
 from pixelperfect.monitor import run_status
 from pixelperfect.pipeline.output.dicomkos import REJECTION_TITLES
 from pixelperfect.pipeline.output.dicomsr import SrBuildError
@@ -27,7 +29,7 @@ from pixelperfect.storage import read_url
 from pixelperfect.worker import segout
 from pixelperfect.worker.segretry import rebuild_segs, restow
 from tests.conftest import embedded_settings
-from tests.orthanc import ORTHANC, Orthanc, OrthancProxy, dicom_phantoms
+from tests.orthanc import ORTHANC, PHI, Orthanc, OrthancProxy, dicom_phantoms
 from tests.pipeline.output.test_dicomsr import dciodvfy_errors
 
 pytestmark = pytest.mark.integration
@@ -44,11 +46,15 @@ def _qido(study: str, modality: str) -> list[dict[str, object]]:
 
 
 def test_sr_per_image_is_stored_sent_and_reads_back(
-    tmp_path: Path, orthanc: Orthanc, orthanc_proxy: OrthancProxy, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    orthanc: Orthanc,
+    orthanc_proxy: OrthancProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import highdicom as hd
 
-    dicom_phantoms(tmp_path / "archive", 3, seed=71)
+    dicom_phantoms(tmp_path / "archive", 3, seed=71, phi=True)
     settings = embedded_settings(tmp_path)
 
     def refuse(*_: object, **__: object) -> None:
@@ -128,3 +134,38 @@ def test_sr_per_image_is_stored_sent_and_reads_back(
         assert text and "score" in text[0] and "< 2" in text[0] and text[0].startswith("RESEARCH USE ONLY")
         found = [str(i["00080018"]["Value"][0]) for i in _qido(study, "KO")]  # type: ignore[index]
         assert found == [str(kos.SOPInstanceUID)]
+
+    # exports: provenance in COCO's info; --deidentify replaces keys by stable pseudonyms, mapping kept apart
+    keys = sorted(i.key for i in images.values())
+    plain = export_run("srs", settings, fmt="coco", out=str(tmp_path / "plain.json"))
+    info = json.loads((tmp_path / "plain.json").read_text())["info"]
+    assert info["contains_uids"] is True and info["manufacturer"] == "PixelPerfect" and info["run"] == "srs"
+    assert info["device_uid"].startswith("1.2.826.0.1.3680043.8.498.") and info["code_version"]
+    deid = export_run("srs", settings, fmt="coco", out=str(tmp_path / "deid.json"), deidentify=True)
+    assert deid.mapping == str(tmp_path / "deid.json") + ".mapping.csv" and plain.annotations == deid.annotations
+    coco = json.loads((tmp_path / "deid.json").read_text())
+    assert coco["info"]["contains_uids"] is False and coco["info"]["deidentified"] is True
+    names = sorted(i["file_name"] for i in coco["images"])
+    assert len(names) == len(keys) and not set(names) & set(keys)
+    assert all(a["seg_url"] is None for a in coco["annotations"])
+    mapping = {r["pseudonym"]: r["original"] for r in csv.DictReader(Path(deid.mapping or "").read_text().splitlines())}
+    assert sorted(mapping[n] for n in names) == keys
+    export_run("srs", settings, fmt="csv", out=str(tmp_path / "deid.csv"), deidentify=True)
+    text = (tmp_path / "deid.csv").read_text().splitlines()
+    rows = list(csv.DictReader(line for line in text if not line.startswith("#")))
+    assert rows and {r["image_key"] for r in rows} <= set(names)  # the same pseudonyms in a second export
+    assert all(r["mask_url"] == "" and r["seg_url"] == "" for r in rows)
+    exported = (tmp_path / "deid.json").read_text() + (tmp_path / "deid.csv").read_text()
+    for key in keys:
+        assert key not in exported and Path(key).stem not in exported
+
+    # PHI hygiene over the new outputs: SQL, logs, the review list and the exports hold no patient identifier
+    sinks = {
+        "sql": Path(settings.database_url.removeprefix("sqlite:///")).read_bytes().decode("latin-1"),
+        "logs": caplog.text,
+        "review": (tmp_path / "review.csv").read_text(),
+        "exports": exported + (tmp_path / "plain.json").read_text(),
+    }
+    for name, content in sinks.items():
+        for value in (PHI["PatientID"], PHI["PatientBirthDate"], "Doe^Jane", "Secret"):
+            assert value not in content, f"{value!r} reached {name}"

@@ -85,5 +85,7 @@ def test_seg_error_keeps_masks_and_retry_seg_rebuilds(
     to_s3 = settings.model_copy(update={"s3_endpoint_url": s3_server.endpoint})
     stats = export_run("segs", to_s3, fmt="csv", out=f"s3://{s3_bucket}/exports/segs.csv")
     body = s3_server.client().get_object(Bucket=s3_bucket, Key="exports/segs.csv")["Body"].read().decode()
-    lines = body.strip().splitlines()
+    header = [line for line in body.strip().splitlines() if line.startswith("# ")]
+    lines = [line for line in body.strip().splitlines() if not line.startswith("# ")]
     assert lines[0].startswith("image_key,width,height,variant") and len(lines) == 1 + stats.annotations
+    assert "# contains_uids: True" in header and "# manufacturer: PixelPerfect" in header
