@@ -43,7 +43,7 @@ from pixelperfect.producer.stream import (
     chunked,
     queue_length,
 )
-from pixelperfect.storage import read_url
+from pixelperfect.storage import is_archive_url, read_url
 from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,23 @@ def _checkpoint(model: str, checkpoint: str | None, settings: Settings) -> tuple
     except Exception as exc:
         raise SubmitError(f"cannot read checkpoint {checkpoint}: {exc}") from None
     return url, hashlib.sha256(data).hexdigest()  # as the worker's check (pipeline.models.sha256_hex)
+
+
+#: Key suffixes of DICOM files in a directory or bucket (an archive's keys have none).
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _check_dicom_outputs(source: str, outputs: Any, first: list[str]) -> None:
+    """``dicom-seg`` / ``dicom-sr`` reference their source instance: refused for a source whose first chunk of
+    keys holds no DICOM file (an archive is DICOM by its URL)."""
+    wanted = [o for o in outputs if o.startswith("dicom-")]
+    if not wanted or is_archive_url(source):
+        return
+    if not any(k.lower().endswith(DICOM_SUFFIXES) for k in first):
+        raise SubmitError(
+            f"--output {','.join(wanted)} needs DICOM sources (a DICOM archive, or .dcm files): {source} lists "
+            f"none among its first {len(first)} keys"
+        )
 
 
 def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) -> dict[str, Any]:
@@ -213,6 +230,7 @@ def submit(
         raise SubmitError(f"no point in {req.points} matches an image key or stem")
     if whole and masks is not None and not any(stem(k) in masks for k in first):
         raise SubmitError(f"no ground-truth mask under {req.gt_masks} matches an image stem")
+    _check_dicom_outputs(req.source, config["settings"].get("outputs") or (), first)
 
     upgrade(settings.database_url)
     digest = config_hash(config)

@@ -233,7 +233,8 @@ class DicomwebStore(ObjectStore):
             if exc.response is not None and exc.response.status_code in (404, 410):
                 raise InstanceNotFoundError(self.url_for(key)) from None
             raise SourceUnavailableError(f"WADO-RS metadata at {self.url}: {exc}") from None
-        return pydicom.Dataset.from_json(found)
+        # bulk data (the pixels) is only a URI in the metadata: left out, never fetched
+        return pydicom.Dataset.from_json({t: v for t, v in found.items() if "BulkDataURI" not in v})
 
     # -- STOW-RS -----------------------------------------------------------------------------------------------
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
