@@ -81,11 +81,11 @@ def cancel(name: str, settings: Settings) -> CancelResult:
 @dataclass
 class DeleteResult:
     run: str
-    objects: int  # mask and SEG objects deleted
+    objects: int  # mask, SEG, SR and KOS objects deleted
     rows: int  # rows deleted (segments, model work, annotations, images, the run)
     seconds: float
     object_seconds: float  # of which deleting objects
-    stowed: int = 0  # SEGs its STOW-RS target accepted: they stay in the PACS, listed in ``stowed_list``
+    stowed: int = 0  # SEGs and SRs its STOW target accepted: they stay in the PACS, listed in ``stowed_list``
     stowed_list: str | None = None
 
     @property

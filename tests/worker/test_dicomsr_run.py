@@ -24,6 +24,7 @@ from pixelperfect.monitor import run_status
 from pixelperfect.pipeline.output.dicomkos import REJECTION_TITLES
 from pixelperfect.pipeline.output.dicomsr import SrBuildError
 from pixelperfect.producer.enqueue import SubmitRequest
+from pixelperfect.producer.lifecycle import delete
 from pixelperfect.review import review_run
 from pixelperfect.storage import read_url
 from pixelperfect.worker import segout
@@ -169,3 +170,12 @@ def test_sr_per_image_is_stored_sent_and_reads_back(
     for name, content in sinks.items():
         for value in (PHI["PatientID"], PHI["PatientBirthDate"], "Doe^Jane", "Secret"):
             assert value not in content, f"{value!r} reached {name}"
+
+    # delete: SEG, SR and KOS objects go with the run; those the PACS accepted are listed (SEGs and SRs)
+    listed = tmp_path / "stowed.csv"
+    result = delete("srs", settings, stowed_list=listed)
+    assert result.stowed == 2 * len(objects)
+    uids = {r["sop_instance_uid"] for r in csv.DictReader(listed.read_text().splitlines())}
+    assert {o.sr_sop_instance_uid for o in objects} <= uids and {o.sop_instance_uid for o in objects} <= uids
+    for sub in ("seg", "sr", "kos", "masks"):
+        assert not list((tmp_path / "store" / "srs" / sub).rglob("*.*")), sub
