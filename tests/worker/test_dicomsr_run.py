@@ -179,3 +179,33 @@ def test_sr_per_image_is_stored_sent_and_reads_back(
     assert {o.sr_sop_instance_uid for o in objects} <= uids and {o.sop_instance_uid for o in objects} <= uids
     for sub in ("seg", "sr", "kos", "masks"):
         assert not list((tmp_path / "store" / "srs" / sub).rglob("*.*")), sub
+
+
+def test_a_dicomweb_run_writes_seg_and_sr_back_and_review_sends_kos(tmp_path: Path, orthanc: Orthanc) -> None:
+    """The issue's done-when: a run over Orthanc (our own studies, chosen by StudyInstanceUID) writes a SEG and an
+    SR per image back into it; ``review`` reads the KOS evidence from WADO-RS metadata and Orthanc stores the KOS."""
+    paths = dicom_phantoms(tmp_path / "archive", 2, seed=73)
+    orthanc.stow_files(paths)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    studies = sorted({str(h.StudyInstanceUID) for h in headers})
+    boxes = tmp_path / "boxes.csv"  # matched by SOPInstanceUID, the key's last part
+    boxes.write_text("key,x1,y1,x2,y2\n" + "".join(f"{h.SOPInstanceUID},40,40,200,180\n" for h in headers))
+    settings = embedded_settings(tmp_path)
+    req = SubmitRequest(source=orthanc.url, run="web", variants=["raw"], annotations=str(boxes),
+                        annotations_format="csv", outputs=("png,dicom-seg,dicom-sr",), stow_to=orthanc.url,
+                        filters=[f"StudyInstanceUID={','.join(studies)}"])  # fmt: skip
+    submit(req, settings)
+    with session_scope(settings.database_url) as s:
+        assert {i.status for i in s.scalars(select(Image))} == {"done"}
+        objects = list(s.scalars(select(SegObject)))
+    assert len(objects) == len(paths) and all(o.stow_status == o.sr_stow_status == "stored" for o in objects)
+    for study in studies:
+        mine = {str(h.SOPInstanceUID) for h in headers if str(h.StudyInstanceUID) == study}
+        srs = [pydicom.Dataset.from_json(i) for i in _qido(study, "SR")]
+        assert len(srs) == len(mine)  # exactly one SR per image (one variant)
+        segs = [pydicom.Dataset.from_json(i) for i in _qido(study, "SEG")]
+        assert len(segs) == len(mine)
+    stats = review_run("web", settings, below={"score": 2.0})
+    assert stats.studies == len(studies) == stats.stowed and not stats.errors and not stats.refused
+    for study in studies:
+        assert len(_qido(study, "KO")) == 1
