@@ -17,7 +17,9 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P9 ``p9_dicomweb.py``  listing keys/s and fetch ms/image against the local Orthanc: DICOMweb (QIDO-RS, WADO-RS)
   beside DIMSE (C-FIND, C-GET), and S3 (moto)
 * P10 ``p10_seg.py``     GPU worker time per image, --output png,dicom-seg ÷ png (SEGs on the ``seg`` queue)
+* P10 ``p10_seg.py --outputs png,dicom-seg,dicom-sr``  the same with TID 1500 SRs; SR build ms per SR
 * P10 ``p10_export.py``  COCO export of 2,000 images: images/s, peak RSS against a quarter of the run
+* P10 ``p10_review.py``  ``review`` of a 100,000-image run (SQL only, no pixel reads): seconds
 * P13 ``p13_report.py``  ``report`` time and peak RSS at 10k, 100k, 1M synthesized images (JSON and HTML)
 * P14 ``p14_status.py``  ``status`` time and peak RSS at 1M synthesized images
 * P30 ``p30_bombs.py``  seconds to refuse each bomb (tests/fuzz/bombs.py); a process per image ÷ in-process decode
@@ -78,7 +80,14 @@ BENCHES = [
         ["--images", "16", "--repeats", "6", "--mode", "worker"],
         ["--images", "4", "--repeats", "1", "--mode", "worker"],
     ),
+    (
+        "P10",
+        "p10_seg.py",
+        ["--images", "16", "--repeats", "6", "--mode", "worker", "--outputs", "png,dicom-seg,dicom-sr"],
+        ["--images", "4", "--repeats", "1", "--mode", "worker", "--outputs", "png,dicom-seg,dicom-sr"],
+    ),
     ("P10", "p10_export.py", ["--images", "2000"], ["--images", "200"]),
+    ("P10", "p10_review.py", ["--images", "100000"], ["--images", "5000"]),
     ("P13", "p13_report.py", ["--sizes", "10000,100000,1000000"], ["--sizes", "10000,100000"]),
     ("P14", "p14_status.py", ["--images", "1000000"], ["--images", "100000"]),
     ("P30", "p30_bombs.py", ["--repeats", "5"], ["--repeats", "1"]),

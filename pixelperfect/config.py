@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     model: ModelName = "sam_vit_b"
     checkpoint: str | None = None
     device: str = "auto"
+    # Mark every DICOM object a run writes (SEG, SR, KOS) as research use: "RESEARCH USE ONLY" leads its series
+    # description and a comment says so, so nothing reaches a clinical worklist unlabelled. Read at submit and
+    # kept with the run (runs.settings "research_use": false when off).
+    research_use: bool = True
 
     # Batches. A task holds batch_size images; the worker runs them through the model in groups of encoder_batch
     # and fetches/decodes the next group and uploads the last while the model works on this one, so a batch of

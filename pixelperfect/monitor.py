@@ -85,6 +85,7 @@ class RunStatus(TypedDict, total=False):
     eta_s: float | None
     model: str
     variants: list[str]
+    dicom: dict[str, int]  # SEG and SR counts (db/segs.py seg_counts); empty for a run that writes none
     stages: list[tuple[str, float, float]]
     stage_sample: int
     rate: float | None  # images/s over the live view's window (:func:`watch_run`)
@@ -96,6 +97,7 @@ def run_status(run: str, settings: Settings) -> RunStatus:
     from sqlalchemy import inspect
 
     from pixelperfect.db import queries, repo
+    from pixelperfect.db import segs as seg_repo
     from pixelperfect.db.session import get_engine, session_scope
 
     if not inspect(get_engine(settings.database_url)).has_table("runs"):
@@ -118,6 +120,7 @@ def run_status(run: str, settings: Settings) -> RunStatus:
             "eta_s": counts["queued"] / rate if rate and counts["queued"] else (0.0 if not counts["queued"] else None),
             "model": row.model,
             "variants": [v["name"] for v in row.variants],
+            "dicom": seg_repo.seg_counts(session, run_id=row.id) if (row.settings or {}).get("outputs") else {},
         }
 
 
@@ -150,10 +153,17 @@ def status_line(info: RunStatus, rate: float | None, eta: float | None) -> str:
     finished = counts["done"] + counts["failed"]
     pct = 100.0 * finished / total if total else 0.0
     stages = " ".join(f"{s} {share:.0%}" for s, _, share in info["stages"]) or "no stage timings yet"
-    return (
+    line = (
         f"run {info['run']}: {finished}/{total} ({pct:.0f}%) · {rate or 0:.2f} img/s · ETA {format_eta(eta)} · "
         f"{counts['failed']} failed · {stages}"
     )
+    d = info.get("dicom") or {}
+    if d:
+        line += (
+            f" · SEG {d['stored']} stored/{d['seg_error']} failed/{d['stowed']} sent"
+            f" · SR {d['sr_stored']} stored/{d['sr_error']} failed/{d['sr_stowed']} sent"
+        )
+    return line
 
 
 def stage_table(info: RunStatus) -> Table:

@@ -47,16 +47,24 @@ def export(
     fmt: str = typer.Option("coco", "--format", help="coco (JSON, RLE masks) or csv (one row per segment)"),
     out: str = typer.Option(..., "--out", help="output file: a path, file:// or s3:// URL"),
     variant: str | None = typer.Option(None, "--variant", help="only this preprocessing variant"),
+    deidentify: bool = typer.Option(
+        False, "--deidentify", help="replace UIDs and keys by stable pseudonyms per run (PS3.15 basic profile)"
+    ),
+    mapping: str | None = typer.Option(
+        None, "--mapping", help="where --deidentify writes pseudonym -> original (default OUT.mapping.csv)"
+    ),
 ) -> None:
     """Export a run's segments for training pipelines: COCO RLE masks with scores, or a flat CSV (streamed)."""
     from pixelperfect.export import export_run
 
     settings = command_settings()
     try:
-        stats = export_run(run, settings, fmt=fmt, out=out, variant=variant)
+        stats = export_run(run, settings, fmt=fmt, out=out, variant=variant, deidentify=deidentify, mapping=mapping)
     except (LookupError, ValueError) as exc:
         fail(str(exc))
     console.print(f"run [bold]{run}[/]: {stats.images} images, {stats.annotations} segments -> {out}")
+    if stats.mapping:
+        console.print(f"pseudonyms -> originals in {stats.mapping}: keep it apart from the export")
 
 
 def retry_segs(run: str, settings: Settings) -> None:
@@ -85,6 +93,32 @@ def restow_refused(run: str, settings: Settings) -> None:
         )
 
 
+def review(
+    run: str = typer.Argument(..., help="run name"),
+    below: list[str] = typer.Option(..., "--below", help="METRIC=VALUE, e.g. consistency_iou=0.8 (repeatable)"),
+    out: str | None = typer.Option(None, "--out", help="the list as CSV (one row per segment below)"),
+    stow_to: str | None = typer.Option(None, "--stow-to", help="send the KOS documents here (default: the run's)"),
+) -> None:
+    """Which images a person should look at: segments below thresholds as CSV, and (DICOM runs) one Key Object
+    Selection document per study, titled "Of Interest", stored with the run and sent to the archive."""
+    from pixelperfect.review import parse_below, review_run
+
+    settings = command_settings()
+    try:
+        stats = review_run(run, settings, below=parse_below(below), out=out, stow_to=stow_to)
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    console.print(
+        f"run [bold]{run}[/]: {stats.images} image(s), {stats.segments} segment(s) below; {stats.studies} KOS "
+        f"document(s), {stats.stowed} sent" + (f", {len(stats.refused)} refused" if stats.refused else "")
+    )
+    for error in stats.errors:
+        console.print(f"  [yellow]{error}[/]")
+    if stats.refused or stats.errors:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("archive-phantoms")(archive_phantoms)
     app.command("export")(export)
+    app.command("review")(review)

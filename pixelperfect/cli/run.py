@@ -69,7 +69,11 @@ def submit(
     republish: bool = typer.Option(
         False, help="publish every queued image again, also those with a message (after a broker lost its data)"
     ),
-    output: str = typer.Option("png", "--output", help="png or png,dicom-seg (DICOM sources: one SEG per image)"),
+    output: str = typer.Option(
+        "png",
+        "--output",
+        help="png, png,dicom-seg or png,dicom-seg,dicom-sr (DICOM sources: a SEG, a TID 1500 SR per image)",
+    ),
     stow_to: str | None = typer.Option(
         None, help="send the SEGs to dicomweb+http://HOST:PORT/PATH (STOW-RS) or dimse://AE@HOST:PORT (C-STORE)"
     ),

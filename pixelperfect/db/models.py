@@ -69,6 +69,8 @@ class Run(Base):
     kind: Mapped[str] = mapped_column(String(20), default="segment")  # segment | train
     state: Mapped[str] = mapped_column(String(12), default=RunState.active.value, server_default="active")
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the secret of export --deidentify's pseudonyms, drawn at the first such export (migration 0008)
+    deid_salt: Mapped[str | None] = mapped_column(String(64))
 
     images: Mapped[list[Image]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -193,7 +195,8 @@ class ModelWork(Base):
 
 class SegObject(Base):
     """The DICOM-SEG of one image and variant (migration 0005): where it is stored, or why it could not be built,
-    and whether the STOW-RS target has it (``stored`` | ``failed`` | NULL when the run sends none)."""
+    and whether the STOW-RS target has it (``stored`` | ``failed`` | NULL when the run sends none); the same for
+    its TID 1500 SR (``sr_*``, migration 0008)."""
 
     __tablename__ = "seg_objects"
     __table_args__ = (
@@ -211,4 +214,10 @@ class SegObject(Base):
     seg_error: Mapped[str | None] = mapped_column(Text)
     stow_status: Mapped[str | None] = mapped_column(String(10))
     stow_error: Mapped[str | None] = mapped_column(Text)
+    # its TID 1500 SR (--output png,dicom-seg,dicom-sr; migration 0008): the same four facts as the SEG's
+    sr_key: Mapped[str | None] = mapped_column(Text)  # full URL of the SR .dcm; NULL while sr_error is set
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sr_error: Mapped[str | None] = mapped_column(Text)
+    sr_stow_status: Mapped[str | None] = mapped_column(String(10))
+    sr_stow_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -44,7 +44,7 @@ from pixelperfect.producer.stream import (
     chunked,
     queue_length,
 )
-from pixelperfect.storage import read_url
+from pixelperfect.storage import is_archive_url, read_url
 from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class SubmitRequest:
     points: str | None = None  # points mode: CSV key,x,y[,label] (path or URL)
     manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
-    outputs: Sequence[str] = ("png",)  # png | png,dicom-seg
+    outputs: Sequence[str] = ("png",)  # png | png,dicom-seg | png,dicom-seg,dicom-sr
     stow_to: str | None = None  # dicomweb+http://… (STOW-RS) or dimse://… (C-STORE): target of the DICOM-SEG objects
     filters: Sequence[str] = ()  # DICOM archive sources: attribute filters, e.g. Modality=CR,DX
     process: ProcessSettings = field(default_factory=ProcessSettings)
@@ -152,6 +152,23 @@ def _sam2_checkpoint(model: str, checkpoint: str, url: str, settings: Settings) 
     return found.sha256
 
 
+#: Key suffixes of DICOM files in a directory or bucket (an archive's keys have none).
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _check_dicom_outputs(source: str, outputs: Any, first: list[str]) -> None:
+    """``dicom-seg`` / ``dicom-sr`` reference their source instance: refused for a source whose first chunk of
+    keys holds no DICOM file (an archive is DICOM by its URL)."""
+    wanted = [o for o in outputs if o.startswith("dicom-")]
+    if not wanted or is_archive_url(source):
+        return
+    if not any(k.lower().endswith(DICOM_SUFFIXES) for k in first):
+        raise SubmitError(
+            f"--output {','.join(wanted)} needs DICOM sources (a DICOM archive, or .dcm files): {source} lists "
+            f"none among its first {len(first)} keys"
+        )
+
+
 def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) -> dict[str, Any]:
     model = req.model or settings.model
     if model not in MODEL_NAMES:
@@ -159,7 +176,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
     checkpoint, sha = _checkpoint(model, req.checkpoint or settings.checkpoint, settings)
     process = replace(req.process, prompt_mode=prompt_mode(req, model))
     try:
-        archive = archive_settings(req.source, req.outputs, req.stow_to, req.filters)
+        archive = archive_settings(req.source, req.outputs, req.stow_to, req.filters, settings.research_use)
     except ValueError as exc:
         raise SubmitError(str(exc)) from None
     return {
@@ -238,6 +255,7 @@ def submit(
         raise SubmitError(f"no point in {req.points} matches an image key or stem")
     if whole and masks is not None and not any(stem(k) in masks for k in first):
         raise SubmitError(f"no ground-truth mask under {req.gt_masks} matches an image stem")
+    _check_dicom_outputs(req.source, config["settings"].get("outputs") or (), first)
 
     upgrade(settings.database_url)
     digest = config_hash(config)

@@ -28,7 +28,7 @@ from pixelperfect.db.session import session_scope
 from pixelperfect.storage import open_store
 
 #: Object prefixes under ``<store>/<run>/`` that belong to the run alone.
-RUN_OBJECT_DIRS = ("masks", "seg")
+RUN_OBJECT_DIRS = ("masks", "seg", "sr", "kos")
 #: Keys listed and deleted per round (one S3 ``DeleteObjects`` request each).
 DELETE_PAGE = 1000
 
@@ -81,11 +81,11 @@ def cancel(name: str, settings: Settings) -> CancelResult:
 @dataclass
 class DeleteResult:
     run: str
-    objects: int  # mask and SEG objects deleted
+    objects: int  # mask, SEG, SR and KOS objects deleted
     rows: int  # rows deleted (segments, model work, annotations, images, the run)
     seconds: float
     object_seconds: float  # of which deleting objects
-    stowed: int = 0  # SEGs its STOW-RS target accepted: they stay in the PACS, listed in ``stowed_list``
+    stowed: int = 0  # SEGs and SRs its STOW target accepted: they stay in the PACS, listed in ``stowed_list``
     stowed_list: str | None = None
 
     @property
@@ -155,8 +155,8 @@ def _list_stowed(session: Session, run_id: int, path: Path) -> int:
 
 
 def _delete_objects(name: str, store_url: str, settings: Settings, others: list[str]) -> int:
-    """Delete every object under ``<run>/masks/`` and ``<run>/seg/``, page by page; keys that belong to another
-    run whose name extends this one (``a`` and ``a/masks``) are left alone."""
+    """Delete every object under ``<run>/masks/``, ``<run>/seg/``, ``<run>/sr/`` and ``<run>/kos/``, page by page;
+    keys that belong to another run whose name extends this one (``a`` and ``a/masks``) are left alone."""
     store = open_store(store_url, endpoint_url=settings.s3_endpoint_url)
     foreign = tuple(other + "/" for other in others)
     total = 0

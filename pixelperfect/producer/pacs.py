@@ -64,21 +64,31 @@ class PatientMatcher(Generic[V]):
         return out
 
 
-OUTPUTS = ("png", "dicom-seg")
+OUTPUTS = ("png", "dicom-seg", "dicom-sr")
 
 
 def archive_settings(
-    source: str, outputs: Sequence[str], stow_to: str | None, filters: Sequence[str]
+    source: str,
+    outputs: Sequence[str],
+    stow_to: str | None,
+    filters: Sequence[str],
+    research_use: bool = True,
 ) -> dict[str, Any]:
     """The run-config entries of the archive options (empty for a plain PNG run, so the config hash of runs
-    created before these options existed is unchanged). Raises ``ValueError`` naming a bad option."""
+    created before these options existed is unchanged). ``dicom-sr`` implies ``dicom-seg`` (the SR measures the
+    SEG's segments); ``research_use`` False is recorded (``"research_use": false``), the default is not. Raises
+    ``ValueError`` naming a bad option."""
     chosen = [o.strip() for text in outputs for o in text.split(",") if o.strip()] or ["png"]
     for name in chosen:
         if name not in OUTPUTS:
             raise ValueError(f"--output {name!r}: choose from {', '.join(OUTPUTS)} (comma-separated)")
     if "png" not in chosen:
         raise ValueError("--output must include png: the masks are stored as PNG, DICOM-SEG is built from them")
+    if "dicom-sr" in chosen and "dicom-seg" not in chosen:
+        chosen.append("dicom-seg")
     out: dict[str, Any] = {}
+    if not research_use:
+        out["research_use"] = False
     if chosen != ["png"]:
         out["outputs"] = [o for o in OUTPUTS if o in chosen]
     if stow_to:

@@ -111,6 +111,16 @@ class ObjectStore(ABC):
             f"{self.url} is no DICOM archive: send DICOM objects to dicomweb+http://… or dimse://…"
         )
 
+    def header(self, key: str) -> Any:
+        """The DICOM attributes of the object at ``key`` without its pixel data (a pydicom ``Dataset``): here read
+        from the stored file with the parse stopped before the pixels; a DICOMweb archive answers from WADO-RS
+        metadata instead, so no pixel data travels."""
+        import io
+
+        import pydicom
+
+        return pydicom.dcmread(io.BytesIO(self.get(key)), stop_before_pixels=True)
+
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{validate_key(key)}"
 

@@ -247,6 +247,21 @@ class DicomwebStore(ObjectStore):
             ) from None
         return buf.getvalue()
 
+    def header(self, key: str) -> Any:
+        """The instance's attributes from WADO-RS metadata (JSON, no bulk data): a pydicom ``Dataset``."""
+        import pydicom
+        import requests
+
+        study, series, sop = split_key(key)
+        try:
+            found = self._call("WADO-RS metadata", lambda: self.client.retrieve_instance_metadata(study, series, sop))
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code in (404, 410):
+                raise InstanceNotFoundError(self.url_for(key)) from None
+            raise SourceUnavailableError(f"WADO-RS metadata at {self.url}: {exc}") from None
+        # bulk data (the pixels) is only a URI in the metadata: left out, never fetched
+        return pydicom.Dataset.from_json({t: v for t, v in found.items() if "BulkDataURI" not in v})
+
     # -- STOW-RS -----------------------------------------------------------------------------------------------
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         import pydicom

@@ -42,9 +42,10 @@ class RunSpec:
     checkpoint_sha256: str | None
     variants: tuple[Variant, ...]
     process: ProcessSettings
-    outputs: tuple[str, ...] = ("png",)  # png | png + dicom-seg
+    outputs: tuple[str, ...] = ("png",)  # png | png + dicom-seg | png + dicom-seg + dicom-sr
     stow_to: str | None = None  # the archive the SEGs are sent to (STOW-RS or C-STORE)
     code_version: str | None = None  # the code that created the run (pixelperfect.version)
+    research_use: bool = True  # its DICOM objects say RESEARCH USE ONLY (runs.settings "research_use", default)
 
     @classmethod
     def from_row(cls, run: Any) -> RunSpec:
@@ -84,6 +85,7 @@ class RunSpec:
             outputs=tuple(s.get("outputs") or ("png",)),
             stow_to=s.get("stow_to"),
             code_version=run.code_version,
+            research_use=bool(s.get("research_use", True)),
         )
 
 

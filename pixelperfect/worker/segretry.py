@@ -19,7 +19,7 @@ from pixelperfect.db import segs as seg_repo
 from pixelperfect.db.session import session_scope
 from pixelperfect.storage import ObjectStore, read_url
 from pixelperfect.worker.runtime import RunSpec, Runtime, get_runtime
-from pixelperfect.worker.segout import SegOutcome, build_and_store, rebuild_error, stow
+from pixelperfect.worker.segout import SegOutcome, build_and_store, measures_of, rebuild_error, stow, wants_sr
 
 #: Parallel SEG rebuilds (each: one source fetch, K mask reads, one build, one put).
 REBUILD_THREADS = 4
@@ -31,6 +31,7 @@ class SegRepair:
     failed: int = 0
     stowed: int = 0
     stow_failed: int = 0
+    sr_failed: int = 0  # SRs that could not be built (their SEG may be fine)
 
 
 def _run(settings: Settings, name: str) -> RunSpec:
@@ -49,10 +50,10 @@ def _read(store: ObjectStore, url: str) -> bytes:
 def rebuild_segs(name: str, settings: Settings) -> SegRepair:
     """Build, store (and STOW, when the run has a target) every missing SEG of run ``name``; record each."""
     run = _run(settings, name)
-    if "dicom-seg" not in run.outputs:
+    if "dicom-seg" not in run.outputs:  # dicom-sr implies dicom-seg
         raise ValueError(f"run {name!r} was not submitted with --output png,dicom-seg")
     with session_scope(settings.database_url) as session:
-        missing = seg_repo.missing_segs(session, run_id=run.id)
+        missing = seg_repo.missing_segs(session, run_id=run.id, with_sr=wants_sr(run))
     return _build(Runtime(settings), run, missing)
 
 
@@ -66,23 +67,27 @@ def build_segs(run_id: int, image_ids: list[int], rt: Runtime | None = None) -> 
     if "dicom-seg" not in run.outputs:
         return SegRepair()
     with session_scope(rt.settings.database_url) as session:
-        missing = seg_repo.missing_segs(session, run_id=run.id, image_ids=image_ids)
+        missing = seg_repo.missing_segs(session, run_id=run.id, image_ids=image_ids, with_sr=wants_sr(run))
     return _build(rt, run, missing)
 
 
-def _build(rt: Runtime, run: RunSpec, missing: list[tuple[int, str, str, list[str]]]) -> SegRepair:
-    """Build, store, STOW and record the SEGs of ``missing`` (rows of :func:`~pixelperfect.db.segs.missing_segs`)."""
+def _build(rt: Runtime, run: RunSpec, missing: list[seg_repo.MissingSeg]) -> SegRepair:
+    """Build, store, STOW and record the SEGs (and SRs) of ``missing`` (:func:`~pixelperfect.db.segs.missing_segs`);
+    a SEG that exists is rebuilt with its missing SR: the same UIDs, so an archive replaces it."""
     settings = rt.settings
     source, store = rt.store(run.source_url), rt.store(run.store_url)
 
-    def one(item: tuple[int, str, str, list[str]]) -> SegOutcome:
-        image_id, key, variant, masks = item
+    def one(item: seg_repo.MissingSeg) -> SegOutcome:
         try:
-            data = source.get(key)
-            pngs = [_read(store, url) for url in masks]
+            data = source.get(item.key)
+            pngs = [_read(store, url) for url in item.masks]
         except Exception as exc:
-            return rebuild_error(image_id, variant, exc)
-        return build_and_store(run, store, key, image_id, data, variant, pngs)
+            out = rebuild_error(item.image_id, item.variant, exc)
+            if wants_sr(run):
+                out.sr_wanted, out.sr_error = True, out.error
+            return out
+        measures = measures_of(item.measures)
+        return build_and_store(run, store, item.key, item.image_id, data, item.variant, pngs, measures, item.spacing)
 
     report = SegRepair()
     if not missing:
@@ -96,8 +101,9 @@ def _build(rt: Runtime, run: RunSpec, missing: list[tuple[int, str, str, list[st
     for o in outcomes:
         report.rebuilt += o.error is None
         report.failed += o.error is not None
-        report.stowed += o.stow_status == "stored"
-        report.stow_failed += o.stow_status == "failed"
+        report.stowed += (o.stow_status == "stored") + (o.sr_stow_status == "stored")
+        report.stow_failed += (o.stow_status == "failed") + (o.sr_stow_status == "failed")
+        report.sr_failed += o.sr_error is not None
     return report
 
 
@@ -118,15 +124,24 @@ def restow(name: str, settings: Settings) -> SegRepair:
     rt = Runtime(settings)
     store = rt.store(run.store_url)
     outcomes = []
-    for image_id, variant, url in failed:
+    for image_id, variant, kind, url in failed:
         data = _read(store, url)
         uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
-        outcomes.append(SegOutcome(image_id, variant, 0, url=url, sop_uid=uid, data=data))
+        if kind == "seg":
+            outcomes.append(SegOutcome(image_id, variant, 0, url=url, sop_uid=uid, data=data))
+        else:
+            outcomes.append(SegOutcome(image_id, variant, 0, sr_url=url, sr_uid=uid, sr_data=data))
     stow(rt.store(run.stow_to), outcomes)
-    rows = [{"image_id": o.image_id, "variant": o.variant, "stow_status": o.stow_status,
-             "stow_error": o.stow_error} for o in outcomes]  # fmt: skip
+    rows = []
+    for o in outcomes:
+        row: dict[str, object] = {"image_id": o.image_id, "variant": o.variant}
+        if o.stow_status is not None:
+            row.update(stow_status=o.stow_status, stow_error=o.stow_error)
+        if o.sr_stow_status is not None:
+            row.update(sr_stow_status=o.sr_stow_status, sr_stow_error=o.sr_stow_error)
+        rows.append(row)
     with session_scope(settings.database_url) as session:
         seg_repo.upsert_segs(session, run_id=run.id, rows=rows)
-    report.stowed = sum(o.stow_status == "stored" for o in outcomes)
+    report.stowed = sum(o.stow_status == "stored" or o.sr_stow_status == "stored" for o in outcomes)
     report.stow_failed = len(outcomes) - report.stowed
     return report

@@ -121,3 +121,33 @@ def test_evaluation_index_migration_up_and_down(db_url: str) -> None:
     _downgrade(db_url, "0006")
     assert "ix_images_run_status" in indexes() and "ix_images_run_status_progress" not in indexes()
     upgrade(db_url)
+
+
+@pytest.mark.integration
+def test_dicom_sr_migration_up_and_down(db_url: str) -> None:
+    """0009 adds the SR columns to ``seg_objects`` and the de-identification salt to ``runs``, keeps the SEG rows,
+    and goes back down."""
+    upgrade(db_url, "0007")
+    assert "sr_key" not in _sr_columns(db_url)
+    run_id = _write_old_result(db_url, dice=0.5)
+    with get_engine(db_url).begin() as conn:
+        seg_objects = MetaData()
+        seg_objects.reflect(conn, only=["seg_objects", "images"])
+        image_id = conn.execute(select(seg_objects.tables["images"].c.id)).scalar_one()
+        row = {"run_id": run_id, "image_id": image_id, "variant": "raw", "object_key": "file:///s.dcm"}
+        conn.execute(seg_objects.tables["seg_objects"].insert().values(**row, updated_at=utcnow()))
+    upgrade(db_url)
+    new = {"sr_key", "sr_sop_instance_uid", "sr_error", "sr_stow_status", "sr_stow_error"}
+    assert new <= _sr_columns(db_url)
+    assert "deid_salt" in {c["name"] for c in inspect(get_engine(db_url)).get_columns("runs")}
+    with get_engine(db_url).connect() as conn:
+        assert conn.execute(text("SELECT object_key, sr_key FROM seg_objects")).all() == [("file:///s.dcm", None)]
+    _downgrade(db_url, "0007")
+    assert not new & _sr_columns(db_url)
+    with get_engine(db_url).connect() as conn:
+        assert conn.execute(text("SELECT object_key FROM seg_objects")).scalars().all() == ["file:///s.dcm"]
+    upgrade(db_url)
+
+
+def _sr_columns(url: str) -> set[str]:
+    return {c["name"] for c in inspect(get_engine(url)).get_columns("seg_objects")}

@@ -37,3 +37,14 @@ def test_the_given_runner_receives_every_batch_in_order(tmp_path: Path, phantom_
     assert {run_id for run_id, _ in seen} == {result.run_id}
     assert keys == sorted(keys) and len(keys) == result.pending == 12
     assert [len(b) for _, batches in seen for b in batches] == [5, 5, 2]
+
+
+def test_dicom_outputs_are_refused_for_a_png_source(tmp_path: Path, phantom_dir: Path) -> None:
+    """``--output png,dicom-sr`` (which implies dicom-seg) over PNGs: refused at submit, nothing registered."""
+    settings = embedded_settings(tmp_path)
+    for outputs in ("png,dicom-sr", "png,dicom-seg"):
+        req = SubmitRequest(source=str(phantom_dir / "images"), run="r", variants=["raw"], model="grabcut",
+                            outputs=(outputs,))  # fmt: skip
+        with pytest.raises(SubmitError, match="needs DICOM sources"):
+            submit(req, settings, run_batches=lambda *a, **k: None)
+    assert not inspect(get_engine(settings.database_url)).has_table("runs")

@@ -168,3 +168,21 @@ def test_credentials_come_from_settings_and_stay_out_of_logs(
     assert orthanc_proxy.authorization[0] == "Bearer tok-SECRET-1"
     assert orthanc_proxy.authorization[-1] == "Basic " + base64.b64encode(b"alice:pw-SECRET-2").decode()
     assert "SECRET" not in caplog.text and "SECRET" not in repr(token)
+
+
+def test_header_comes_from_wado_rs_metadata_without_pixels(
+    tmp_path: Path, orthanc: Orthanc, orthanc_proxy: OrthancProxy
+) -> None:
+    """``header`` (the review's KOS evidence) asks WADO-RS for metadata, never for the instance's pixels."""
+    import pydicom
+
+    path = dicom_phantoms(tmp_path, 1, seed=43)[0]
+    orthanc.stow_files([path])
+    ds = pydicom.dcmread(path)
+    key = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}"
+    header = DicomwebStore(orthanc_proxy.url).header(key)
+    assert header.SOPInstanceUID == ds.SOPInstanceUID and header.StudyInstanceUID == ds.StudyInstanceUID
+    assert header.SOPClassUID == ds.SOPClassUID and header.Modality == ds.Modality
+    assert "PixelData" not in header  # bulk data is a URI in the metadata, left out
+    assert any(h.endswith(f"/instances/{ds.SOPInstanceUID}/metadata") for h in orthanc_proxy.hits)
+    assert not any(h.endswith(f"/instances/{ds.SOPInstanceUID}") for h in orthanc_proxy.hits)

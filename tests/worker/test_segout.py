@@ -69,7 +69,8 @@ def test_seg_error_keeps_masks_and_retry_seg_rebuilds(
     assert restow("segs", settings).stowed == len(rows)
     with session_scope(settings.database_url) as s:
         assert seg_repo.seg_counts(s, run_id=1) == {"stored": len(rows), "seg_error": 0, "stowed": len(rows),
-                                                    "stow_failed": 0}  # fmt: skip
+                                                    "stow_failed": 0, "sr_stored": 0, "sr_error": 0, "sr_stowed": 0,
+                                                    "sr_stow_failed": 0}  # fmt: skip
     assert len(orthanc.studies() - orthanc.studies_before) == len(with_segments)
 
     from pixelperfect.export import export_run
@@ -84,5 +85,7 @@ def test_seg_error_keeps_masks_and_retry_seg_rebuilds(
     to_s3 = settings.model_copy(update={"s3_endpoint_url": s3_server.endpoint})
     stats = export_run("segs", to_s3, fmt="csv", out=f"s3://{s3_bucket}/exports/segs.csv")
     body = s3_server.client().get_object(Bucket=s3_bucket, Key="exports/segs.csv")["Body"].read().decode()
-    lines = body.strip().splitlines()
+    header = [line for line in body.strip().splitlines() if line.startswith("# ")]
+    lines = [line for line in body.strip().splitlines() if not line.startswith("# ")]
     assert lines[0].startswith("image_key,width,height,variant") and len(lines) == 1 + stats.annotations
+    assert "# contains_uids: True" in header and "# manufacturer: PixelPerfect" in header

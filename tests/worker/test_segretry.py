@@ -43,12 +43,21 @@ def test_build_segs_routes_to_the_seg_queue() -> None:
     assert tasks.build_segs.name in app.tasks and tasks.build_segs.acks_late
 
 
-def test_published_segs_are_built_off_the_batch(tmp_path: Path) -> None:
+def _measures(url: str) -> list[list[tuple[str, float]]]:
+    import highdicom as hd
+
+    sr = hd.sr.srread(io.BytesIO(Path(url.removeprefix("file://")).read_bytes()))
+    return [sorted((m.name.value, float(m.value)) for m in g.get_measurements())
+            for g in sr.content.get_planar_roi_measurement_groups()]  # fmt: skip
+
+
+@pytest.mark.parametrize("outputs", ["png,dicom-seg", "png,dicom-sr"])
+def test_published_segs_are_built_off_the_batch(tmp_path: Path, outputs: str) -> None:
     dicom_phantoms(tmp_path / "archive", 3, seed=62)
     settings = embedded_settings(tmp_path)
     use_settings(settings)
     common = {"source": str(tmp_path / "archive" / "images"), "variants": ["raw", "clahe"],
-              "annotations": str(tmp_path / "archive" / "labels.csv"), "outputs": ("png,dicom-seg",)}  # fmt: skip
+              "annotations": str(tmp_path / "archive" / "labels.csv"), "outputs": (outputs,)}  # fmt: skip
     submit(SubmitRequest(run="inline", **common), settings)  # embedded: built in-process, as before
     queued = submit(SubmitRequest(run="queued", **common), settings, execute=False)
     with session_scope(settings.database_url) as s:
@@ -73,6 +82,15 @@ def test_published_segs_are_built_off_the_batch(tmp_path: Path) -> None:
             u for (_, v), u in sorted(inline.items()) if v == variant and Path(u).parent.name == Path(url).parent.name
         )
         assert np.array_equal(_frames(url), _frames(twin))
+    if outputs.endswith("dicom-sr"):  # the seg queue's SRs report what the in-process ones do
+        with session_scope(settings.database_url) as s:
+            rows = list(s.scalars(select(SegObject)))
+        assert rows and all(r.sr_key and r.sr_error is None for r in rows)
+        srs = {(r.run_id, Path(str(r.sr_key)).parent.name, r.variant): str(r.sr_key) for r in rows}
+        for (run_id, name, variant), url in srs.items():
+            if run_id == queued.run_id:
+                twin = next(u for (other, n, v), u in srs.items() if other != run_id and (n, v) == (name, variant))
+                assert _measures(url) == _measures(twin) and _measures(url)
 
 
 def test_a_seg_publish_that_fails_does_not_fail_the_persisted_batch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,14 +41,62 @@ class SegBuildError(ValueError):
     """The SEG cannot be built for this source (not DICOM, no image, masks of the wrong shape, ...)."""
 
 
+#: Series description prefix and comment of every object of a run marked research use (``research_use``).
+RESEARCH_USE = "RESEARCH USE ONLY"
+
+
 @dataclass(frozen=True)
 class SegAlgorithm:
-    """Who made the masks: model name, checkpoint sha256 (None for random or no weights), variant, code version."""
+    """Who made the masks: model name, checkpoint sha256 (None for random or no weights), variant, the code version
+    of the run (``runs.code_version``), the run's name, and whether its objects are marked research use."""
 
     model: str
     checkpoint_sha256: str | None
     variant: str
     version: str
+    run: str = ""
+    research_use: bool = True
+
+    @property
+    def device_uid(self) -> str:
+        """A stable UID of the algorithm as a device: the same model and checkpoint give the same UID, in every
+        run and process (IHE AIR's Device UID; the observer UID of the SRs)."""
+        from pydicom.uid import generate_uid
+
+        return str(generate_uid(entropy_srcs=["pixelperfect-device", self.model, self.checkpoint_sha256 or "none"]))
+
+    def software_versions(self) -> list[str]:
+        """Software Versions (LO, 64 chars a value): the code version, then the checkpoint sha256 as a value of its
+        own."""
+        return [self.version[:64], self.checkpoint_sha256 or "no-checkpoint"]
+
+    def description(self, what: str) -> str:
+        """Series description (LO, 64 chars): ``RESEARCH USE ONLY PixelPerfect SEG <variant>`` when marked."""
+        text = f"PixelPerfect {what} {self.variant}" if self.variant else f"PixelPerfect {what}"
+        return (f"{RESEARCH_USE} {text}" if self.research_use else text)[:64]
+
+    def comment(self) -> str:
+        """What a reader is told about the object (a comment, the contribution description)."""
+        mark = f"{RESEARCH_USE}, not for clinical use. " if self.research_use else ""
+        return f"{mark}Made by {self.model} ({self.variant or 'all variants'}) in PixelPerfect run {self.run!r}."
+
+
+def contributing_equipment(algorithm: SegAlgorithm) -> Any:
+    """IHE AI Results (AIR): the Contributing Equipment Sequence item naming the producer of an AI result —
+    manufacturer PixelPerfect, model name the model, Software Versions the code version and the checkpoint sha256,
+    Device UID stable per model and checkpoint, purpose DCM 109102 "Processing Equipment"."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    item = hd.ContributingEquipment(
+        MANUFACTURER,
+        codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=algorithm.model[:64],
+        software_versions=algorithm.software_versions(),
+        contribution_description=algorithm.comment()[:1024],
+    )
+    item.DeviceUID = algorithm.device_uid
+    return item
 
 
 def seg_uids(run: str, image_key: str, variant: str, study_uid: str) -> tuple[str, str]:
@@ -117,7 +165,12 @@ def build_seg(
         name=f"{algorithm.model} {algorithm.variant}"[:64],
         family=family,
         version=(algorithm.checkpoint_sha256 or "no-checkpoint")[:64],
-        parameters={"variant": algorithm.variant, "checkpoint_sha256": algorithm.checkpoint_sha256 or "none"},
+        parameters={
+            "variant": algorithm.variant,
+            "checkpoint_sha256": algorithm.checkpoint_sha256 or "none",
+            "run": algorithm.run,
+            "code_version": algorithm.version,
+        },
     )
     descriptions = [
         hd.seg.SegmentDescription(
@@ -143,14 +196,19 @@ def build_seg(
             instance_number=1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=algorithm.model[:64],
-            software_versions=algorithm.version,
+            software_versions=algorithm.version[:64],
             device_serial_number="0",
             content_label="PIXELPERFECT",
             content_description=f"SAM masks, variant {algorithm.variant}"[:64],
             omit_empty_frames=False,  # one frame per prompt, even an empty mask: segment i is prompt i - 1
+            contributing_equipment=[contributing_equipment(algorithm)],
+            series_description=algorithm.description("SEG"),
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise SegBuildError(f"highdicom refused the SEG: {type(exc).__name__}: {exc}") from None
+    seg.SoftwareVersions = algorithm.software_versions()  # type: ignore[assignment]  # the sha256 a value of its own
+    if algorithm.research_use:
+        seg.ImageComments = algorithm.comment()[:10240]
     if "FrameOfReferenceUID" not in ds:  # Type 2C in the general image module without a frame of reference
         seg.PatientOrientation = ds.get("PatientOrientation", "")  # type: ignore[attr-defined]
     buf = io.BytesIO()
