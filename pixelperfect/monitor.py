@@ -85,6 +85,8 @@ class RunStatus(TypedDict, total=False):
     eta_s: float | None
     model: str
     variants: list[str]
+    state: str  # active, paused, cancelled, deleting
+    state_reason: str | None  # why a run paused itself
     stages: list[tuple[str, float, float]]
     stage_sample: int
     rate: float | None  # images/s over the live view's window (:func:`watch_run`)
@@ -118,6 +120,8 @@ def run_status(run: str, settings: Settings) -> RunStatus:
             "eta_s": counts["queued"] / rate if rate and counts["queued"] else (0.0 if not counts["queued"] else None),
             "model": row.model,
             "variants": [v["name"] for v in row.variants],
+            "state": row.state,
+            "state_reason": row.state_reason,
         }
 
 
@@ -192,7 +196,8 @@ def watch_run(
         window.add(time.monotonic(), counts["done"] + counts["failed"])
         info["rate"], info["eta_s"] = _rate_and_eta(info, window)
         timed_out = max_seconds is not None and time.monotonic() - started >= max_seconds
-        return info, counts["queued"] == 0 or timed_out
+        stopped = info.get("state", "active") != "active"  # paused or cancelled: nothing moves until a submit
+        return info, counts["queued"] == 0 or timed_out or stopped
 
     if not console.is_terminal:
         while True:

@@ -42,6 +42,7 @@ class RunState(str, enum.Enum):
     active = "active"
     cancelled = "cancelled"  # workers acknowledge its batches without model work; submit resumes it
     deleting = "deleting"  # ``pixelperfect delete`` began removing it (re-run delete to finish)
+    paused = "paused"  # it paused itself: its store (or database) refused writes (``state_reason``); submit resumes it
 
 
 class Base(DeclarativeBase):
@@ -69,6 +70,7 @@ class Run(Base):
     kind: Mapped[str] = mapped_column(String(20), default="segment")  # segment | train
     state: Mapped[str] = mapped_column(String(12), default=RunState.active.value, server_default="active")
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    state_reason: Mapped[str | None] = mapped_column(Text)  # why it paused itself (None while active)
 
     images: Mapped[list[Image]] = relationship(back_populates="run", cascade="all, delete-orphan")
 

@@ -28,6 +28,7 @@ from pixelperfect.pipeline.stages import finish_image, predict_images, prepare_i
 from pixelperfect.storage import ObjectStore, join_key, validate_key
 from pixelperfect.worker import pools, segout
 from pixelperfect.worker.fetch import FetchedImage, ImageTodo, decode_side, fetch_image
+from pixelperfect.worker.pausing import WriteFailure
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,8 @@ class BatchFlow:
         return result, puts
 
     def _collect(self) -> dict[str, ImageResult]:
-        """Wait for every post thread and upload; a failed upload raises (no row may name a missing object)."""
+        """Wait for every post thread and upload; a failed upload raises :class:`WriteFailure` (no row may name a
+        missing object)."""
         results: dict[str, ImageResult] = {}
         uploads: list[Future[None]] = []
         for f, post in self.posts:
@@ -160,13 +162,23 @@ class BatchFlow:
                 segout.submit_segs(self.run_spec, self.store, f, result)  # DICOM-SEG: queued, built after the model
         t0 = time.perf_counter()
         for put in uploads:
-            put.result()
+            try:
+                put.result()
+            except MemoryError:
+                raise
+            except Exception as exc:  # the store refuses: worker/pausing.py counts it against the run
+                raise WriteFailure("store", self._store_address(), exc) from exc
         waited = (time.perf_counter() - t0) / max(len(results), 1)
         for result in results.values():
             result.timings["upload"] = waited  # the upload time not hidden behind the model
             for seg in result.segments:
                 seg.mask_png = b""  # stored; only the rows are still needed
         return results
+
+    def _store_address(self) -> str:
+        endpoint = self.rt.settings.s3_endpoint_url
+        url = self.store.url
+        return f"{url} (S3 endpoint {endpoint})" if url.startswith("s3://") and endpoint else url
 
     def _abort(self, exc: BaseException) -> None:
         """Stop the batch's threads: cancel what has not started, wait for what has (unless the process itself is
