@@ -125,13 +125,14 @@ def check_broker(settings: Settings) -> Check:
     return _run(BROKER, "PIXELPERFECT_BROKER_URL", redact(settings.broker_url), settings, probe)
 
 
-def check_store(settings: Settings, *, run: str | None = None) -> Check:
-    """The results store takes a small object under the run's prefix (deleted again at once)."""
+def check_store(settings: Settings, *, run: str | None = None, quick: bool = True) -> Check:
+    """The results store takes a small object under the run's prefix (deleted again at once). ``quick``: an S3
+    client that tries twice (an answer in a second); else the workers' own retries (a flaky store passes)."""
 
     def probe() -> str:
         from pixelperfect.storage import join_key, open_store
 
-        store = open_store(settings.store_url, settings, probe=True)
+        store = open_store(settings.store_url, settings, probe=quick)
         key = join_key(run or "", f".pixelperfect-preflight-{uuid.uuid4().hex[:12]}")
         store.put(key, b"preflight", "text/plain")
         try:
@@ -189,8 +190,12 @@ def before_submit(
 
 
 def before_worker(settings: Settings) -> list[Check]:
-    """``worker``: database reachable, broker, store writable (its tables may come with the first submit)."""
-    return require([lambda: check_database(settings), lambda: check_broker(settings), lambda: check_store(settings)])
+    """``worker``: database reachable, broker, store writable (its tables may come with the first submit). The
+    store is tried with the retries the worker's uploads get: a worker must not refuse to start on a store that
+    drops one request in five, which its uploads ride out."""
+    return require(
+        [lambda: check_database(settings), lambda: check_broker(settings), lambda: check_store(settings, quick=False)]
+    )
 
 
 def before_reading(settings: Settings) -> list[Check]:

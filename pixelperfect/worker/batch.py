@@ -88,7 +88,7 @@ def _pause_after(rt: Runtime, hold: leases.Hold, failure: pausing.WriteFailure) 
     dropping the batch's leases in the same transaction (its images stay queued). True when paused here; False
     below the limit or when the pause itself cannot be written (the batch is then retried as before)."""
     limit = rt.settings.pause_after_failed_writes
-    in_a_row = pausing.failed(hold.run_id, len(hold.todo))
+    in_a_row = pausing.failed(rt.settings.database_url, hold.run_id, len(hold.todo))
     if limit <= 0 or in_a_row < limit:
         return False
     try:
@@ -142,7 +142,7 @@ def _run_held(
         seg_rows=seg_rows,
         fence=hold.fence,
     )
-    pausing.wrote(run.id)
+    pausing.wrote(rt.settings.database_url, run.id)
     observe_batch(
         done=summary.done,
         failures=summary.failures,

@@ -23,8 +23,8 @@ from pixelperfect.failures import chain, first_line, reason
 
 log = logging.getLogger(__name__)
 
-#: run id -> images of the run this process could not write, in a row.
-_FAILED: dict[int, int] = {}
+#: (database URL, run id) -> images of the run this process could not write, in a row.
+_FAILED: dict[tuple[str, int], int] = {}
 
 
 class WriteFailure(RuntimeError):
@@ -40,15 +40,16 @@ def write_failure(exc: BaseException) -> WriteFailure | None:
     return next((e for e in chain(exc) if isinstance(e, WriteFailure)), None)
 
 
-def wrote(run_id: int) -> None:
+def wrote(database_url: str, run_id: int) -> None:
     """A batch of the run persisted: its count of failed writes starts again."""
-    _FAILED.pop(run_id, None)
+    _FAILED.pop((database_url, run_id), None)
 
 
-def failed(run_id: int, images: int) -> int:
+def failed(database_url: str, run_id: int, images: int) -> int:
     """``images`` of the run could not be written; returns how many in a row now."""
-    _FAILED[run_id] = _FAILED.get(run_id, 0) + images
-    return _FAILED[run_id]
+    key = (database_url, run_id)
+    _FAILED[key] = _FAILED.get(key, 0) + images
+    return _FAILED[key]
 
 
 def why(failure: WriteFailure, images: int | None = None) -> str:
@@ -65,7 +66,7 @@ def pause(database_url: str, run_id: int, reason_text: str, *, ttl_s: float, rel
         paused = control.pause_run(session, run_id=run_id, reason=reason_text)
         if release is not None:
             release(session)
-    _FAILED.pop(run_id, None)
+    _FAILED.pop((database_url, run_id), None)
     if paused:
         log.error("run %s paused itself: %s; `pixelperfect submit` of the run resumes it", run_id, reason_text)
     return paused
