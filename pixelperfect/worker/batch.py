@@ -70,7 +70,7 @@ def run_batch(
         return summary
     try:
         return _run_held(rt, hold, summary, host, t_start, publish_segs)
-    except pausing.WriteFailure as failure:
+    except pausing.StoreFailure as failure:
         if _pause_after(rt, hold, failure):  # N images in a row could not be written: the run paused itself
             summary.paused = True
             return summary
@@ -83,7 +83,7 @@ def run_batch(
         raise
 
 
-def _pause_after(rt: Runtime, hold: leases.Hold, failure: pausing.WriteFailure) -> bool:
+def _pause_after(rt: Runtime, hold: leases.Hold, failure: pausing.StoreFailure) -> bool:
     """Count the batch's images against the run (``worker/pausing.py``); at ``pause_after_failed_writes`` pause it,
     dropping the batch's leases in the same transaction (its images stay queued). True when paused here; False
     below the limit or when the pause itself cannot be written (the batch is then retried as before)."""
@@ -164,7 +164,7 @@ def _run_held(
 
 
 def _writes_to_database(rt: Runtime, persist: Callable[..., None]) -> Callable[..., None]:
-    """``persist`` whose database errors raise as :class:`~pixelperfect.worker.pausing.WriteFailure` (counted
+    """``persist`` whose database errors raise as :class:`~pixelperfect.worker.pausing.StoreFailure` (counted
     against the run like a store that refuses)."""
     from pixelperfect.failures import redact
 
@@ -174,7 +174,7 @@ def _writes_to_database(rt: Runtime, persist: Callable[..., None]) -> Callable[.
         except Exception as exc:
             if type(exc).__module__.split(".")[0] != "sqlalchemy":
                 raise
-            raise pausing.WriteFailure("database", redact(rt.settings.database_url), exc) from exc
+            raise pausing.StoreFailure("database", redact(rt.settings.database_url), exc) from exc
 
     return call
 

@@ -28,7 +28,7 @@ from pixelperfect.pipeline.stages import finish_image, predict_images, prepare_i
 from pixelperfect.storage import ObjectStore, join_key, validate_key
 from pixelperfect.worker import pools, segout
 from pixelperfect.worker.fetch import FetchedImage, ImageTodo, decode_side, fetch_image
-from pixelperfect.worker.pausing import WriteFailure
+from pixelperfect.worker.pausing import StoreFailure
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,12 @@ class BatchFlow:
 
     def _load(self, todo: ImageTodo) -> FetchedImage:
         prompts = self.boxes.get(todo.key, []), self.points.get(todo.key, [])
-        f = fetch_image(self.rt, self.run_spec, todo, *prompts, model_side=self.decode_side)
+        try:
+            f = fetch_image(self.rt, self.run_spec, todo, *prompts, model_side=self.decode_side)
+        except MemoryError:
+            raise
+        except Exception as exc:  # the source does not answer (fetch fails an image only for its own faults)
+            raise StoreFailure("source", self._address(self.run_spec.source_url), exc) from exc
         if f.input is not None:
             try:
                 f.prepared = prepare_image(f.input, self.run_spec.variants, self.segmenter, self.run_spec.process)
@@ -148,7 +153,7 @@ class BatchFlow:
         return result, puts
 
     def _collect(self) -> dict[str, ImageResult]:
-        """Wait for every post thread and upload; a failed upload raises :class:`WriteFailure` (no row may name a
+        """Wait for every post thread and upload; a failed upload raises :class:`StoreFailure` (no row may name a
         missing object)."""
         results: dict[str, ImageResult] = {}
         uploads: list[Future[None]] = []
@@ -167,7 +172,7 @@ class BatchFlow:
             except MemoryError:
                 raise
             except Exception as exc:  # the store refuses: worker/pausing.py counts it against the run
-                raise WriteFailure("store", self._store_address(), exc) from exc
+                raise StoreFailure("store", self._address(self.store.url), exc) from exc
         waited = (time.perf_counter() - t0) / max(len(results), 1)
         for result in results.values():
             result.timings["upload"] = waited  # the upload time not hidden behind the model
@@ -175,9 +180,8 @@ class BatchFlow:
                 seg.mask_png = b""  # stored; only the rows are still needed
         return results
 
-    def _store_address(self) -> str:
+    def _address(self, url: str) -> str:
         endpoint = self.rt.settings.s3_endpoint_url
-        url = self.store.url
         return f"{url} (S3 endpoint {endpoint})" if url.startswith("s3://") and endpoint else url
 
     def _abort(self, exc: BaseException) -> None:

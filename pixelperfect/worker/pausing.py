@@ -1,7 +1,10 @@
 """A run that cannot write does not burn the archive: when this worker process could not write the results of
 ``Settings.pause_after_failed_writes`` consecutive images of a run — mask objects to its store, or its rows to the
-database — the run pauses itself (state ``paused``, ``runs.state_reason`` saying what refused and why) instead of
-failing image after image; so does a batch whose retries were all spent on write failures (``persist.give_up``).
+database — or could not read them from its object-store source (S3 or a directory that does not answer), the run
+pauses itself (state ``paused``, ``runs.state_reason`` saying what refused and why) instead of failing image after
+image; so does a batch whose retries were all spent on such failures (``persist.give_up``). A missing object is
+the image's own failure (``missing``), as is a PACS source that does not answer (``source_unavailable``, which
+``retry`` repairs): neither counts here.
 
 A paused run's images stay ``queued``; workers acknowledge its other batches without model work (``leases``), the
 orphan sweep leaves it alone, and ``pixelperfect submit`` of the run resumes it (``control.resume_paused``: its
@@ -27,17 +30,19 @@ log = logging.getLogger(__name__)
 _FAILED: dict[tuple[str, int], int] = {}
 
 
-class WriteFailure(RuntimeError):
-    """The results of a batch could not be written: ``what`` (``store`` or ``database``) at ``address``."""
+class StoreFailure(RuntimeError):
+    """A batch could not write its results to ``what`` (``store`` or ``database``), or read its images from it
+    (``source``), at ``address``."""
 
     def __init__(self, what: str, address: str, cause: BaseException) -> None:
-        super().__init__(f"cannot write to the {what} {address}: {first_line(cause, 300)}")
+        verb = "read from" if what == "source" else "write to"
+        super().__init__(f"cannot {verb} the {what} {address}: {first_line(cause, 300)}")
         self.what, self.address, self.words = what, address, reason(cause)
 
 
-def write_failure(exc: BaseException) -> WriteFailure | None:
-    """The :class:`WriteFailure` ``exc`` is or was raised from, if any."""
-    return next((e for e in chain(exc) if isinstance(e, WriteFailure)), None)
+def store_failure(exc: BaseException) -> StoreFailure | None:
+    """The :class:`StoreFailure` ``exc`` is or was raised from, if any."""
+    return next((e for e in chain(exc) if isinstance(e, StoreFailure)), None)
 
 
 def wrote(database_url: str, run_id: int) -> None:
@@ -52,10 +57,11 @@ def failed(database_url: str, run_id: int, images: int) -> int:
     return _FAILED[key]
 
 
-def why(failure: WriteFailure, images: int | None = None) -> str:
+def why(failure: StoreFailure, images: int | None = None) -> str:
     """The reason recorded on the paused run."""
     count = f"{images} consecutive image(s)" if images else "a batch, after its retries,"
-    return f"{count} could not be written to the {failure.what} {failure.address}: {failure.words}"
+    verb = "read from" if failure.what == "source" else "written to"
+    return f"{count} could not be {verb} the {failure.what} {failure.address}: {failure.words}"
 
 
 def pause(database_url: str, run_id: int, reason_text: str, *, ttl_s: float, release: Any = None) -> bool:

@@ -112,7 +112,7 @@ def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "
     A batch whose retries were spent on write failures (the store or database refused its results) fails no image:
     the run pauses itself instead (``worker/pausing.py``), its images stay queued."""
     settings = get_settings()
-    failure = pausing.write_failure(exc)
+    failure = pausing.store_failure(exc)
     if failure is not None:
         pausing.pause(settings.database_url, run_id, pausing.why(failure), ttl_s=settings.visibility_timeout)
         return {"run_id": run_id, "done": 0, "failed": 0, "paused": True}

@@ -23,7 +23,7 @@ from pixelperfect.pipeline.stages import ImageInput, process_images
 from pixelperfect.storage import LocalStore
 from pixelperfect.worker import flow
 from pixelperfect.worker.batch import run_batch
-from pixelperfect.worker.pausing import WriteFailure
+from pixelperfect.worker.pausing import StoreFailure
 from pixelperfect.worker.runtime import get_runtime
 from tests.conftest import count_model_loads, embedded_settings
 
@@ -138,7 +138,7 @@ def test_failed_upload_raises_and_writes_no_row(tmp_path: Path, phantom_dir: Pat
     events = Events()
     store = SpyStore(tmp_path / "store", events, put_delay=0.01, fail_on="img05")
     _install(run_id, SlowModel(events, 0.01), store, SpyStore(tmp_path / "images", events))
-    with pytest.raises(WriteFailure, match="img05") as raised:  # counted against the run (worker/pausing.py)
+    with pytest.raises(StoreFailure, match="img05") as raised:  # counted against the run (worker/pausing.py)
         run_batch(run_id, keys)
     assert isinstance(raised.value.__cause__, ConnectionError) and "store" in str(raised.value)
     settled = events.puts_done
@@ -160,12 +160,12 @@ def test_a_store_refusing_n_images_in_a_row_pauses_the_run_and_a_good_batch_rese
     events = Events()
     store = SpyStore(tmp_path / "store", events, fail_on="img0")
     _install(run_id, SlowModel(events, 0.0), store, SpyStore(tmp_path / "images", events))
-    with pytest.raises(WriteFailure):
+    with pytest.raises(StoreFailure):
         run_batch(run_id, keys[0:2])  # 2 in a row
     store.fail_on = None
     assert run_batch(run_id, keys[2:4]).done == 2  # written: the count starts again
     store.fail_on = "img"
-    with pytest.raises(WriteFailure):
+    with pytest.raises(StoreFailure):
         run_batch(run_id, keys[4:6])  # 2 in a row
     assert run_batch(run_id, keys[6:8]).paused  # 4 in a row: paused, not raised
     encodes = len(events.encodes)
