@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     # seconds to finish, then it is cancelled and its message goes back to the queue. A supervisor's grace period
     # (docker stop -t, Kubernetes terminationGracePeriodSeconds) must be longer.
     worker_soft_shutdown_timeout: float = Field(default=60.0, ge=0)
+    # A run pauses itself (state paused, its reason recorded; `submit` resumes it) when a worker process could not
+    # write the results of this many consecutive images of it — to its store, or to the database — or read them
+    # from its S3/directory source, instead of failing the archive image by image (worker/pausing.py); also when a
+    # batch's retries were all spent on such failures. 0: only then.
+    pause_after_failed_writes: int = Field(default=32, ge=0)
+    # The command line shows the traceback of expected failures too (as `pixelperfect --debug`).
+    debug: bool = False
     # rediss:// brokers: certificate checking (required | optional | none) and the files for it.
     broker_ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
     broker_ssl_ca_certs: str | None = None

@@ -86,6 +86,8 @@ class RunStatus(TypedDict, total=False):
     model: str
     variants: list[str]
     dicom: dict[str, int]  # SEG and SR counts (db/segs.py seg_counts); empty for a run that writes none
+    state: str  # active, paused, cancelled, deleting
+    state_reason: str | None  # why a run paused itself
     stages: list[tuple[str, float, float]]
     stage_sample: int
     rate: float | None  # images/s over the live view's window (:func:`watch_run`)
@@ -121,6 +123,8 @@ def run_status(run: str, settings: Settings) -> RunStatus:
             "model": row.model,
             "variants": [v["name"] for v in row.variants],
             "dicom": seg_repo.seg_counts(session, run_id=row.id) if (row.settings or {}).get("outputs") else {},
+            "state": row.state,
+            "state_reason": row.state_reason,
         }
 
 
@@ -202,7 +206,8 @@ def watch_run(
         window.add(time.monotonic(), counts["done"] + counts["failed"])
         info["rate"], info["eta_s"] = _rate_and_eta(info, window)
         timed_out = max_seconds is not None and time.monotonic() - started >= max_seconds
-        return info, counts["queued"] == 0 or timed_out
+        stopped = info.get("state", "active") != "active"  # paused or cancelled: nothing moves until a submit
+        return info, counts["queued"] == 0 or timed_out or stopped
 
     if not console.is_terminal:
         while True:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from pixelperfect import preflight
 from pixelperfect.cli.common import command_settings, console, fail
 from pixelperfect.config import Settings
 
@@ -58,6 +59,7 @@ def export(
     from pixelperfect.export import export_run
 
     settings = command_settings()
+    preflight.before_reading(settings)
     try:
         stats = export_run(run, settings, fmt=fmt, out=out, variant=variant, deidentify=deidentify, mapping=mapping)
     except (LookupError, ValueError) as exc:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from pixelperfect import preflight
 from pixelperfect.cli.common import command_settings, console, fail
 
 
@@ -25,6 +26,7 @@ def report(
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     settings = command_settings()
+    preflight.before_reading(settings)  # a fresh database: one line, not "no such table"
     try:
         path = build_report(runs, out, settings=settings, fmt=fmt)
     except LookupError as exc:

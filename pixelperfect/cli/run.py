@@ -16,8 +16,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from pixelperfect import preflight
 from pixelperfect.cli.common import command_settings, console, err, fail
 from pixelperfect.config import Settings
+
+#: ``submit --wait`` / ``retry --wait``: the run ended with failed images.
+EXIT_FAILED_IMAGES = 1
+#: The run paused itself (its store or database refused writes): ``submit`` resumes it.
+EXIT_PAUSED = 3
 
 
 def register(app: typer.Typer) -> None:
@@ -105,6 +111,7 @@ def submit(
     except ValueError as exc:
         fail(str(exc))
         return
+    preflight.before_submit(settings, run=run, source=source, manifest=manifest)  # nothing registered before
     req = SubmitRequest(
         source=source,
         run=run,
@@ -152,6 +159,25 @@ def submit(
     if wait and not settings.embedded:
         wait_for_run(result.run_id, settings)
     print_status(run, settings, as_json=False)
+    end_of_run(run, settings, wait=wait)
+
+
+def end_of_run(run: str, settings: Settings, *, wait: bool) -> None:
+    """The exit status of a submission: 3 when the run paused itself; with ``wait`` (``--wait``, embedded runs
+    too), 1 when images of the run failed (the count in the last line); else 0."""
+    from pixelperfect.monitor import run_status
+
+    info = run_status(run, settings)
+    if info.get("state") == "paused":
+        err.print(f"run {run} paused: {info.get('state_reason') or 'no reason recorded'}; fix it and submit the run "
+                  "again to resume", markup=False, highlight=False)  # fmt: skip
+        raise typer.Exit(EXIT_PAUSED)
+    failed = info["images"].get("failed", 0)
+    if wait and failed:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(info["failures"].items()))
+        err.print(f"run {run}: {failed} image(s) failed ({reasons}); `pixelperfect status {run}` lists them, "
+                  f"`pixelperfect retry {run}` retries them", markup=False, highlight=False)  # fmt: skip
+        raise typer.Exit(EXIT_FAILED_IMAGES)
 
 
 def _submit_with_progress(req: Any, settings: Settings, do_submit: Any) -> Any:
@@ -175,8 +201,10 @@ def _submit_with_progress(req: Any, settings: Settings, do_submit: Any) -> Any:
 
 
 def wait_for_run(run_id: int, settings: Settings, timeout: float = 24 * 3600) -> None:
-    """Poll the database each second until run ``run_id`` has no queued image (or ``timeout`` seconds passed)."""
-    from pixelperfect.db import repo
+    """Poll the database each second until run ``run_id`` has no queued image, is no longer active (paused,
+    cancelled), or ``timeout`` seconds passed."""
+    from pixelperfect.db import control, repo
+    from pixelperfect.db.models import RunState
     from pixelperfect.db.session import session_scope
 
     deadline = time.monotonic() + timeout
@@ -184,6 +212,8 @@ def wait_for_run(run_id: int, settings: Settings, timeout: float = 24 * 3600) ->
         with session_scope(settings.database_url) as session:
             if repo.status_counts(session, run_id=run_id)["queued"] == 0:
                 return
+            if control.run_state(session, run_id=run_id) != RunState.active.value:
+                return  # paused (or cancelled): nothing will move until it is submitted again
         time.sleep(1.0)
 
 
@@ -200,6 +230,7 @@ def worker(
     settings = command_settings()
     if settings.embedded:
         fail("PIXELPERFECT_BROKER_URL is not set: a worker needs a broker (e.g. redis://localhost:6379/0)")
+    preflight.before_worker(settings)  # database, broker, store: the one that fails is named
     from pixelperfect.worker.app import app as celery_app
 
     argv = [
@@ -258,6 +289,8 @@ def print_status(run: str, settings: Settings, *, as_json: bool) -> None:
             "failures": info["failures"],
             "images_per_s": info["images_per_s"],
             "eta_s": info["eta_s"],
+            "state": info.get("state"),
+            "state_reason": info.get("state_reason"),
         }
         console.print_json(json.dumps(subset))
         return
@@ -277,6 +310,11 @@ def print_status(run: str, settings: Settings, *, as_json: bool) -> None:
     console.print(table)
     if info["failures"]:
         console.print("failures: " + ", ".join(f"{r}: {n}" for r, n in sorted(info["failures"].items())))
+    if info.get("state") == "paused":
+        console.print(f"paused: {info.get('state_reason') or 'no reason recorded'} (submit the run again to resume)",
+                      markup=False, highlight=False)  # fmt: skip
+    elif info.get("state") not in (None, "active"):
+        console.print(f"state: {info.get('state')}", markup=False, highlight=False)
     from pixelperfect.training.tracking import describe_progress, read_progress
 
     progress = read_progress(settings, run)
@@ -339,6 +377,7 @@ def retry(
     from pixelperfect.cli import archive
 
     settings = command_settings()
+    preflight.before_reading(settings)
     try:
         if seg:
             return archive.retry_segs(run, settings)
@@ -358,3 +397,4 @@ def retry(
     if wait and not settings.embedded:
         wait_for_run(result.run_id, settings)
     print_status(run, settings, as_json=False)
+    end_of_run(run, settings, wait=wait)

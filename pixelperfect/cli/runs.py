@@ -12,6 +12,7 @@ import sys
 import typer
 from rich.table import Table
 
+from pixelperfect import preflight
 from pixelperfect.cli.common import command_settings, console, fail
 
 
@@ -43,6 +44,9 @@ def runs(as_json: bool = typer.Option(False, "--json", help="print machine-reada
                       str(c.get("queued", 0)), str(c.get("done", 0)), str(c.get("failed", 0)),
                       str(c.get("cancelled", 0)), f"{r.images_per_s:.2f}" if r.images_per_s else "–")  # fmt: skip
     console.print(table)
+    for r in overview:
+        if r.state_reason:
+            console.print(f"{r.name} {r.state}: {r.state_reason}", markup=False, highlight=False)
 
 
 def cancel(run: str = typer.Argument(..., help="run name")) -> None:
@@ -52,6 +56,7 @@ def cancel(run: str = typer.Argument(..., help="run name")) -> None:
     from pixelperfect.producer.lifecycle import cancel as do_cancel
 
     settings = command_settings()
+    preflight.before_reading(settings)
     try:
         result = do_cancel(run, settings)
     except (LookupError, RunBusyError) as exc:
@@ -75,6 +80,7 @@ def delete(
     from pixelperfect.producer.lifecycle import delete as do_delete
 
     settings = command_settings()
+    preflight.before_reading(settings)
     if not yes:
         if not _interactive():
             fail(f"refusing to delete run {run!r} without --yes: no terminal to ask on")

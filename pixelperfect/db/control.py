@@ -42,12 +42,40 @@ def _free(now: datetime, owner: str | None = None) -> Any:
 
 
 def run_state(session: Session, *, run_id: int) -> str | None:
-    """``active``, ``cancelled`` or ``deleting``; None when the run does not exist (deleted)."""
+    """``active``, ``paused``, ``cancelled`` or ``deleting``; None when the run does not exist (deleted)."""
     return session.scalar(select(Run.state).where(Run.id == run_id))
 
 
-def set_run_state(session: Session, *, run_id: int, state: RunState) -> None:
-    session.execute(update(Run).where(Run.id == run_id).values(state=state.value, state_changed_at=utcnow()))
+def set_run_state(session: Session, *, run_id: int, state: RunState, reason: str | None = None) -> None:
+    session.execute(
+        update(Run).where(Run.id == run_id).values(state=state.value, state_changed_at=utcnow(), state_reason=reason)
+    )
+
+
+def pause_run(session: Session, *, run_id: int, reason: str) -> bool:
+    """An active run pauses itself (its store or database refused writes): state ``paused`` with ``reason``; its
+    queued images stay queued, workers acknowledge its batches without model work. False when it was not active
+    (already paused, cancelled, being deleted, gone)."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.state == RunState.active.value)
+        .values(state=RunState.paused.value, state_changed_at=utcnow(), state_reason=reason[:2000])
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def resume_paused(session: Session, *, run_id: int) -> int:
+    """``submit`` on a paused run: active again, its queued images unpublished and unleased (their messages were
+    acknowledged while it was paused), so the producer publishes them. An execution still holding one loses it to
+    its new message at the fence (each image is written once). Returns the images queued for publishing."""
+    set_run_state(session, run_id=run_id, state=RunState.active)
+    result = session.execute(
+        update(Image)
+        .where(Image.run_id == run_id, Image.status == ImageStatus.queued.value)
+        .values(published_at=None, lease_owner=None, lease_worker=None, lease_expires=None)
+        .execution_options(**_NO_SYNC)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def cancel_run(session: Session, *, run_id: int) -> int:
@@ -313,6 +341,7 @@ class RunOverview:
     state: str
     counts: dict[str, int]
     images_per_s: float | None
+    state_reason: str | None = None  # why it paused itself
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -321,6 +350,7 @@ class RunOverview:
             "variants": self.variants,
             "created": self.created_at.isoformat(),
             "state": self.state,
+            "state_reason": self.state_reason,
             "images": self.counts,
             "images_per_s": self.images_per_s,
         }
@@ -330,7 +360,7 @@ def runs_overview(session: Session) -> list[RunOverview]:
     """Every run with its image counts by status and images/s: two queries (the runs; the images grouped by run
     and status), whatever the number of runs."""
     runs = session.execute(
-        select(Run.id, Run.name, Run.model, Run.variants, Run.created_at, Run.state).order_by(Run.id)
+        select(Run.id, Run.name, Run.model, Run.variants, Run.created_at, Run.state, Run.state_reason).order_by(Run.id)
     ).all()
     grouped = session.execute(
         select(
@@ -352,7 +382,7 @@ def runs_overview(session: Session) -> list[RunOverview]:
             w[1] = last if w[1] is None else max(w[1], last)
             w[2] += int(finished)
     out = []
-    for run_id, name, model, variants, created, state in runs:
+    for run_id, name, model, variants, created, state, state_reason in runs:
         first, last, finished = window.get(run_id, [None, None, 0])
         rate = None
         if first is not None and last is not None and finished > 1 and last > first:
@@ -366,6 +396,7 @@ def runs_overview(session: Session) -> list[RunOverview]:
                 state=state,
                 counts=counts.get(run_id, {s.value: 0 for s in ImageStatus}),
                 images_per_s=rate,
+                state_reason=state_reason,
             )
         )
     return out

@@ -34,3 +34,38 @@ def current(url: str) -> str | None:
 
     with get_engine(url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def head() -> str | None:
+    """The newest revision of this code's migrations."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def schema_revision(url: str, *, connect_timeout: float = 5) -> tuple[str | None, bool]:
+    """``(revision, has tables)`` of the database at ``url``, on a connection of its own that gives up after
+    ``connect_timeout`` seconds (PostgreSQL; SQLite opens a file): preflight asks before anything is written.
+    ``has tables``: the ``runs`` table exists (also in a schema made without Alembic, e.g. ``create_all``)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.pool import NullPool
+
+    from pixelperfect.db.session import get_engine
+
+    if url.startswith("sqlite"):
+        engine = get_engine(url)
+        dispose = False
+    else:
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(1, int(connect_timeout))})
+        dispose = True
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+            revision = MigrationContext.configure(connection).get_current_revision()
+            return revision, inspect(connection).has_table("runs")
+    finally:
+        if dispose:
+            engine.dispose()

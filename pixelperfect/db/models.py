@@ -42,6 +42,7 @@ class RunState(str, enum.Enum):
     active = "active"
     cancelled = "cancelled"  # workers acknowledge its batches without model work; submit resumes it
     deleting = "deleting"  # ``pixelperfect delete`` began removing it (re-run delete to finish)
+    paused = "paused"  # it paused itself: its store (or database) refused writes (``state_reason``); submit resumes it
 
 
 class Base(DeclarativeBase):
@@ -69,8 +70,9 @@ class Run(Base):
     kind: Mapped[str] = mapped_column(String(20), default="segment")  # segment | train
     state: Mapped[str] = mapped_column(String(12), default=RunState.active.value, server_default="active")
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # the secret of export --deidentify's pseudonyms, drawn at the first such export (migration 0008)
+    # the secret of export --deidentify's pseudonyms, drawn at the first such export (migration 0009)
     deid_salt: Mapped[str | None] = mapped_column(String(64))
+    state_reason: Mapped[str | None] = mapped_column(Text)  # why it paused itself (None while active)
 
     images: Mapped[list[Image]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -196,7 +198,7 @@ class ModelWork(Base):
 class SegObject(Base):
     """The DICOM-SEG of one image and variant (migration 0005): where it is stored, or why it could not be built,
     and whether the STOW-RS target has it (``stored`` | ``failed`` | NULL when the run sends none); the same for
-    its TID 1500 SR (``sr_*``, migration 0008)."""
+    its TID 1500 SR (``sr_*``, migration 0009)."""
 
     __tablename__ = "seg_objects"
     __table_args__ = (
@@ -214,7 +216,7 @@ class SegObject(Base):
     seg_error: Mapped[str | None] = mapped_column(Text)
     stow_status: Mapped[str | None] = mapped_column(String(10))
     stow_error: Mapped[str | None] = mapped_column(Text)
-    # its TID 1500 SR (--output png,dicom-seg,dicom-sr; migration 0008): the same four facts as the SEG's
+    # its TID 1500 SR (--output png,dicom-seg,dicom-sr; migration 0009): the same four facts as the SEG's
     sr_key: Mapped[str | None] = mapped_column(Text)  # full URL of the SR .dcm; NULL while sr_error is set
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     sr_error: Mapped[str | None] = mapped_column(Text)

@@ -311,7 +311,7 @@ def submit(
     if points is not None and not points.matched:
         log.warning("no point in %s matches an image key or stem", req.points)
     if stopped:
-        log.warning("run %s was cancelled while it was being submitted: publishing stopped", req.run)
+        log.warning("run %s was cancelled or paused while it was being submitted: publishing stopped", req.run)
     return SubmitResult(run_id, req.run, created, images, new, pending, batches, annotated, resumed, stopped)
 
 
@@ -326,13 +326,19 @@ def _analyze(settings: Settings) -> None:
 
 
 def _resume(session: Any, run: Any) -> int:
-    """A cancelled run becomes active again, its cancelled images queued; a run being deleted is refused."""
+    """A cancelled run becomes active again, its cancelled images queued; a paused one active again, its queued
+    images published again; a run being deleted is refused."""
     if run.state == RunState.deleting.value:
         raise SubmitError(f"run {run.name!r} is being deleted: finish with `pixelperfect delete {run.name} --yes`")
     if run.state == RunState.cancelled.value:
         n = control.resume_run(session, run_id=run.id)
         log.info("run %s was cancelled: resumed, %d cancelled images queued again", run.name, n)
         return n
+    if run.state == RunState.paused.value:
+        why = run.state_reason
+        n = control.resume_paused(session, run_id=run.id)
+        log.warning("run %s had paused itself (%s): resumed, its %d queued images published again", run.name, why, n)
+        return 0
     return 0
 
 

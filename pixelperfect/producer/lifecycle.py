@@ -106,7 +106,7 @@ def delete(name: str, settings: Settings, *, keep_masks: bool = False, stowed_li
     with session_scope(settings.database_url) as session:
         run_id, state, store_url = _lookup(session, name)
         queued = repo.status_counts(session, run_id=run_id)["queued"]
-        if state == RunState.active.value and queued:
+        if state in (RunState.active.value, RunState.paused.value) and queued:
             raise RunBusyError(f"run {name!r} has {queued} queued images: `pixelperfect cancel {name}` first")
         in_flight = control.live_leases(session, run_id=run_id)
         if in_flight:

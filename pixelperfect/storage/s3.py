@@ -85,22 +85,23 @@ class S3Store(ObjectStore):
                 yield obj["Key"][strip:]
 
 
-def make_s3_client(endpoint_url: str | None = None) -> Any:
+def make_s3_client(endpoint_url: str | None = None, *, attempts: int = 8, connect_timeout: float = 10) -> Any:
     """A boto3 S3 client that works with AWS and S3-compatible servers.
 
     Path-style addressing (MinIO and moto serve buckets on the path), the standard retry mode (exponential
     backoff on 5xx, throttling and connection errors), and checksums only when an operation requires them:
-    botocore >= 1.36 otherwise adds CRC trailers that several S3-compatible servers reject.
+    botocore >= 1.36 otherwise adds CRC trailers that several S3-compatible servers reject. ``attempts`` and
+    ``connect_timeout``: fewer and shorter for a preflight probe.
     """
     import boto3
     from botocore.config import Config
 
     config = Config(
         s3={"addressing_style": "path"},
-        retries={"mode": "standard", "max_attempts": 8},
+        retries={"mode": "standard", "max_attempts": attempts},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        connect_timeout=10,
+        connect_timeout=connect_timeout,
         read_timeout=60,
         max_pool_connections=32,
     )

@@ -9,7 +9,7 @@ from pixelperfect.storage.base import ObjectStore
 from pixelperfect.storage.dicomweb import DicomwebStore, service_url
 from pixelperfect.storage.dimse import DimseStore, parse_dimse_url
 from pixelperfect.storage.local import LocalStore
-from pixelperfect.storage.s3 import S3Store
+from pixelperfect.storage.s3 import S3Store, make_s3_client
 
 SCHEMES = ("s3", "file", "dicomweb", "dimse")
 #: The schemes of DICOM archives: sources with attribute filters, targets of DICOM objects (SEG, SR, KOS).
@@ -36,14 +36,15 @@ def parse_url(url: str) -> tuple[str, str, str]:
     return "file", "", url
 
 
-def open_store(url: str, settings: Any = None, *, endpoint_url: str | None = None) -> ObjectStore:
+def open_store(url: str, settings: Any = None, *, endpoint_url: str | None = None, probe: bool = False) -> ObjectStore:
     """The store rooted at ``url``: ``s3://``, ``file://`` (or a bare path), a ``dicomweb+http(s)://`` PACS or a
     ``dimse://CALLED_AE@HOST:PORT`` archive.
 
     ``settings`` (default: the process's) give the S3 endpoint, the DICOMweb credentials, our DIMSE AE title, and
     the archives' timeouts and retries;
-    ``endpoint_url`` overrides the S3 endpoint (``PIXELPERFECT_S3_ENDPOINT_URL``). Raises ``ValueError`` naming a
-    URL no store serves."""
+    ``endpoint_url`` overrides the S3 endpoint (``PIXELPERFECT_S3_ENDPOINT_URL``); ``probe``: an S3 client that
+    tries twice with a short connect timeout (preflight answers in a second, not after eight backed-off tries).
+    Raises ``ValueError`` naming a URL no store serves."""
     scheme, bucket, path = parse_url(url)
     if scheme == "file":
         return LocalStore(path)
@@ -55,7 +56,9 @@ def open_store(url: str, settings: Any = None, *, endpoint_url: str | None = Non
         return DicomwebStore(url, settings)
     if scheme == "dimse":
         return DimseStore(url, settings)
-    return S3Store(bucket, path, endpoint_url=endpoint_url if endpoint_url is not None else settings.s3_endpoint_url)
+    endpoint = endpoint_url if endpoint_url is not None else settings.s3_endpoint_url
+    client = make_s3_client(endpoint, attempts=2, connect_timeout=3) if probe else None
+    return S3Store(bucket, path, endpoint_url=endpoint, client=client)
 
 
 def is_archive_url(url: str | None) -> bool:

@@ -24,7 +24,7 @@ from pixelperfect.db import repo
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.options import PromptMode
 from pixelperfect.version import VERSION_CHANGED
-from pixelperfect.worker import leases, segout
+from pixelperfect.worker import leases, pausing, segout
 from pixelperfect.worker.fetch import ImageTodo
 from pixelperfect.worker.flow import BatchFlow
 from pixelperfect.worker.persist import BatchSummary, persist_batch
@@ -70,10 +70,34 @@ def run_batch(
         return summary
     try:
         return _run_held(rt, hold, summary, host, t_start, publish_segs)
+    except pausing.StoreFailure as failure:
+        if _pause_after(rt, hold, failure):  # N images in a row could not be written: the run paused itself
+            summary.paused = True
+            return summary
+        if hold.generated:
+            hold.release_now()
+        raise
     except BaseException:
         if hold.generated:  # no message comes back under a made-up owner: let the caller's retry in at once
             hold.release_now()
         raise
+
+
+def _pause_after(rt: Runtime, hold: leases.Hold, failure: pausing.StoreFailure) -> bool:
+    """Count the batch's images against the run (``worker/pausing.py``); at ``pause_after_failed_writes`` pause it,
+    dropping the batch's leases in the same transaction (its images stay queued). True when paused here; False
+    below the limit or when the pause itself cannot be written (the batch is then retried as before)."""
+    limit = rt.settings.pause_after_failed_writes
+    in_a_row = pausing.failed(rt.settings.database_url, hold.run_id, len(hold.todo))
+    if limit <= 0 or in_a_row < limit:
+        return False
+    try:
+        pausing.pause(rt.settings.database_url, hold.run_id, pausing.why(failure, in_a_row),
+                      ttl_s=rt.settings.visibility_timeout, release=hold.release)  # fmt: skip
+    except Exception as exc:
+        log.error("run %s: could not pause it (%s); the batch is retried", hold.run_id, exc)
+        return False
+    return True
 
 
 def _run_held(
@@ -109,7 +133,8 @@ def _run_held(
     seg_rows = segout.finish_segs(rt, run, fetched)  # DICOM-SEG rows (and STOW-RS), when the run writes SEGs
 
     t0 = time.perf_counter()
-    persist_batch(
+    _persist = _writes_to_database(rt, persist_batch)
+    _persist(
         rt.settings.database_url,
         summary,
         fetched,
@@ -120,6 +145,7 @@ def _run_held(
         seg_rows=seg_rows,
         fence=hold.fence,
     )
+    pausing.wrote(rt.settings.database_url, run.id)
     observe_batch(
         done=summary.done,
         failures=summary.failures,
@@ -138,6 +164,22 @@ def _run_held(
         time.perf_counter() - t0,
     )
     return summary
+
+
+def _writes_to_database(rt: Runtime, persist: Callable[..., None]) -> Callable[..., None]:
+    """``persist`` whose database errors raise as :class:`~pixelperfect.worker.pausing.StoreFailure` (counted
+    against the run like a store that refuses)."""
+    from pixelperfect.failures import redact
+
+    def call(*args: object, **kwargs: object) -> None:
+        try:
+            persist(*args, **kwargs)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "sqlalchemy":
+                raise
+            raise pausing.StoreFailure("database", redact(rt.settings.database_url), exc) from exc
+
+    return call
 
 
 def _refuse(

@@ -28,6 +28,7 @@ from pixelperfect.pipeline.stages import finish_image, predict_images, prepare_i
 from pixelperfect.storage import ObjectStore, join_key, validate_key
 from pixelperfect.worker import pools, segout
 from pixelperfect.worker.fetch import FetchedImage, ImageTodo, check_budget, decode_side, fetch_image
+from pixelperfect.worker.pausing import StoreFailure
 from pixelperfect.worker.runtime import RunSpec, Runtime
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,12 @@ class BatchFlow:
 
     def _load(self, todo: ImageTodo) -> FetchedImage:
         prompts = self.boxes.get(todo.key, []), self.points.get(todo.key, [])
-        f = fetch_image(self.rt, self.run_spec, todo, *prompts, model_side=self.decode_side)
+        try:
+            f = fetch_image(self.rt, self.run_spec, todo, *prompts, model_side=self.decode_side)
+        except MemoryError:
+            raise
+        except Exception as exc:  # the source does not answer (fetch fails an image only for its own faults)
+            raise StoreFailure("source", self._address(self.run_spec.source_url), exc) from exc
         if f.input is not None:
             start = time.perf_counter()
             try:
@@ -150,7 +156,8 @@ class BatchFlow:
         return result, puts
 
     def _collect(self) -> dict[str, ImageResult]:
-        """Wait for every post thread and upload; a failed upload raises (no row may name a missing object)."""
+        """Wait for every post thread and upload; a failed upload raises :class:`StoreFailure` (no row may name a
+        missing object)."""
         results: dict[str, ImageResult] = {}
         uploads: list[Future[None]] = []
         for f, post in self.posts:
@@ -163,13 +170,22 @@ class BatchFlow:
                 segout.submit_segs(self.run_spec, self.store, f, result)  # DICOM-SEG: queued, built after the model
         t0 = time.perf_counter()
         for put in uploads:
-            put.result()
+            try:
+                put.result()
+            except MemoryError:
+                raise
+            except Exception as exc:  # the store refuses: worker/pausing.py counts it against the run
+                raise StoreFailure("store", self._address(self.store.url), exc) from exc
         waited = (time.perf_counter() - t0) / max(len(results), 1)
         for result in results.values():
             result.timings["upload"] = waited  # the upload time not hidden behind the model
             for seg in result.segments:
                 seg.mask_png = b""  # stored; only the rows are still needed
         return results
+
+    def _address(self, url: str) -> str:
+        endpoint = self.rt.settings.s3_endpoint_url
+        return f"{url} (S3 endpoint {endpoint})" if url.startswith("s3://") and endpoint else url
 
     def _abort(self, exc: BaseException) -> None:
         """Stop the batch's threads: cancel what has not started, wait for what has (unless the process itself is

@@ -15,6 +15,7 @@ from pixelperfect.db import segs as seg_repo
 from pixelperfect.db.models import ImageStatus
 from pixelperfect.db.session import session_scope
 from pixelperfect.pipeline.records import ImageResult
+from pixelperfect.worker import pausing
 from pixelperfect.worker.fetch import FetchedImage
 from pixelperfect.worker.telemetry import observe_batch
 
@@ -26,6 +27,7 @@ class BatchSummary:
     failed: int = 0
     skipped: int = 0  # finished, failed, or held by another message's lease: no model work here
     cancelled: int = 0  # its run was cancelled: acknowledged without model work
+    paused: bool = False  # its results could not be written and the run paused itself (worker/pausing.py)
     segments: int = 0
     done_ids: list[int] = field(default_factory=list)  # the images this call wrote as done (after the fence)
     failures: dict[str, str] = field(default_factory=dict)
@@ -39,6 +41,7 @@ class BatchSummary:
             "skipped": self.skipped,
             "cancelled": self.cancelled,
             "segments": self.segments,
+            "paused": self.paused,
         }
 
 
@@ -104,8 +107,15 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
 def give_up(run_id: int, keys: list[str], exc: BaseException, *, reason: str = "batch_error") -> dict[str, Any]:
     """Record a poison batch: its unfinished images end ``failed`` with ``reason`` and the error, so the queue
     drains (a done image is never downgraded). The Celery tasks call it after their last retry, embedded runs after
-    theirs; it lives here, not in ``worker/tasks.py``, so that an embedded run imports no Celery (issue 33)."""
+    theirs; it lives here, not in ``worker/tasks.py``, so that an embedded run imports no Celery (issue 33).
+
+    A batch whose retries were spent on write failures (the store or database refused its results) fails no image:
+    the run pauses itself instead (``worker/pausing.py``), its images stay queued."""
     settings = get_settings()
+    failure = pausing.store_failure(exc)
+    if failure is not None:
+        pausing.pause(settings.database_url, run_id, pausing.why(failure), ttl_s=settings.visibility_timeout)
+        return {"run_id": run_id, "done": 0, "failed": 0, "paused": True}
     with session_scope(settings.database_url) as session:
         control.limit_idle(session, ttl_s=settings.visibility_timeout)
         rows = repo.images_by_key(session, run_id=run_id, keys=keys)

@@ -184,16 +184,14 @@ def test_a_worker_reaching_redis_but_not_postgres_never_acknowledges_what_it_cou
 
 @whole_set
 @pytest.mark.timeout(420)
-def test_workers_reaching_both_but_not_s3_fail_their_images_with_a_reason_and_no_row_names_a_missing_mask(
+def test_workers_reaching_both_but_not_s3_pause_the_run_and_no_row_names_a_missing_mask(
     services: Services, tmp_path: Path, partition_table: list[dict[str, object]]
 ) -> None:
     """Both workers lose the store with their batches in the encoder (REJECT: connections refused at once; with
-    DROP each of boto's 8 attempts waits its 10 s connect timeout). boto retries, the batch is retried, then its
-    images end ``failed`` with a reason; no segment row is written for them, none names a missing mask. After the
-    heal, ``pixelperfect retry`` finishes them, each image done once."""
-    from pixelperfect.cli.run import retry_failed
-    from tests.faults.runs import use_broker
-
+    DROP each of boto's 8 attempts waits its 10 s connect timeout). boto retries, the batch is retried, and then —
+    its retries spent on a store that refuses — the run pauses itself (issue 31) instead of failing its images:
+    state ``paused``, the reason naming the store, every image still queued, no segment row, none naming a missing
+    mask. After the heal, submitting the run again resumes it, each image done once."""
     n = 2 * BATCH
     needs_iptables(services, "reject")
     with cluster(services, tmp_path, visibility_timeout=180, task_max_retries=1, orphan_sweep_s=5) as c:
@@ -208,25 +206,32 @@ def test_workers_reaching_both_but_not_s3_fail_their_images_with_a_reason_and_no
         for w in workers:
             w.host.cut([services.ports["s3"]], how="reject")
             w.release("model")
-        c.wait_until("every image failed", lambda: c.counts()["failed"] == n, 300, poll=0.5)
-        t_failed = time.time()
-        failed = outcome(c, "S3 no")
-        reasons = c.query("select distinct error_reason, error from images")
-        assert failed.audit.failed == n and failed.audit.segments == 0 and failed.audit.missing_objects == [], failed
-        assert {r for r, _ in reasons} == {"batch_error"} and all("Could not connect" in e for _, e in reasons), reasons
+        c.wait_until("the run paused itself", lambda: c.query("select state from runs")[0][0] == "paused", 300,
+                     poll=0.5)  # fmt: skip
+        t_paused = time.time()
+        assert services.redis is not None
+        redis = services.redis
+        c.wait_until("both messages acknowledged", lambda: redis.backlog() == (0, 0), 120)  # nothing in flight
+        paused = outcome(c, "S3 no")
+        why = str(c.query("select state_reason from runs")[0][0])
+        assert paused.audit.failed == 0 and paused.audit.segments == 0 and paused.audit.missing_objects == [], paused
+        assert c.counts()["queued"] == n, c.counts()
+        # the masks could not be stored, then (the batch's retry) its images could not be read: the last one is named
+        assert "could not be" in why and " s3://" in why and "connection refused" in why, why
         retries = sum(len(log_times(w.log, r"retry \d+ in")) for w in workers)
-        assert retries >= 2, [w.tail() for w in workers]  # each batch was retried before it gave up
+        assert retries >= 2, [w.tail() for w in workers]  # each batch was retried before the run paused
         t_heal = time.time()
         for w in workers:
             w.host.heal()
-        use_broker(c.stack.settings)
-        assert retry_failed("p", c.stack.settings, batch_size=BATCH).images == n
+        result_submit = c.submit("p")  # resumes the paused run: its queued images are published again
+        assert result_submit.pending == n, result_submit
         c.wait_drained()
         result = outcome(c, "S3 no (both workers)")
-        result.retried, result.recover_s = n, c.wait_until("done", lambda: c.counts()["done"] == n, 5) - t_heal
-        assert {r[0] for r in c.query("select attempts from images")} == {2}  # failed once, done once: not twice
-        result.notes.append(f"cut reject s3 at model; {retries} batch retries; all {n} failed (batch_error) "
-                            f"{t_failed - t_cut:.0f}s after the cut; done after the heal by `retry`")  # fmt: skip
+        result.recover_s = c.wait_until("done", lambda: c.counts()["done"] == n, 5) - t_heal
+        assert {r[0] for r in c.query("select attempts from images")} == {1}  # written once: nothing failed first
+        assert c.query("select state, state_reason from runs")[0] == ("active", None)
+        result.notes.append(f"cut reject s3 at model; {retries} batch retries; run paused {t_paused - t_cut:.0f}s "
+                            "after the cut, 0 failed; done after the heal by `submit`")  # fmt: skip
         partition_table.append(result.row())
         result.check(wasted_at_most=n)  # the first encoder pass of each image, before its masks could be stored
 

@@ -23,6 +23,7 @@ from pixelperfect.pipeline.stages import ImageInput, process_images
 from pixelperfect.storage import LocalStore
 from pixelperfect.worker import flow
 from pixelperfect.worker.batch import run_batch
+from pixelperfect.worker.pausing import StoreFailure
 from pixelperfect.worker.runtime import get_runtime
 from tests.conftest import count_model_loads, embedded_settings
 
@@ -137,13 +138,46 @@ def test_failed_upload_raises_and_writes_no_row(tmp_path: Path, phantom_dir: Pat
     events = Events()
     store = SpyStore(tmp_path / "store", events, put_delay=0.01, fail_on="img05")
     _install(run_id, SlowModel(events, 0.01), store, SpyStore(tmp_path / "images", events))
-    with pytest.raises(ConnectionError, match="img05"):
+    with pytest.raises(StoreFailure, match="img05") as raised:  # counted against the run (worker/pausing.py)
         run_batch(run_id, keys)
+    assert isinstance(raised.value.__cause__, ConnectionError) and "store" in str(raised.value)
     settled = events.puts_done
     time.sleep(0.2)
     assert events.puts_done == settled  # no upload of this batch still running after it raised
     with session_scope(cfg.database_url) as session:
         assert repo.status_counts(session, run_id=run_id) == {"queued": 8, "done": 0, "failed": 0}
+
+
+def test_a_store_refusing_n_images_in_a_row_pauses_the_run_and_a_good_batch_resets_the_count(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    """worker/pausing.py: 2 images refused, then 2 written (the count starts again), then 4 refused in a row: the
+    run pauses itself (reason recorded), its images stay queued with their leases released, and its next batch is
+    acknowledged without model work."""
+    from pixelperfect.db import control
+
+    run_id, keys, cfg = _setup(tmp_path, phantom_dir, 10, encoder_batch=2, batch_size=2, pause_after_failed_writes=4)
+    events = Events()
+    store = SpyStore(tmp_path / "store", events, fail_on="img0")
+    _install(run_id, SlowModel(events, 0.0), store, SpyStore(tmp_path / "images", events))
+    with pytest.raises(StoreFailure):
+        run_batch(run_id, keys[0:2])  # 2 in a row
+    store.fail_on = None
+    assert run_batch(run_id, keys[2:4]).done == 2  # written: the count starts again
+    store.fail_on = "img"
+    with pytest.raises(StoreFailure):
+        run_batch(run_id, keys[4:6])  # 2 in a row
+    assert run_batch(run_id, keys[6:8]).paused  # 4 in a row: paused, not raised
+    encodes = len(events.encodes)
+    later = run_batch(run_id, keys[8:10])
+    assert not later.paused and later.skipped == 2 and len(events.encodes) == encodes  # no model work
+    with session_scope(cfg.database_url) as session:
+        assert control.run_state(session, run_id=run_id) == "paused"
+        assert repo.status_counts(session, run_id=run_id) == {"queued": 8, "done": 2, "failed": 0}
+        why = session.scalar(select(Image.run.property.mapper.class_.state_reason).limit(1))
+        leased = session.scalar(select(Image.id).where(Image.lease_owner.is_not(None)).limit(1))
+    assert why is not None and "4 consecutive image(s)" in why and f"store file://{tmp_path / 'store'}" in why
+    assert leased is None
 
 
 @pytest.mark.integration
