@@ -157,6 +157,25 @@ def collect(session: Session, run_names: list[str], *, full: bool = True) -> Rep
     return data
 
 
+def run_info(session: Session, name: str) -> RunInfo:
+    """The report's view of run ``name``; ``LookupError`` when there is none."""
+    rid = queries.run_ids_by_name(session, names=[name])[name]
+    row = session.get(Run, rid)
+    if row is None:  # pragma: no cover - run_ids_by_name found it in this session
+        raise LookupError(f"no run named {name!r}")
+    variants = [v["name"] for v in row.variants]
+    return RunInfo(rid, name, row.model, variants, row.prompt_mode, row.source_url, dict(row.settings or {}))
+
+
+def compare_pair(session: Session, a: tuple[str, str], b: tuple[str, str]) -> tuple[list[Comparison], list[str]]:
+    """The report's paired comparisons of ``b`` = ``(run, variant)`` against ``a`` (kind ``variant`` within one
+    run, ``run`` across two), computed exactly as :func:`collect` does, with the notes saying why there are none."""
+    run_a, run_b = run_info(session, a[0]), run_info(session, b[0])
+    data = ReportData(runs=[run_a, run_b], summary=[], failures=[])
+    _compare(session, data, "variant" if a[0] == b[0] else "run", (run_a, a[1]), (run_b, b[1]))
+    return data.comparisons, [t for texts in data.section_notes.values() for t in texts]
+
+
 def _box(values: np.ndarray) -> dict[str, float]:
     p10, q1, med, q3, p90 = (float(v) for v in np.percentile(values, [10, 25, 50, 75, 90]))
     return {"med": med, "q1": q1, "q3": q3, "whislo": p10, "whishi": p90}

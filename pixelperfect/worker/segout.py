@@ -23,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pixelperfect import __version__
 from pixelperfect.pipeline.output.dicomseg import (
     SegAlgorithm,
     SegBuildError,
@@ -32,6 +31,7 @@ from pixelperfect.pipeline.output.dicomseg import (
     read_source_header,
 )
 from pixelperfect.storage import ObjectStore, join_key, validate_key
+from pixelperfect.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -103,7 +103,7 @@ def test_json_and_csv_report(workdir: Path) -> None:
     settings = _settings(workdir)
     path = build_report(["r-sam_tiny", "r-grabcut"], workdir / "out", settings=settings, fmt="json")
     report = json.loads(path.read_text())
-    assert set(report) == {"runs", "comparisons", "detection", "notes"}
+    assert set(report) == {"findings", "runs", "comparisons", "detection", "notes"}
     assert report["notes"] == []  # PNG phantoms without --pixel-spacing: every surface metric in px
     assert [(r["run"], r["model"]) for r in report["runs"]] == [("r-sam_tiny", "sam_tiny"), ("r-grabcut", "grabcut")]
     for run in report["runs"]:
