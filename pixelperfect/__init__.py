@@ -18,13 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors; at run ti
     from pixelperfect.api import MaskMissingError as MaskMissingError
     from pixelperfect.api import Run as Run
     from pixelperfect.api import compare as compare
+    from pixelperfect.api import findings as findings
     from pixelperfect.api import plan as plan
     from pixelperfect.api import run as run
     from pixelperfect.api import runs as runs
     from pixelperfect.api import submit as submit
 
 #: The names ``pp.<name>`` takes from :mod:`pixelperfect.api`.
-API = ("MaskMissingError", "Run", "compare", "plan", "run", "runs", "submit")
+API = ("MaskMissingError", "Run", "compare", "findings", "plan", "run", "runs", "submit")
 
 __all__ = ["__version__", *API]
 

@@ -2,6 +2,6 @@
 the report's comparisons — see docs/python-api.md. Loaded on first use of ``pp.<name>``."""
 
 from pixelperfect.api.handle import MaskMissingError, Run
-from pixelperfect.api.notebook import compare, plan, run, runs, submit
+from pixelperfect.api.notebook import compare, findings, plan, run, runs, submit
 
-__all__ = ["MaskMissingError", "Run", "compare", "plan", "run", "runs", "submit"]
+__all__ = ["MaskMissingError", "Run", "compare", "findings", "plan", "run", "runs", "submit"]

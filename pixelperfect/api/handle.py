@@ -10,6 +10,7 @@ Nothing here imports torch; OpenCV and matplotlib load on the first call that ne
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 from collections.abc import Mapping, Sequence
@@ -332,7 +333,6 @@ class Run:
         """A matplotlib figure of image ``key`` as ``variant`` preprocessed it: each mask as a coloured overlay
         (one image layer per mask), each prompt box (solid) with its jittered boxes (dashed), the ground-truth
         outline when there is one, and the scores (and Dice) in the legend. ``prompts``: only these indices."""
-        from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch, Rectangle
 
@@ -341,7 +341,7 @@ class Run:
             segments = [s for s in segments if s["prompt_index"] in set(prompts)]
         pixels = self.image(key, variant)
         truth = self.truth(key)
-        fig = Figure(figsize=(6, 6 * pixels.shape[0] / max(pixels.shape[1], 1)))
+        fig = _figure_class()(figsize=(6, 6 * pixels.shape[0] / max(pixels.shape[1], 1)))
         ax = fig.add_subplot()
         ax.imshow(pixels, cmap="gray", vmin=0, vmax=255)
         handles: list[Any] = []
@@ -379,6 +379,24 @@ class Run:
         from pixelperfect.api.pairs import compare_frame
 
         return compare_frame((self.name, against or self.baseline), (self.name, variant), metric, self.settings)
+
+
+@functools.cache
+def _figure_class() -> type[Figure]:
+    """A matplotlib ``Figure`` that shows itself in Jupyter as a PNG (``_repr_png_``) without pyplot: no global
+    figure state, no second copy from the inline backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    class RunFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            import io
+
+            buf = io.BytesIO()
+            FigureCanvasAgg(self).print_png(buf)
+            return buf.getvalue()
+
+    return RunFigure
 
 
 def _num(value: float | None) -> str:

@@ -144,6 +144,20 @@ def compare(
     return compare_frame(_side(a, chosen), _side(b, chosen), metric, chosen)
 
 
+def findings(*names: str, database_url: str | None = None, settings: Settings | None = None) -> list[str]:
+    """The report's Findings sentences for runs ``names`` (the first is the baseline of run comparisons), then
+    what they cannot say: :mod:`pixelperfect.evaluation.findings` over the report's own comparisons."""
+    from pixelperfect.db.session import session_scope
+    from pixelperfect.evaluation.collect import collect
+    from pixelperfect.evaluation.findings import finding_lines
+    from pixelperfect.evaluation.findings import findings as stated
+
+    chosen = resolve_settings(settings, database_url=database_url)
+    with session_scope(chosen.database_url) as session:
+        data = collect(session, list(names), full=False)
+    return finding_lines(stated(data.comparisons))
+
+
 def _side(side: str | Run | tuple[str, str], settings: Settings) -> tuple[str, str]:
     if isinstance(side, tuple):
         return side
