@@ -22,7 +22,7 @@ from pixelperfect.evaluation.build import build_report
 @pytest.fixture(scope="module")
 def api_db(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path, tiny_checkpoint: Path) -> dict[str, Any]:
     """Two finished runs over the 12 phantoms, submitted through ``pp.submit`` with explicit URLs:
-    ``nb-sam`` (sam_tiny, raw + clahe, boxes, ground truth) and ``nb-grabcut`` (GrabCut, raw + clahe)."""
+    ``nb-sam`` (sam_tiny, raw + clahe, boxes, ground truth) and ``nb-grabcut`` (GrabCut, raw)."""
     root = tmp_path_factory.mktemp("api")
     urls = {"database_url": f"sqlite:///{root / 'pp.db'}", "store_url": f"file://{root / 'store'}"}
     common = {
@@ -32,7 +32,7 @@ def api_db(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path, tiny_che
         **urls,
     }
     sam = pp.submit(str(phantom_dir / "images"), "nb-sam", model="sam_tiny", checkpoint=str(tiny_checkpoint), **common)
-    grab = pp.submit(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", **common)
+    grab = pp.submit(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", **{**common, "variants": ["raw"]})
     return {"urls": urls, "root": root, "sam": sam, "grabcut": grab, "phantoms": phantom_dir}
 
 
@@ -177,13 +177,13 @@ def test_bad_input_names_close_matches(api_db: dict[str, Any]) -> None:
 
 def test_a_missing_mask_object_is_an_error_naming_its_key(api_db: dict[str, Any]) -> None:
     run = api_db["grabcut"]
-    key = str(run.segments(variant="clahe").key.iloc[-1])
-    path = api_db["root"] / "store" / "nb-grabcut" / "masks" / key / "clahe" / "0.png"
+    key = str(run.segments(variant="raw").key.iloc[-1])
+    path = api_db["root"] / "store" / "nb-grabcut" / "masks" / key / "raw" / "0.png"
     saved = path.read_bytes()
     path.unlink()
     try:
         with pytest.raises(pp.MaskMissingError, match=key):
-            run.mask(key, "clahe", 0)
+            run.mask(key, "raw", 0)
     finally:
         path.write_bytes(saved)
 
@@ -196,12 +196,13 @@ def test_dry_run_counts_and_registers_nothing(api_db: dict[str, Any], phantom_di
     assert not plan.existing
     assert plan.images_per_s is not None and plan.estimate_s == pytest.approx(12 / plan.images_per_s)
     assert "nb-new" not in set(pp.runs(database_url=url)["run"])
-    again = pp.plan(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", variants=["raw", "clahe"],
+    again = pp.plan(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", variants=["raw"],
                     annotations=str(phantom_dir / "labels.csv"), gt_masks=str(phantom_dir / "masks"),
                     **api_db["urls"])  # fmt: skip
     assert again.existing and again.same_config and again.finished == 12
     assert any("would be skipped" in line for line in again.lines())
-    other = pp.plan(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", database_url=url)  # raw only
+    other = pp.plan(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", variants=["raw", "clahe"],
+                    database_url=url)  # fmt: skip
     assert other.existing and other.same_config is False
     assert any("another configuration" in line for line in other.lines())
 
