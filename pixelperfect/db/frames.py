@@ -18,7 +18,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from pixelperfect.db.models import Image, Run, Segment
-from pixelperfect.db.queries import done_segments
+from pixelperfect.db.queries import done_segments, is_postgresql
 from pixelperfect.db.streams import BUCKET_IMAGES, _blocks
 
 #: Numeric segment columns a frame may carry (float32 measures, integer identifiers).
@@ -88,8 +88,32 @@ def run_table(session: Session) -> list[dict[str, Any]]:
     return rows
 
 
+_KEYS_SQL = """SELECT string_agg(id::text, ',' ORDER BY id), string_agg(length(key)::text, ',' ORDER BY id),
+ string_agg(key, '' ORDER BY id) FROM images WHERE run_id = :run GROUP BY id / :bucket ORDER BY id / :bucket"""
+
+
 def image_keys(session: Session, *, run_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, keys)`` of the run's images sorted by id: int64 and an object array of strings."""
+    """``(ids, keys)`` of the run's images sorted by id: int64 and an object array of strings.
+
+    PostgreSQL: per bucket of :data:`BUCKET_IMAGES` image ids, three strings — the ids, the keys' lengths and the
+    keys run together — cut apart here, so no Python row object is made per image (a million keys: one second
+    instead of ten). Elsewhere rows in ``yield_per`` chunks."""
+    if is_postgresql(session):
+        from sqlalchemy import text
+
+        id_parts, key_parts = [], []
+        for ids_text, lengths_text, joined in session.execute(
+            text(_KEYS_SQL), {"run": run_id, "bucket": BUCKET_IMAGES}
+        ):
+            ids = np.array(ids_text.split(","), np.int64)
+            ends = np.cumsum(np.array(lengths_text.split(","), np.int64))
+            starts = ends - np.diff(ends, prepend=0)
+            id_parts.append(ids)
+            key_parts.append(np.array([joined[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
+                                      dtype=object))  # fmt: skip
+        if not id_parts:
+            return np.zeros(0, np.int64), np.zeros(0, dtype=object)
+        return np.concatenate(id_parts), np.concatenate(key_parts)
     rows = session.execute(
         select(Image.id, Image.key).where(Image.run_id == run_id).order_by(Image.id).execution_options(yield_per=50_000)
     ).all()

@@ -2,7 +2,8 @@
 much — sentences computed from the paired comparisons the report already made (:mod:`.stats`), never new numbers.
 
 For each comparison block (every variant of a run against its baseline ``raw``, every further run against the
-first on a shared variant: the runs the user names before/after fine-tuning, in that order) one headline measure
+first on a shared variant: the runs the user names before/after fine-tuning, in that order, and a run whose
+checkpoint's training record names another run's checkpoint as its base, against that run) one headline measure
 is stated: the change in Dice where there is ground truth, else the change in the model's own predicted IoU
 score and in its consistency under box jitter — worded as exactly that, never as "better", because neither is an
 accuracy. Each sentence gives the mean paired difference, its 95 % bootstrap interval, the Wilcoxon p after Holm's

@@ -3,6 +3,9 @@ small to matter however small its p, Holm's correction, and wording without grou
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -118,3 +121,29 @@ def test_the_lines_end_with_what_they_cannot_say() -> None:
     lines = finding_lines(findings([_comparison("variant", "dice", *_dice(30, 0.1))]))
     assert lines[-1] == LIMITS and len(lines) == 2
     assert finding_lines([])[0].startswith("Nothing to compare")
+
+
+def test_a_checkpoints_training_record_links_its_base_run(tmp_path: Path) -> None:
+    """``config.json`` beside a fine-tuned checkpoint names its base's sha256 (or ``random-<model>``): that run is
+    the tuned run's "before", whichever order the report names them in."""
+    from pixelperfect.evaluation.collect import RunInfo, training_base, training_links
+
+    tuned_dir = tmp_path / "tuned"
+    tuned_dir.mkdir()
+    (tuned_dir / "best.pth").write_bytes(b"weights")
+    (tuned_dir / "config.json").write_text(json.dumps({"model": {"base_checkpoint_sha256": "ab" * 32}}))
+    random_dir = tmp_path / "from-random"
+    random_dir.mkdir()
+    (random_dir / "config.json").write_text(json.dumps({"model": {"base_checkpoint_sha256": "random-sam_tiny"}}))
+
+    def info(name: str, model: str, checkpoint: str | None, sha: str | None) -> RunInfo:
+        return RunInfo(0, name, model, ["raw"], "boxes", "file:///x", {}, checkpoint, sha)
+
+    other = info("other", "sam_vit_b", "file:///w/other.pth", "cd" * 32)
+    base = info("base", "sam_vit_b", "file:///w/base.pth", "ab" * 32)
+    tuned = info("tuned", "sam_vit_b", f"file://{tuned_dir}/best.pth", "ef" * 32)
+    tiny = info("tiny", "sam_tiny", "random", None)
+    tiny_tuned = info("tiny-tuned", "sam_tiny", f"file://{random_dir}/best.pth", "01" * 32)
+    assert training_base(tuned.checkpoint) == "ab" * 32 and training_base(other.checkpoint) is None
+    links = training_links([other, tuned, base, tiny, tiny_tuned])
+    assert [(a.name, b.name) for a, b in links] == [("base", "tuned"), ("tiny", "tiny-tuned")]
