@@ -148,8 +148,9 @@ def segment_columns(
     ``image_id`` (int64) and ``prompt_kind`` (int8 codes into :data:`PROMPT_KINDS`) when asked.
     ``ranges``: ``{column: (low, high)}`` kept in the database (inclusive; ``None``: open)."""
     numeric = [c for c in columns if c in SEGMENT_FLOATS or c in SEGMENT_INTS]
+    kinds = "prompt_kind" in columns  # a code column only when asked: each column is 8 bytes a row on the wire
     kind_code = case(*((Segment.prompt_kind == k, i) for i, k in enumerate(PROMPT_KINDS)), else_=-1)
-    values: list[Any] = [Segment.image_id, kind_code, *(getattr(Segment, c) for c in numeric)]
+    values: list[Any] = [Segment.image_id, *([kind_code] if kinds else []), *(getattr(Segment, c) for c in numeric)]
     stmt = (
         select(Segment.id)
         .select_from(Segment)
@@ -169,8 +170,10 @@ def segment_columns(
     blocks = list(_blocks(session, stmt, values, order, Segment.image_id // BUCKET_IMAGES, np.float64))
     arr = np.concatenate([np.zeros((0, len(values)), np.float64), *blocks])
     del blocks
-    out: dict[str, np.ndarray] = {"image_id": arr[:, 0].astype(np.int64), "prompt_kind": arr[:, 1].astype(np.int8)}
-    for i, name in enumerate(numeric, start=2):
+    out: dict[str, np.ndarray] = {"image_id": arr[:, 0].astype(np.int64)}
+    if kinds:
+        out["prompt_kind"] = arr[:, 1].astype(np.int8)
+    for i, name in enumerate(numeric, start=2 if kinds else 1):
         out[name] = arr[:, i].astype(np.float32) if name in SEGMENT_FLOATS else arr[:, i].copy()
     return out
 
