@@ -18,17 +18,23 @@ import pixelperfect as pp
 from pixelperfect.config import Settings
 from pixelperfect.evaluation.build import build_report
 
+#: Images of the module's runs: half the phantoms keeps the two model runs short.
+IMAGES = 6
+
 
 @pytest.fixture(scope="module")
 def api_db(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path, tiny_checkpoint: Path) -> dict[str, Any]:
-    """Two finished runs over the 12 phantoms, submitted through ``pp.submit`` with explicit URLs:
+    """Two finished runs over 6 of the 12 phantoms (a manifest), submitted through ``pp.submit`` with explicit URLs:
     ``nb-sam`` (sam_tiny, raw + clahe, boxes, ground truth) and ``nb-grabcut`` (GrabCut, raw)."""
     root = tmp_path_factory.mktemp("api")
+    manifest = root / "manifest.txt"
+    manifest.write_text("".join(f"{p.name}\n" for p in sorted((phantom_dir / "images").iterdir())[:IMAGES]))
     urls = {"database_url": f"sqlite:///{root / 'pp.db'}", "store_url": f"file://{root / 'store'}"}
     common = {
         "annotations": str(phantom_dir / "labels.csv"),
         "gt_masks": str(phantom_dir / "masks"),
         "variants": ["raw", "clahe"],
+        "manifest": str(manifest),
         **urls,
     }
     sam = pp.submit(str(phantom_dir / "images"), "nb-sam", model="sam_tiny", checkpoint=str(tiny_checkpoint), **common)
@@ -39,10 +45,10 @@ def api_db(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path, tiny_che
 def test_submit_returns_a_finished_run_and_runs_lists_it(api_db: dict[str, Any]) -> None:
     run = api_db["sam"]
     assert isinstance(run, pp.Run) and run.name == "nb-sam" and run.variants == ["raw", "clahe"]
-    assert run.status()["images"]["queued"] == 0 and run.status()["images"]["done"] == 12
+    assert run.status()["images"]["queued"] == 0 and run.status()["images"]["done"] == IMAGES
     table = pp.runs(database_url=api_db["urls"]["database_url"])
     assert list(table["run"]) == ["nb-sam", "nb-grabcut"]
-    assert list(table["done"]) == [12, 12] and list(table["model"]) == ["sam_tiny", "grabcut"]
+    assert list(table["done"]) == [IMAGES, IMAGES] and list(table["model"]) == ["sam_tiny", "grabcut"]
 
 
 def test_explicit_arguments_override_the_environment(api_db: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +103,7 @@ def test_segments_variant_columns_where_and_arrow(api_db: dict[str, Any]) -> Non
 
 def test_images_frame(api_db: dict[str, Any]) -> None:
     df = api_db["grabcut"].images()
-    assert len(df) == 12 and set(df.status.astype(str)) == {"done"}
+    assert len(df) == IMAGES and set(df.status.astype(str)) == {"done"}
     assert list(df.key) == sorted(df.key) and (df.width == 256).all()
     assert api_db["grabcut"].images(status="failed").empty
 
@@ -156,7 +162,7 @@ def test_compare_equals_the_report_table(api_db: dict[str, Any], tmp_path: Path)
 
 def test_repr_html_shows_configuration_and_status(api_db: dict[str, Any]) -> None:
     page = api_db["grabcut"]._repr_html_()
-    assert "grabcut" in page and "raw = " in page and "12 done" in page
+    assert "grabcut" in page and "raw = " in page and f"{IMAGES} done" in page
 
 
 def test_bad_input_names_close_matches(api_db: dict[str, Any]) -> None:
@@ -199,7 +205,7 @@ def test_dry_run_counts_and_registers_nothing(api_db: dict[str, Any], phantom_di
     again = pp.plan(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", variants=["raw"],
                     annotations=str(phantom_dir / "labels.csv"), gt_masks=str(phantom_dir / "masks"),
                     **api_db["urls"])  # fmt: skip
-    assert again.existing and again.same_config and again.finished == 12
+    assert again.existing and again.same_config and again.images == 12 and again.finished == IMAGES
     assert any("would be skipped" in line for line in again.lines())
     other = pp.plan(str(phantom_dir / "images"), "nb-grabcut", model="grabcut", variants=["raw", "clahe"],
                     database_url=url)  # fmt: skip
