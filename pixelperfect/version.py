@@ -14,9 +14,21 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from pixelperfect import __version__
+
+def _installed_version() -> str:
+    """The installed distribution's version (what ``pixelperfect.__version__`` says), read here rather than
+    imported from the package root, which loads the notebook API lazily: root -> api -> ... -> version -> root
+    would be a circle of packages (tests/test_architecture.py)."""
+    try:
+        return version("pixelperfect")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0.0.0+local"
+
+
+__version__ = _installed_version()
 
 #: The environment variable a build without ``.git`` (the Docker image) names the commit in.
 COMMIT_ENV = "PIXELPERFECT_COMMIT"

@@ -11,7 +11,13 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["pixelperfect.producer.enqueue", "pixelperfect.cli", "pixelperfect.evaluation.build", "pixelperfect.monitor"],
+    [
+        "pixelperfect.producer.enqueue",
+        "pixelperfect.cli",
+        "pixelperfect.evaluation.build",
+        "pixelperfect.monitor",
+        "pixelperfect.api",  # the notebook API (reading results: tests/api/test_api.py)
+    ],
 )
 def test_module_does_not_import_torch(module: str) -> None:
     code = (

@@ -79,6 +79,7 @@ def run_demo(
     rows, failed = _summary(settings, runs, run_ids)
     console.print(_summary_table(rows))
     _print_notes(rows, failed, console)
+    _print_findings(settings, [r[0] for r in runs], console)
     report = _report(workdir, settings, [r[0] for r in runs])
     console.print(f"database: {settings.database_url}")
     console.print(f"masks:    {settings.store_url}")
@@ -174,6 +175,19 @@ def _print_notes(rows: list[dict[str, object]], failed: dict[str, int], console:
         )
     if any(failed.values()):
         console.print(f"failed images: {failed}")
+
+
+def _print_findings(settings: Settings, runs: list[str], console: Console) -> None:
+    """The report's Findings sentences (:mod:`pixelperfect.evaluation.findings`) under the table."""
+    from pixelperfect.db.session import session_scope
+    from pixelperfect.evaluation.collect import collect
+    from pixelperfect.evaluation.findings import finding_lines, findings
+
+    with session_scope(settings.database_url) as session:
+        data = collect(session, runs, full=False)
+    console.print("[bold]Findings[/] (paired, on these phantoms):")
+    for line in finding_lines(findings(data.comparisons)):
+        console.print(f"- {line}", highlight=False)
 
 
 #: The demo's fine-tuning: decoder only, on phantoms of another seed than the evaluation set. A random tiny

@@ -90,6 +90,9 @@ def submit(
         False,
         help="accept workers running other code than the run was created with (their refused images are queued again)",
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="list and count the images and matched annotations, estimate the time; change nothing"
+    ),
 ) -> None:
     """Create or resume a run and enqueue its images (embedded when PIXELPERFECT_BROKER_URL is unset).
 
@@ -97,54 +100,50 @@ def submit(
     are not published twice. Submitting a cancelled run (`pixelperfect cancel`) resumes it: its cancelled images
     are queued again. A worker running other code than the run was created with (the version recorded per run)
     refuses its images (`version_changed`) until the run is re-submitted with --allow-version-change."""
-    from pixelperfect.embedded import SubmitError, SubmitRequest
+    from pixelperfect.embedded import SubmitError
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.inputs.annotations import AnnotationError
-    from pixelperfect.pipeline.decode.spacing import parse_spacing_option
-    from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings
-    from pixelperfect.producer.saved_variants import resolve_variants
+    from pixelperfect.producer.request import submit_request
 
     settings = command_settings()
     try:
-        spacing = parse_spacing_option(pixel_spacing) if pixel_spacing else None
-        variant = resolve_variants(variant, variants_file)
+        req = submit_request(
+            source,
+            run,
+            settings,
+            variants=variant,
+            variants_file=variants_file,
+            model=model,
+            checkpoint=checkpoint,
+            annotations=annotations,
+            annotations_format=annotations_format,
+            gt_masks=gt_masks,
+            batch_size=batch_size,
+            consistency_k=consistency_k,
+            seed=seed,
+            prompts=prompts,
+            points=points,
+            manifest=manifest,
+            nsd_tolerance=nsd_tolerance,
+            nsd_tolerance_mm=nsd_tolerance_mm,
+            pixel_spacing=pixel_spacing,
+            points_per_side=points_per_side,
+            lung_only=lung_only,
+            auto_min_score=auto_min_score,
+            auto_min_stability=auto_min_stability,
+            republish=republish,
+            output=output,
+            stow_to=stow_to,
+            filters=filter_,
+            allow_version_change=allow_version_change,
+        )
     except ValueError as exc:
         fail(str(exc))
         return
+    if dry_run:
+        _print_plan(req, settings)
+        return
     preflight.before_submit(settings, run=run, source=source, manifest=manifest)  # nothing registered before
-    req = SubmitRequest(
-        source=source,
-        run=run,
-        variants=variant,
-        model=model,
-        checkpoint=checkpoint,
-        annotations=annotations,
-        annotations_format=annotations_format,
-        gt_masks=gt_masks,
-        batch_size=batch_size,
-        prompts=prompts,
-        points=points,
-        manifest=manifest,
-        republish=republish,
-        allow_version_change=allow_version_change,
-        outputs=(output,),
-        stow_to=stow_to,
-        filters=filter_,
-        process=ProcessSettings(
-            jitter=Jitter(k=consistency_k),
-            min_area=settings.min_area,
-            seed=seed,
-            nsd_tolerance=nsd_tolerance,
-            nsd_tolerance_mm=nsd_tolerance_mm,
-            pixel_spacing=spacing,
-            auto=AutoSettings(
-                points_per_side=points_per_side,
-                lung_only=lung_only,
-                min_score=auto_min_score,
-                min_stability=auto_min_stability,
-            ),
-        ),
-    )
     try:
         result = _submit_with_progress(req, settings, do_submit)
     except (SubmitError, AnnotationError, ValueError) as exc:
@@ -178,6 +177,21 @@ def end_of_run(run: str, settings: Settings, *, wait: bool) -> None:
         err.print(f"run {run}: {failed} image(s) failed ({reasons}); `pixelperfect status {run}` lists them, "
                   f"`pixelperfect retry {run}` retries them", markup=False, highlight=False)  # fmt: skip
         raise typer.Exit(EXIT_FAILED_IMAGES)
+
+
+def _print_plan(req: Any, settings: Settings) -> None:
+    """``submit --dry-run``: the plan's lines (:mod:`pixelperfect.producer.dryrun`); nothing registered."""
+    from pixelperfect.inputs.annotations import AnnotationError
+    from pixelperfect.producer.dryrun import plan
+    from pixelperfect.producer.intake import SubmitError
+
+    try:
+        found = plan(req, settings)
+    except (SubmitError, AnnotationError, ValueError) as exc:
+        fail(str(exc))
+        return
+    for line in found.lines():
+        console.print(line, highlight=False)
 
 
 def _submit_with_progress(req: Any, settings: Settings, do_submit: Any) -> Any:

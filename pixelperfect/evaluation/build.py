@@ -1,9 +1,10 @@
 """``pixelperfect report``: one or more runs -> a self-contained HTML report, its JSON, or CSV tables.
 
-``report.json`` is ``{"runs": [{"run", "model", "variants": [{"variant", "n_segments", "score_mean",
+``report.json`` is ``{"findings": [...], "runs": [{"run", "model", "variants": [{"variant", "n_segments", "score_mean",
 "stability_mean", "consistency_std_mean", "consistency_iou_mean", "dice_mean", "iou_mean", "box_dice_mean",
 "box_fallbacks", "nsd_mean", "hd95_mean", "surface_unit", "surface_by_unit"}]}], "comparisons": [...],
-"detection": [...], "notes": [...]}`` with ``null`` where a measure does not apply (NSD/HD95 units: mm or px,
+"detection": [...], "notes": [...]}`` (``findings``: the opening sentences, :mod:`.findings`) with ``null``
+where a measure does not apply (NSD/HD95 units: mm or px,
 never mixed: :mod:`pixelperfect.evaluation.units`); a comparison of kind
 ``prompt`` pairs a run's Dice with its prompt boxes' own Dice (sides carry ``mask``); ``bootstrap_n`` is how many
 pairs its bootstrap CI resampled (a seeded subsample above ``stats.BOOTSTRAP_MAX_PAIRS``), ``sample_n`` how many
@@ -28,6 +29,7 @@ import numpy as np
 from pixelperfect.config import Settings
 from pixelperfect.db.session import session_scope
 from pixelperfect.evaluation.collect import Comparison, ReportData, collect
+from pixelperfect.evaluation.findings import Finding, findings
 
 FORMATS = ("html", "json", "csv")
 
@@ -74,6 +76,7 @@ class ReportJson(TypedDict):
     """``report.json`` (the module docstring describes each part)."""
 
     notes: list[str]
+    findings: list[Finding]
     runs: list[dict[str, Any]]
     comparisons: list[Comparison]
     detection: list[dict[str, Any]]
@@ -81,7 +84,13 @@ class ReportJson(TypedDict):
 
 def report_json(data: ReportData) -> ReportJson:
     out: ReportJson = _clean(
-        {"notes": data.notes, "runs": data.runs_json(), "comparisons": data.comparisons, "detection": data.detection}
+        {
+            "notes": data.notes,
+            "findings": findings(data.comparisons),
+            "runs": data.runs_json(),
+            "comparisons": data.comparisons,
+            "detection": data.detection,
+        }
     )
     return out
 

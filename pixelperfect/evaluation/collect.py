@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from pixelperfect.config import RANDOM_CHECKPOINT
 from pixelperfect.db import queries, repo, streams, windows
 from pixelperfect.db.models import Run
 from pixelperfect.evaluation import forest
@@ -59,6 +60,8 @@ class RunInfo:
     prompt_mode: str
     source_url: str
     settings: dict[str, Any]
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,8 @@ def collect(session: Session, run_names: list[str], *, full: bool = True) -> Rep
         if row is None:  # pragma: no cover - run_ids_by_name found it in this session
             raise LookupError(f"no run named {name!r}")
         variants = [v["name"] for v in row.variants]
-        runs.append(RunInfo(rid, name, row.model, variants, row.prompt_mode, row.source_url, dict(row.settings or {})))
+        runs.append(RunInfo(rid, name, row.model, variants, row.prompt_mode, row.source_url, dict(row.settings or {}),
+                            row.checkpoint, row.checkpoint_sha256))  # fmt: skip
     run_ids = [r.id for r in runs]
     summary = queries.metric_summary(session, run_ids=run_ids, metrics=SUMMARY_METRICS)
     groups = [(s.pop("run_id"), s["run"], s["variant"], s) for s in summary]
@@ -155,6 +159,26 @@ def collect(session: Session, run_names: list[str], *, full: bool = True) -> Rep
     for case in data.worst + data.best:
         case["truth_boxes"] = repo.boxes_for(session, run_id=ids[case["run"]], keys=[case["key"]]).get(case["key"], [])
     return data
+
+
+def run_info(session: Session, name: str) -> RunInfo:
+    """The report's view of run ``name``; ``LookupError`` when there is none."""
+    rid = queries.run_ids_by_name(session, names=[name])[name]
+    row = session.get(Run, rid)
+    if row is None:  # pragma: no cover - run_ids_by_name found it in this session
+        raise LookupError(f"no run named {name!r}")
+    variants = [v["name"] for v in row.variants]
+    return RunInfo(rid, name, row.model, variants, row.prompt_mode, row.source_url, dict(row.settings or {}),
+                   row.checkpoint, row.checkpoint_sha256)  # fmt: skip
+
+
+def compare_pair(session: Session, a: tuple[str, str], b: tuple[str, str]) -> tuple[list[Comparison], list[str]]:
+    """The report's paired comparisons of ``b`` = ``(run, variant)`` against ``a`` (kind ``variant`` within one
+    run, ``run`` across two), computed exactly as :func:`collect` does, with the notes saying why there are none."""
+    run_a, run_b = run_info(session, a[0]), run_info(session, b[0])
+    data = ReportData(runs=[run_a, run_b], summary=[], failures=[])
+    _compare(session, data, "variant" if a[0] == b[0] else "run", (run_a, a[1]), (run_b, b[1]))
+    return data.comparisons, [t for texts in data.section_notes.values() for t in texts]
 
 
 def _box(values: np.ndarray) -> dict[str, float]:
@@ -212,7 +236,9 @@ def _compare(session: Session, data: ReportData, kind: str, a: tuple[RunInfo, st
 
 def _comparisons(session: Session, data: ReportData) -> None:
     """Each run's preprocessing variants against its baseline (``raw`` if present, else its first variant), then
-    every further run against the first on their shared variants (e.g. fine-tuned against the original model)."""
+    every further run against the first on their shared variants (e.g. fine-tuned against the original model),
+    and a run fine-tuned from another run's checkpoint (its ``config.json`` says so: :func:`training_links`)
+    against that run when it is not the first."""
     for run in data.runs:
         base = "raw" if "raw" in run.variants else run.variants[0]
         for v in run.variants:
@@ -226,6 +252,44 @@ def _comparisons(session: Session, data: ReportData) -> None:
                              f"{', '.join(other.variants)} against {', '.join(first.variants)}.")  # fmt: skip
         for v in shared:
             _compare(session, data, "run", (first, v), (other, v))
+    for base_run, tuned in training_links(data.runs):  # fine-tuned from a run other than the first: compared too
+        if base_run is not first:
+            for v in [v for v in base_run.variants if v in tuned.variants]:
+                _compare(session, data, "run", (base_run, v), (tuned, v))
+
+
+def training_base(checkpoint: str | None) -> str | None:
+    """The ``base_checkpoint_sha256`` that ``pixelperfect train`` recorded in the ``config.json`` beside
+    ``checkpoint`` (``random-<model>`` for a model fine-tuned from seeded random weights), or ``None`` when the
+    checkpoint has no such record (not one of ours, or unreadable)."""
+    import json
+
+    from pixelperfect.storage import read_url
+
+    if not checkpoint or checkpoint == RANDOM_CHECKPOINT or "/" not in checkpoint:
+        return None
+    try:
+        config = json.loads(read_url(checkpoint.rsplit("/", 1)[0] + "/config.json"))
+        base = config["model"]["base_checkpoint_sha256"]
+    except Exception:  # no record: nothing links this run
+        return None
+    return str(base) if base else None
+
+
+def training_links(runs: list[RunInfo]) -> list[tuple[RunInfo, RunInfo]]:
+    """``(base run, fine-tuned run)`` pairs among ``runs``: the tuned run's checkpoint records (``config.json``)
+    that it was trained from the base run's checkpoint (same sha256, or the same model's random weights)."""
+    links = []
+    for tuned in runs:
+        base_hash = training_base(tuned.checkpoint)
+        if base_hash is None:
+            continue
+        for base in runs:
+            same = base.checkpoint_sha256 is not None and base.checkpoint_sha256 == base_hash
+            random = base.checkpoint == RANDOM_CHECKPOINT and base_hash == f"random-{base.model}"
+            if base is not tuned and (same or random):
+                links.append((base, tuned))
+    return links
 
 
 def _prompt_comparisons(session: Session, data: ReportData, groups: list[tuple[int, str, str, dict[str, Any]]]) -> None:

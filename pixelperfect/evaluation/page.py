@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from pixelperfect.config import Settings
 from pixelperfect.evaluation import figures
 from pixelperfect.evaluation.collect import SUMMARY_METRICS, ReportData
+from pixelperfect.evaluation.findings import LIMITS, MIN_EFFECT, findings
 from pixelperfect.evaluation.forest import MAX_ROWS
 from pixelperfect.evaluation.sampled import PAIRED_MAX_PAIRS
 from pixelperfect.evaluation.stats import BOOTSTRAP_MAX_PAIRS
@@ -61,6 +62,15 @@ def _side(side: dict[str, Any]) -> str:
     """A comparison's side as a label: ``run / variant``, and which mask when both sides are one run's."""
     label = f"{side['run']} / {side['variant']}"
     return f"{label} ({side['mask']})" if "mask" in side else label
+
+
+def findings_section(data: ReportData, settings: Settings) -> dict[str, Any]:
+    """The opening block: :func:`findings.findings` of the report's comparisons, as sentences."""
+    items = findings(data.comparisons)
+    sentences = [f["sentence"] for f in items] or ["Nothing to compare: one run with one variant and no prompt "
+                                                   "boxes scored against ground truth."]  # fmt: skip
+    thresholds = ", ".join(f"{v:g} in {m}" for m, v in MIN_EFFECT.items())
+    return {"sentences": sentences, "limits": LIMITS, "thresholds": thresholds}
 
 
 def summary_section(data: ReportData, settings: Settings) -> dict[str, Any]:
@@ -315,6 +325,7 @@ def gallery_section(data: ReportData, settings: Settings) -> dict[str, Any]:
 Builder = Callable[[ReportData, Settings], dict[str, Any]]
 #: The page's sections in order: (id, title, template, context builder).
 SECTIONS: list[tuple[str, str, str, Builder]] = [
+    ("findings", "Findings", "findings", findings_section),
     ("summary", "Summary", "summary", summary_section),
     ("surface", "Surface distances", "surface", surface_section),
     ("variants", "Consistency before vs after preprocessing", "comparison", variant_section),

@@ -39,14 +39,20 @@ class RunBusyError(RuntimeError):
 
 def unknown_run(name: str, known: list[str]) -> LookupError:
     """A ``LookupError`` naming the known runs closest to ``name`` (difflib), or all of a few."""
+    return unknown("run", name, known, none="there are no runs yet")
+
+
+def unknown(what: str, name: str, known: list[str], *, none: str | None = None) -> LookupError:
+    """A ``LookupError`` "no ``what`` named ``name``" naming the known ones closest to it (difflib), or the first
+    few; ``none``: the hint when nothing is known (the CLI's and the notebook API's one helper)."""
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     if close:
         hint = "did you mean " + ", ".join(close) + "?"
     elif known:
-        hint = "known runs: " + ", ".join(known[:10]) + (", …" if len(known) > 10 else "")
+        hint = f"known {what}s: " + ", ".join(known[:10]) + (", …" if len(known) > 10 else "")
     else:
-        hint = "there are no runs yet"
-    return LookupError(f"no run named {name!r}; {hint}")
+        hint = none or f"there are no {what}s"
+    return LookupError(f"no {what} named {name!r}; {hint}")
 
 
 def _lookup(session: Session, name: str) -> tuple[int, str, str]:

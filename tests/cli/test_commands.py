@@ -32,7 +32,8 @@ def test_phantoms_are_deterministic(tmp_path: Path) -> None:
 def test_demo_prints_table_and_paths_then_status_json(tmp_path: Path) -> None:
     out = run("demo", "--workdir", str(tmp_path / "demo"), "--n", "3", "--size", "256", cwd=tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout
-    for needle in ("sam_tiny", "grabcut", "raw", "clahe", "mean Dice", "database:", "masks:"):
+    for needle in ("sam_tiny", "grabcut", "raw", "clahe", "mean Dice", "database:", "masks:", "Findings", "95 % CI",
+                   "prompt box", "do not say"):  # fmt: skip
         assert needle in out.stdout
     env = service_env(database_url=f"sqlite:///{tmp_path / 'demo' / 'pixelperfect.db'}")
     status = run("status", "demo-sam_tiny", "--json", env=env)

@@ -103,7 +103,7 @@ def test_json_and_csv_report(workdir: Path) -> None:
     settings = _settings(workdir)
     path = build_report(["r-sam_tiny", "r-grabcut"], workdir / "out", settings=settings, fmt="json")
     report = json.loads(path.read_text())
-    assert set(report) == {"runs", "comparisons", "detection", "notes"}
+    assert set(report) == {"findings", "runs", "comparisons", "detection", "notes"}
     assert report["notes"] == []  # PNG phantoms without --pixel-spacing: every surface metric in px
     assert [(r["run"], r["model"]) for r in report["runs"]] == [("r-sam_tiny", "sam_tiny"), ("r-grabcut", "grabcut")]
     for run in report["runs"]:
@@ -119,6 +119,11 @@ def test_json_and_csv_report(workdir: Path) -> None:
     assert sam_raw["surface_unit"] == "px" and 0 <= sam_raw["nsd_mean"] <= 1 and sam_raw["hd95_mean"] >= 0
     assert sam_raw["surface_by_unit"]["px"]["n"] == sam_raw["n_segments"]
     assert sam_raw["surface_by_unit"]["px"]["nsd_mean"] == sam_raw["nsd_mean"]
+    stated = {(f["kind"], f["a"]["run"], f["a"]["variant"], f["b"]["run"], f["b"]["variant"]) for f in
+              report["findings"]}  # fmt: skip
+    assert ("variant", "r-sam_tiny", "raw", "r-sam_tiny", "clahe") in stated
+    assert ("run", "r-sam_tiny", "raw", "r-grabcut", "raw") in stated
+    assert {f["metric"] for f in report["findings"]} == {"dice"}  # ground truth: Dice is the headline
     prompt = [c for c in report["comparisons"] if c["kind"] == "prompt"]
     assert {(c["a"]["run"], c["a"]["variant"], c["a"]["mask"], c["b"]["mask"]) for c in prompt} == {
         (run, v, "prompt box", model) for run, model in (("r-sam_tiny", "sam_tiny"), ("r-grabcut", "grabcut"))
@@ -183,6 +188,11 @@ def test_html_report_opens_in_chromium_with_every_image(workdir: Path, tmp_path:
         "Model against its prompt box",
     ):
         assert title in text
+    # the page opens with the Findings: one sentence per headline comparison, in the JSON's words
+    assert text.index('<section id="findings">') < text.index('<section id="summary">')
+    findings = json.loads(build_report(["r-sam_tiny", "r-grabcut"], tmp_path / "j", settings=settings,
+                                       fmt="json").read_text())["findings"]  # fmt: skip
+    assert findings and all(escape(f["sentence"]) in text for f in findings)
     for sid, title, _, _ in SECTIONS:  # each section once, in its <section> and its heading
         assert text.count(f'<section id="{sid}">') == 1, sid
         assert text.count(f"<h2>{escape(title)}</h2>") == 1, title
