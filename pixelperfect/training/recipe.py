@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pixelperfect.config import MIN_AREA, MODEL_NAMES
+from pixelperfect.pipeline.model.sam2_family import SAM2_MODELS
 
-#: Models the trainer can fine-tune (GrabCut has nothing to learn).
+#: Models the trainer can fine-tune (GrabCut has nothing to learn); SAM 2 names: training/sam2_finetune.py.
 TRAINABLE_MODELS = tuple(m for m in MODEL_NAMES if m != "grabcut")
+TRAINABLE_MODELS += tuple(m for m in SAM2_MODELS if m not in TRAINABLE_MODELS)
 #: Fields that change where and how a training runs, not what it learns: left out of the identity hash.
 RUNTIME_FIELDS = ("resume", "run", "cache_url", "cache_memory_mb")
 #: Fields of the schedule: a resumed training may extend or shorten them (``--resume --max-steps 2000``).
@@ -27,7 +29,7 @@ SCHEDULE_FIELDS = ("epochs", "max_steps", "patience", "checkpoint_every", "val_e
 #: Learning rate when none is given. Pretrained SAM keeps MedSAM's 1e-4; the randomly initialised ``sam_tiny``
 #: (the demo's stand-in) does not move at 1e-4 (measured: validation Dice ~0.1 after 100 steps) and learns at
 #: 1e-3 (~0.8 after 200 steps; ``pixelperfect demo``).
-DEFAULT_LR: dict[str, float] = {"sam_tiny": 1e-3}
+DEFAULT_LR: dict[str, float] = {"sam_tiny": 1e-3, "sam2_tiny": 1e-3}
 MEDSAM_LR = 1e-4
 #: Epochs when none are given: the random ``sam_tiny`` needs ~200 steps (50 epochs of a 24-phantom set).
 DEFAULT_EPOCHS: dict[str, int] = {"sam_tiny": 50}
