@@ -9,15 +9,14 @@ the training's run row. What SAM 2 changes:
 - **Frames.** SAM 2 resizes the image to a ``side``² square (1024, MedSAM2 512), not longest side + pad. A box goes
   to that frame by ``x * side / W``, ``y * side / H`` (``Sam2Processor``'s rule); the targets are area-resampled to
   the decoder's whole ``side / 4`` square output, and the loss is computed there, on the low-resolution logits
-  (``low_res_shape`` of SAM v1 would crop a padding that SAM 2 does not have: the earlier collapse of validation
-  Dice to 0 came from training against a frame the model does not use). Validation upsamples the logits of the
+  (``low_res_shape`` of SAM v1 would crop a padding that SAM 2 does not have). Validation upsamples the logits of the
   candidate with the highest predicted IoU straight to the image's size (bilinear, then ``> 0``), as
   ``Sam2Processor.post_process_masks`` does, so the mask scored is the mask the pipeline keeps.
 - **Three feature levels.** The cache holds the decoder's three inputs (after the ``conv_s0``/``conv_s1``
   projections and the no-memory embedding): ``(32, s/4, s/4)``, ``(64, s/8, s/8)`` and ``(256, s/16, s/16)``
   float16, i.e. 8 MiB per image at 1024² (4x a ViT-B embedding's 2 MiB) and 2 MiB at MedSAM2's 512²
   (``CachedEmbedding.nbytes``; the stored object is a few hundred bytes more).
-- **Learning rate.** 1e-4 for pretrained weights as for SAM; the random ``sam2_tiny`` gets 1e-3 (``recipe``).
+- **Learning rate.** 1e-4 for pretrained weights as for SAM; the random ``sam2_tiny`` gets 3e-3 (``recipe``).
 - **Output.** ``OUT/best/`` is a Hugging Face directory (``config.json`` + ``model.safetensors``,
   ``save_pretrained``) that ``submit --checkpoint OUT/best`` loads; ``best.json`` names its step and Dice.
   ``OUT/last/`` holds the final weights the same way.
@@ -59,8 +58,7 @@ def load_sam2(model: str, files: dict[str, bytes] | None) -> Any:
     from transformers import Sam2Model
 
     if files is None:
-        torch.manual_seed(1234)
-        return tie_positional_embeddings(Sam2Model(sam2_config(model))).eval()
+        return random_sam2(model, 1234)
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
             (Path(tmp) / name).write_bytes(data)
@@ -68,6 +66,22 @@ def load_sam2(model: str, files: dict[str, bytes] | None) -> Any:
             return Sam2Model.from_pretrained(tmp).eval()
         except Exception as exc:
             raise TrainError(f"the checkpoint directory does not load as a {model} model: {exc}") from None
+
+
+def random_sam2(model: str, seed: int) -> Any:
+    """A random ``Sam2Model`` that can learn: PyTorch's default initialisers (unit-scale features, mask logits
+    ~0.2), not ``transformers``' normal(0, 0.02), which leaves a dead network (features of std 0.02, mask logits
+    ~1e-4 that a box moves by 1e-4: the decoder sat on the "whole frame or nothing" plateau and validation Dice
+    fell to 0); the positional matrices tied as in a real checkpoint."""
+    from transformers import Sam2Model
+
+    torch.manual_seed(seed)
+    net = Sam2Model(sam2_config(model))
+    for module in net.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return tie_positional_embeddings(net).eval()
 
 
 def tie_positional_embeddings(model: Any) -> Any:

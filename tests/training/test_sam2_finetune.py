@@ -1,12 +1,10 @@
 """``pixelperfect train --model sam2*``: the SAM 2 mask decoder fine-tuned on phantoms from cached embeddings.
 
 ``sam2_tiny`` (random weights, 128² input) starts from a Hugging Face directory written by ``save_pretrained``; a
-short training must lower the training loss, cache three feature levels, change only the mask decoder, and leave
-``OUT/best`` as a directory ``Sam2Model.from_pretrained`` loads and that validates to the Dice it was kept for.
-
-Not asserted, because it does not hold yet: that validation Dice rises. On the random ``sam2_tiny`` the decoder
-settles on the "whole frame / nothing" plateau (training loss ~1.14 = BCE of an empty mask + Dice 1) and validation
-Dice goes to 0 whatever the learning rate (1e-4 .. 1e-2, 200 steps); see docs/sam2.md.
+short training must lower the training loss and raise validation Dice (an earlier attempt saw it collapse from 0.08
+to 0: a random model from ``transformers``' initialiser is dead, see ``sam2_finetune.random_sam2``), cache three
+feature levels, change only the mask decoder, and leave ``OUT/best`` as a directory ``Sam2Model.from_pretrained``
+loads and that validates to the Dice it was kept for.
 """
 
 from __future__ import annotations
@@ -27,7 +25,9 @@ from tests.training.conftest import train_settings
 
 pytestmark = pytest.mark.slow
 
-STEPS = 60
+#: the random decoder leaves the "whole frame or nothing" plateau after ~100 steps at 3e-3 (Dice 0.09 -> 0.67 at
+#: step 120, 0.78 at 200, measured)
+STEPS = 200
 
 
 @dataclass
@@ -40,14 +40,10 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import Sam2Model
+    from pixelperfect.training.sam2_finetune import random_sam2
 
-    from pixelperfect.pipeline.model.sam2_family import tiny_config
-    from pixelperfect.training.sam2_finetune import tie_positional_embeddings
-
-    torch.manual_seed(5)
     out = tmp_path_factory.mktemp("sam2-base")
-    tie_positional_embeddings(Sam2Model(tiny_config())).save_pretrained(out)
+    random_sam2("sam2_tiny", 5).save_pretrained(out)
     return out
 
 
@@ -64,18 +60,20 @@ def trained(train_phantoms: Path, base_dir: Path, tmp_path_factory: pytest.TempP
         epochs=1000,
         patience=1000,
         max_steps=STEPS,
-        val_every=20,
+        val_every=40,
     )
     return Trained(root, settings, config, train(config, settings))
 
 
-def test_training_loss_falls_and_the_best_weights_are_kept(trained: Trained) -> None:
+def test_training_loss_falls_and_validation_dice_does_not_collapse(trained: Trained) -> None:
     m = trained.result.metrics
     curve = m["curve"]
-    assert [c["step"] for c in curve] == [20, 40, 60]
-    assert curve[-1]["train_loss"] < 0.8 * curve[0]["train_loss"], curve
+    assert [c["step"] for c in curve] == [40, 80, 120, 160, 200]
+    assert curve[-1]["train_loss"] < 0.6 * curve[0]["train_loss"], curve
+    # a collapse ends at 0, the plateau at ~0.08; measured 0.09 before
+    assert m["val_dice_final"] > 0.3 and m["val_dice_final"] > m["val_dice_before"] + 0.2, m
     assert m["val_dice_after"] == max([m["val_dice_before"]] + [c["val_dice"] for c in curve])
-    assert m["lr"] == 1e-3  # sam2_tiny's default, as sam_tiny's
+    assert m["lr"] == 3e-3  # sam2_tiny's default
 
 
 def test_cache_holds_three_levels_and_every_epoch_after_the_first_reads_it(trained: Trained) -> None:
