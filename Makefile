@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck unit bench bench-quick bench-gpu gpu-wheels gpu-rehearsal soak partition fuzz clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/requirements-reference.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet setuptools wheel  # the reference's sdist builds without isolation (Python 3.12 venvs lack them)
+	SAM2_BUILD_CUDA=0 $(PIP) install --quiet --no-deps --no-build-isolation --require-hashes -r tests/requirements-reference.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,7 +1,8 @@
 """The ``pixelperfect`` command line, one module per command group, on top of every other layer.
 
 ``run`` (submit, worker, status, retry), ``runs`` (runs, cancel, delete), ``imaging`` (phantoms, tune, preview),
-``archive`` (archive-phantoms, export; retry's SEG repairs), ``train``, ``report``, ``database`` (``db``),
+``archive`` (archive-phantoms, export; retry's SEG repairs), ``train``, ``convert`` (convert-checkpoint:
+Meta-format SAM 2 ``.pt`` -> Hugging Face directory), ``report``, ``database`` (``db``),
 ``doctor`` and ``demo``; ``common`` holds the consoles, ``fail``, the settings helper and the one error handler
 (``GuardedGroup``: known failures as one line, ``--debug`` for the traceback). Each group module exposes
 ``register(app)``; importing this package loads no torch and no OpenCV (commands import what they need).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from pixelperfect.cli import archive, common, database, demo, doctor, imaging, report, run, runs, train
+from pixelperfect.cli import archive, common, convert, database, demo, doctor, imaging, report, run, runs, train
 
 app = typer.Typer(
     cls=common.GuardedGroup,
@@ -36,7 +37,7 @@ def _options(
     common.DEBUG = common.DEBUG or debug
 
 
-for _group in (imaging, archive, run, runs, database, doctor, demo, report, train):
+for _group in (imaging, archive, run, runs, database, doctor, demo, report, train, convert):
     _group.register(app)
 
 __all__ = ["app"]

@@ -21,11 +21,13 @@ from pixelperfect.storage import ObjectNotFoundError, ObjectStore, join_key
 
 @dataclass
 class CachedEmbedding:
-    """``features``: ``(C, h, w)`` float16 on the CPU; the sizes are those of ``SamEmbedding``."""
+    """``features``: ``(C, h, w)`` float16 on the CPU; the sizes are those of ``SamEmbedding``. ``levels``: SAM 2's
+    higher-resolution feature levels (``(32, s/4, s/4)``, ``(64, s/8, s/8)``), empty for SAM v1."""
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    levels: tuple[torch.Tensor, ...] = ()
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -34,6 +36,7 @@ class CachedEmbedding:
                 "features": self.features.contiguous(),
                 "original_size": list(self.original_size),
                 "input_size": list(self.input_size),
+                "levels": [t.contiguous() for t in self.levels],
             },
             buf,
         )
@@ -42,11 +45,12 @@ class CachedEmbedding:
     @classmethod
     def from_bytes(cls, data: bytes) -> CachedEmbedding:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        return cls(payload["features"], tuple(payload["original_size"]), tuple(payload["input_size"]))  # type: ignore[arg-type]
+        levels = tuple(payload.get("levels", ()))
+        return cls(payload["features"], tuple(payload["original_size"]), tuple(payload["input_size"]), levels)  # type: ignore[arg-type]
 
     @property
     def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.features, *self.levels))
 
 
 @dataclass
@@ -121,7 +125,8 @@ class EmbeddingCache:
 
     def put(self, sha256: str, embedding: CachedEmbedding) -> CachedEmbedding:
         """Store (as float16) and return the stored form, which is what training must use."""
-        stored = CachedEmbedding(embedding.features.detach().to("cpu", torch.float16), *_sizes(embedding))
+        levels = tuple(t.detach().to("cpu", torch.float16) for t in embedding.levels)
+        stored = CachedEmbedding(embedding.features.detach().to("cpu", torch.float16), *_sizes(embedding), levels)
         self.store.put(self.key(sha256), stored.to_bytes(), "application/octet-stream")
         with self._lock:
             self.stats.puts += 1

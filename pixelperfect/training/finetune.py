@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from pixelperfect.config import Settings
 from pixelperfect.pipeline.model.sam import SamEmbedding, SamSegmenter
+from pixelperfect.pipeline.model.sam2_family import is_sam2
 from pixelperfect.pipeline.model.weights import load_sam, resolve_device
 from pixelperfect.pipeline.score.overlap import dice
 from pixelperfect.training.cache import CachedEmbedding, CacheStats, EmbeddingCache
@@ -87,6 +88,12 @@ def train(
     ``kind="train"`` run row in the database.
     """
     setup = prepare(config, settings, track=track)
+    if is_sam2(config.model):
+        from pixelperfect.training.sam2_finetune import Sam2Trainer
+
+        metrics = Sam2Trainer(setup, on_progress, on_step).run()
+        out = setup.out_store.url_for(CONFIG).rsplit("/", 1)[0]
+        return TrainResult(setup.run_name, setup.run_id, out, metrics["best_checkpoint"], metrics)
     return _Trainer(setup, on_progress, on_step).run()
 
 

@@ -13,6 +13,7 @@ import torch
 
 from pixelperfect.config import RANDOM_CHECKPOINT, Settings
 from pixelperfect.inputs.sources import absolute_url
+from pixelperfect.pipeline.model.sam2_family import is_sam2
 from pixelperfect.pipeline.model.weights import sha256_hex
 from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
 from pixelperfect.storage import ObjectStore, open_store, read_url
@@ -46,6 +47,8 @@ class TrainSetup:
     run_name: str
     run_id: int | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    #: SAM 2: the starting Hugging Face directory's files (``config.json``, ``model.safetensors``); None = random
+    base_files: dict[str, bytes] | None = None
 
     def save_progress(self, progress: dict[str, Any]) -> None:
         if self.run_id is not None:
@@ -112,7 +115,12 @@ def prepare(config: TrainConfig, settings: Settings, *, track: bool) -> TrainSet
         variant = parse_variant(config.variant)
     except ValueError as exc:
         raise TrainError(f"--variant {config.variant!r}: {exc}") from None
-    base_url, base_bytes, base_hash = _base_checkpoint(config, settings)
+    base_files = None
+    if is_sam2(config.model):
+        base_url, base_files, base_hash = _base_directory(config, settings)
+        base_bytes = None
+    else:
+        base_url, base_bytes, base_hash = _base_checkpoint(config, settings)
     out_store = open_store(absolute_url(config.out), endpoint_url=settings.s3_endpoint_url)
     ckpts = CheckpointStore(out_store)
     existing = ckpts.read_json(CONFIG)
@@ -140,6 +148,7 @@ def prepare(config: TrainConfig, settings: Settings, *, track: bool) -> TrainSet
         cache_store,
         plan,
         tracking.run_name(config),
+        base_files=base_files,
     )
     if track:
         gt = {}
@@ -151,7 +160,7 @@ def prepare(config: TrainConfig, settings: Settings, *, track: bool) -> TrainSet
             settings,
             variant={"name": variant.name, "spec": variant.spec, "hash": variant.spec_hash},
             checkpoint=base_url,
-            checkpoint_sha256=None if base_bytes is None else base_hash,
+            checkpoint_sha256=None if base_bytes is None and base_files is None else base_hash,
             keys=splits,
             gt_masks=gt,  # type: ignore[arg-type]
         )
@@ -171,6 +180,31 @@ def _base_checkpoint(config: TrainConfig, settings: Settings) -> tuple[str | Non
     except Exception as exc:
         raise TrainError(f"cannot read checkpoint {checkpoint}: {exc}") from None
     return url, data, sha256_hex(data)
+
+
+#: The files of a SAM 2 checkpoint directory (``save_pretrained``'s single-file layout).
+SAM2_FILES = ("config.json", "model.safetensors")
+
+
+def _base_directory(config: TrainConfig, settings: Settings) -> tuple[str | None, dict[str, bytes] | None, str]:
+    """SAM 2: ``(url, {file: bytes}, sha256 of model.safetensors)`` of a Hugging Face directory (path, ``file://``
+    or ``s3://`` prefix); seeded random weights only for ``sam2_tiny``."""
+    checkpoint = config.checkpoint or settings.checkpoint
+    if not checkpoint or checkpoint == RANDOM_CHECKPOINT:
+        if config.model != "sam2_tiny" and checkpoint != RANDOM_CHECKPOINT:
+            raise TrainError(f"model {config.model} needs --checkpoint (a Hugging Face directory to fine-tune)")
+        return RANDOM_CHECKPOINT, None, f"random-{config.model}"
+    url = (checkpoint if "://" in checkpoint else absolute_url(checkpoint)).rstrip("/")
+    files = {}
+    for name in SAM2_FILES:
+        try:
+            files[name] = read_url(f"{url}/{name}", endpoint_url=settings.s3_endpoint_url)
+        except Exception as exc:
+            raise TrainError(
+                f"{checkpoint} is not a SAM 2 checkpoint directory: cannot read {name} ({exc}); a Meta-format .pt "
+                "converts with `pixelperfect convert-checkpoint`"
+            ) from None
+    return url, files, sha256_hex(files["model.safetensors"])
 
 
 def _bf16(settings: Settings) -> bool:
