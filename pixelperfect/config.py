@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ModelName = Literal["sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny"]
-MODEL_NAMES: tuple[str, ...] = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny")
+MODEL_NAMES: tuple[str, ...] = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "grabcut", "sam_tiny", "sam3")
 RANDOM_CHECKPOINT = "random"  # seeded random weights: benchmarks and tests of speed, never results
 #: Mask components of at most this many pixels give no box (the research kept contours with area > 250 px).
 MIN_AREA = 250

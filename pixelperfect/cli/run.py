@@ -40,14 +40,23 @@ def submit(
         ["raw"], "--variant", help="preprocessing variant: built-in or saved name, or spec; repeat"
     ),
     variants_file: str = typer.Option("pixelperfect-variants.toml", help="saved variants (pixelperfect tune --save)"),
-    model: str | None = typer.Option(None, help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny, grabcut"),
-    checkpoint: str | None = typer.Option(None, help="model weights: path or s3:// URL"),
+    model: str | None = typer.Option(None, help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny, grabcut, sam3"),
+    checkpoint: str | None = typer.Option(None, help="model weights: path or s3:// URL (sam3: its HF directory)"),
     batch_size: int | None = typer.Option(None, min=1, help="images per task"),
     consistency_k: int = typer.Option(4, min=0, help="perturbed boxes per prompt for consistency"),
     seed: int = typer.Option(0, help="seed of the box perturbations"),
     prompts: str | None = typer.Option(
-        None, help="boxes | points | auto (default: auto for a SAM run without annotations, else boxes)"
+        None, help="boxes | points | auto | concept (default: auto for a SAM run without annotations, else boxes)"
     ),
+    concept: list[str] = typer.Option([], "--concept", help="--prompts concept: a noun phrase; repeat"),
+    concept_variants: list[str] = typer.Option(
+        [], "--concept-variants", help="PHRASE=SYNONYM|SYNONYM: rewordings of a --concept, each one perturbation"
+    ),
+    concept_threshold: float = typer.Option(0.3, min=0.0, max=0.99, help="--prompts concept: keep instances above"),
+    exemplars: str | None = typer.Option(
+        None, help="--prompts concept: exemplar boxes key,x1,y1,x2,y2[,label positive|negative] (path or URL)"
+    ),
+    exemplars_format: str = typer.Option("csv", help="csv (key,x1,y1,x2,y2[,label]) or rsna (+ optional label)"),
     points: str | None = typer.Option(None, help="--prompts points: CSV key,x,y[,label] (path or URL)"),
     manifest: str | None = typer.Option(None, help="keys to process, one per line (path or URL), instead of listing"),
     nsd_tolerance: float = typer.Option(2.0, min=0, help="NSD tolerance in px, where an image's spacing is unknown"),
@@ -83,13 +92,18 @@ def submit(
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.inputs.annotations import AnnotationError
     from pixelperfect.pipeline.decode.spacing import parse_spacing_option
-    from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings
+    from pixelperfect.pipeline.options import AutoSettings, ConceptSettings, Jitter, ProcessSettings
     from pixelperfect.producer.saved_variants import resolve_variants
 
     settings = command_settings()
     try:
         spacing = parse_spacing_option(pixel_spacing) if pixel_spacing else None
         variant = resolve_variants(variant, variants_file)
+        concepts = ConceptSettings(
+            concepts=tuple(concept),
+            synonyms=parse_concept_variants(concept, concept_variants),
+            threshold=concept_threshold,
+        )
     except ValueError as exc:
         fail(str(exc))
         return
@@ -105,6 +119,8 @@ def submit(
         batch_size=batch_size,
         prompts=prompts,
         points=points,
+        exemplars=exemplars,
+        exemplars_format=exemplars_format,
         manifest=manifest,
         republish=republish,
         allow_version_change=allow_version_change,
@@ -119,6 +135,7 @@ def submit(
             nsd_tolerance_mm=nsd_tolerance_mm,
             pixel_spacing=spacing,
             auto=AutoSettings(points_per_side=points_per_side, lung_only=lung_only),
+            concept=concepts,
         ),
     )
     try:
@@ -135,6 +152,17 @@ def submit(
     if wait and not settings.embedded:
         wait_for_run(result.run_id, settings)
     print_status(run, settings, as_json=False)
+
+
+def parse_concept_variants(concepts: list[str], texts: list[str]) -> tuple[tuple[str, ...], ...]:
+    """``--concept-variants PHRASE=SYN1|SYN2`` -> per ``--concept``, its synonyms (in the concepts' order)."""
+    out: dict[str, list[str]] = {c.strip(): [] for c in concepts}
+    for text in texts:
+        phrase, eq, rest = text.partition("=")
+        if not eq or phrase.strip() not in out:
+            raise ValueError(f"--concept-variants {text!r}: expected PHRASE=SYNONYM|SYNONYM for a given --concept")
+        out[phrase.strip()].extend(s.strip() for s in rest.split("|"))
+    return tuple(tuple(v) for v in out.values())
 
 
 def _submit_with_progress(req: Any, settings: Settings, do_submit: Any) -> Any:

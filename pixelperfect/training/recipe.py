@@ -19,7 +19,7 @@ from typing import Any
 from pixelperfect.config import MIN_AREA, MODEL_NAMES
 
 #: Models the trainer can fine-tune (GrabCut has nothing to learn).
-TRAINABLE_MODELS = tuple(m for m in MODEL_NAMES if m != "grabcut")
+TRAINABLE_MODELS = tuple(m for m in MODEL_NAMES if m not in ("grabcut", "sam3"))  # SAM 3: inference only
 #: Fields that change where and how a training runs, not what it learns: left out of the identity hash.
 RUNTIME_FIELDS = ("resume", "run", "cache_url", "cache_memory_mb")
 #: Fields of the schedule: a resumed training may extend or shorten them (``--resume --max-steps 2000``).

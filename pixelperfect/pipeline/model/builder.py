@@ -3,13 +3,15 @@ the producer and the report use the pipeline's types without loading libtorch (~
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
 from pixelperfect.pipeline.model.protocol import Segmenter
 
 
 def build_segmenter(
     model: str,
-    checkpoint_bytes: bytes | None,
+    checkpoint_bytes: bytes | Mapping[str, bytes] | None,  # sam3: its Hugging Face directory's files
     device: str = "auto",
     *,
     encoder_batch: int = 8,
@@ -20,10 +22,14 @@ def build_segmenter(
     """The segmenter for ``model``; loads weights once (call it once per worker process)."""
     if model == "grabcut":
         return GrabCutSegmenter()
+    if model == "sam3":
+        from pixelperfect.pipeline.model.sam3 import build_sam3
+
+        return build_sam3(checkpoint_bytes, device, encoder_batch=encoder_batch, precision=precision)
     from pixelperfect.pipeline.model.sam import SamSegmenter
     from pixelperfect.pipeline.model.weights import load_sam, resolve_device
 
-    sam = load_sam(model, checkpoint_bytes)
+    sam = load_sam(model, checkpoint_bytes)  # type: ignore[arg-type]
     return SamSegmenter(
         sam,
         resolve_device(device),
