@@ -7,6 +7,7 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P1 ``p1_pipeline.py``  end-to-end ÷ model-only time per image; non-model CPU time per 1024² image
 * P2 ``p2_scaling.py``   two workers ÷ one worker, images/s (S3 + PostgreSQL + Redis)
 * P3 ``bench_consistency.py`` consistency K = 4 ÷ K = 0 (issue 4's benchmark, when present)
+* P3c ``p3c_concept.py`` SAM 3 concept prompts: 4 ÷ 1 concepts, and K = 4 ÷ K = 0 concept consistency
 * P5 ``p5_producer.py``  producer keys/s for a million keys; S3 listing rate
 * P7 ``p7_rss.py``       worker RSS drift over 1,000 images
 * P8 ``p8_cpu_bf16.py``  ViT-B encoder on the CPU, bf16 ÷ fp32 time per image, and bf16-vs-fp32 mask IoU
@@ -41,6 +42,7 @@ BENCHES = [
     ("P1", "p1_pipeline.py", ["--images", "16", "--repeats", "2"], ["--images", "4", "--repeats", "1"]),
     ("P2", "p2_scaling.py", ["--images", "32"], ["--images", "8"]),
     ("P3", "bench_consistency.py", [], []),
+    ("P3c", "p3c_concept.py", ["--images", "3"], ["--images", "1", "--size", "512"]),
     ("P5", "p5_producer.py", ["--keys", "1000000"], ["--keys", "50000"]),
     ("P7", "p7_rss.py", ["--images", "1000"], ["--images", "200"]),
     ("P8", "p8_cpu_bf16.py", [], ["--images", "1", "--repeats", "1"]),
