@@ -70,6 +70,13 @@ def test_concept_run_through_the_queue(tmp_path: Path, redis_url: str, pg_url: s
             dataset = pydicom.dcmread(seg.object_key.removeprefix("file://"))
             assert len(dataset.SegmentSequence) == image.n_segments
 
+    coco = cli(env, "export", "concept", "--format", "coco", "--out", str(tmp_path / "coco.json"))
+    assert coco.returncode == 0, coco.stderr
+    exported = json.loads((tmp_path / "coco.json").read_text())
+    assert [c["name"] for c in exported["categories"]] == ["lung opacity", "consolidation"]
+    by_phrase = {p: sum(s.prompt["concept"] == p for s in segs) for p in ("lung opacity", "consolidation")}
+    assert [sum(a["category_id"] == i for a in exported["annotations"]) for i in (1, 2)] == list(by_phrase.values())
+
     report = cli(env, "report", "concept", "--out", str(tmp_path / "report"), "--format", "json")
     assert report.returncode == 0, report.stderr
     data = json.loads((tmp_path / "report" / "report.json").read_text())

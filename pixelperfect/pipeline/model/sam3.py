@@ -162,7 +162,10 @@ class Sam3Segmenter:
         encoder_batch: int = 8,
         precision: str = "auto",
     ) -> None:
-        from transformers import Sam3ImageProcessor
+        try:
+            from transformers import Sam3ImageProcessor
+        except ImportError:  # transformers releases before the processors' backends were merged name it so
+            from transformers import Sam3ImageProcessorFast as Sam3ImageProcessor  # type: ignore[no-redef,attr-defined]
 
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
