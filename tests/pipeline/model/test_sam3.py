@@ -109,6 +109,8 @@ def test_rows_equal_the_library_single_image_path(segmenter) -> None:  # type: i
                 assert np.count_nonzero(ours != mask) <= 1e-3 * mask.size
                 compared += 1
     assert compared >= 6  # the threshold keeps instances on every image: the comparison is not vacuous
+    assert segmenter.vision_images == 3 and segmenter.vision_calls == 2  # K = 0: once per image, batches of 2
+    assert segmenter.text_calls == 1 and segmenter.decode_calls == 3  # both phrases of an image in one pass
 
 
 def test_exemplar_boxes_match_the_library(segmenter) -> None:  # type: ignore[no-untyped-def]
