@@ -20,8 +20,8 @@ from common import Measure
 ESTIMATE_S = 180
 MIN_S = 90
 SMOKE_S = 240
-TESTS = ("tests/pipeline/model/test_sam3.py",)
-TESTS_S = 60
+TESTS: tuple[str, ...] = ()  # the SAM 3 tests are CPU tests (tests/pipeline/model/test_sam3.py), none marked gpu
+TESTS_S = 0
 STARTED = time.perf_counter()
 HERE = Path(__file__).resolve().parent
 
@@ -53,6 +53,14 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=180.0, help="seconds this part may take")
     parser.add_argument("--smoke", action="store_true", help="CPU, small architecture: the plumbing only")
     args = parser.parse_args()
+
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        # the lent image has transformers (5.17.0 when last read; its Sam3 API is the one used here); the rehearsal's
+        # venv (bench/gpu-rehearsal.txt) does not carry it
+        print("# P16g skipped: transformers is not installed in this interpreter", flush=True)
+        sys.exit(0 if args.smoke else 1)
 
     import torch
     from p3c_concept import segmenter
