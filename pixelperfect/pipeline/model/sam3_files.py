@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -51,10 +52,14 @@ def check_names(names: Iterable[str]) -> None:
 
 
 def weights_sha256(files: Mapping[str, bytes]) -> str:
-    """SHA-256 over the weight files in name order: each name, a NUL, its bytes' own SHA-256."""
+    """SHA-256 over the weight files (``*.safetensors``) in name order, each as its name, a NUL byte, its size as 8
+    little-endian bytes and its bytes: the formula of the SAM 2 directories (issue 25's ``hf_checkpoint``), so
+    every Hugging Face family records its weights alike."""
     digest = hashlib.sha256()
     for name in sorted(n for n in files if n.endswith(WEIGHT_SUFFIX)):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+        data = files[name]
+        digest.update(name.encode() + b"\0" + struct.pack("<Q", len(data)))
+        digest.update(data)
     return digest.hexdigest()
 
 

@@ -3,7 +3,9 @@ single-image processor + model, the text and vision work counted, the files and 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from collections.abc import Iterator
 
 import cv2
@@ -174,3 +176,5 @@ def test_files_and_phrases_are_checked(files: dict[str, bytes]) -> None:
     other = dict(files, **{"model.safetensors": files["model.safetensors"][:-1] + b" "})
     assert weights_sha256(other) != weights_sha256(files)
     assert weights_sha256(dict(files, **{"vocab.json": b"{}"})) == weights_sha256(files)  # weights only
+    digest = hashlib.sha256(b"model.safetensors\0" + struct.pack("<Q", 3) + b"abc")  # the SAM 2 directories' formula
+    assert weights_sha256({"model.safetensors": b"abc", "merges.txt": b""}) == digest.hexdigest()
