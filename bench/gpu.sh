@@ -5,7 +5,7 @@
 #           1/8/32), end-to-end images/s (1 and 2 processes), torch.compile's cold start; then the bf16-vs-fp32
 #           mask test (bench/gpu_bench.py, tests/pipeline/model/test_sam.py -m gpu)
 #   sam2    SAM 2.1 (bench/gpu_sam2.py, when it exists)
-#   sam3    SAM 3 (bench/gpu_sam3.py, when it exists)
+#   sam3    SAM 3 concept prompts (bench/gpu_sam3.py: P16g images/s at batch 1 and 8, bf16; then P3c on the GPU)
 #   decode  P11g, JPEG / JPEG 2000 DICOM decoding with nvImageCodec against the CPU (bench/gpu_decode.py)
 # A part that does not fit in what is left of the budget is skipped, saying so. Each part's lines go to
 # $OUT/<part>.txt and everything to $OUT/gpu.txt as soon as printed ($OUT unset: bench/out), so a device call cut

@@ -7,6 +7,7 @@ memory of one cannot colour another. The real services must be up (PostgreSQL, R
 * P1 ``p1_pipeline.py``  end-to-end ÷ model-only time per image; non-model CPU time per 1024² image
 * P2 ``p2_scaling.py``   two workers ÷ one worker, images/s (S3 + PostgreSQL + Redis)
 * P3 ``bench_consistency.py`` consistency K = 4 ÷ K = 0 (issue 4's benchmark), ViT-B and SAM 2.1 hiera-tiny
+* P3c ``p3c_concept.py`` SAM 3 concept prompts: 4 ÷ 1 concepts, and K = 4 ÷ K = 0 concept consistency
 * P5 ``p5_producer.py``  producer keys/s for a million keys; S3 listing rate
 * P7 ``p7_rss.py``       worker RSS drift over 1,000 images
 * P8 ``p8_cpu_bf16.py``  ViT-B and SAM 2.1 hiera-tiny encoders on the CPU, bf16 ÷ fp32 time per image, and
@@ -61,6 +62,7 @@ BENCHES = [
     ("P2", "p2_scaling.py", ["--images", "32"], ["--images", "8"]),
     ("P3", "bench_consistency.py", [], []),
     ("P3", "bench_consistency.py", ["--model", "sam2.1_hiera_tiny"], ["--model", "sam2.1_hiera_tiny", "--images", "1"]),
+    ("P3c", "p3c_concept.py", ["--images", "3"], ["--images", "1", "--size", "512"]),
     ("P5", "p5_producer.py", ["--keys", "1000000", "--sqlite"], ["--keys", "200000", "--scaling", "20000", "--no-s3"]),
     ("P7", "p7_rss.py", ["--images", "1000"], ["--images", "200"]),
     ("P8", "p8_cpu_bf16.py", [], ["--images", "1", "--repeats", "1"]),

@@ -26,6 +26,7 @@ ModelName = Literal[
     "sam2_hiera_large",
     "medsam2",
     "sam2_tiny",
+    "sam3",
 ]
 #: SAM 2 / 2.1 / MedSAM2 (transformers' Sam2Model; architectures in pipeline/model/sam2_family.py, which a test
 #: keeps equal to this list): Hugging Face model directories as checkpoints
@@ -49,6 +50,7 @@ MODEL_NAMES: tuple[str, ...] = (
     "grabcut",
     "sam_tiny",
     *SAM2_MODEL_NAMES,
+    "sam3",  # SAM 3 concept prompts (pipeline/model/sam3.py): a Hugging Face directory with its tokenizer files
 )
 #: Models that run with seeded random weights when no checkpoint is given (tests, demos, benchmarks)
 RANDOM_BY_DEFAULT: tuple[str, ...] = ("sam_tiny", "sam2_tiny")

@@ -1,10 +1,11 @@
 """``pixelperfect export RUN --format coco|csv``: a run's masks for training pipelines, streamed.
 
 COCO JSON: ``images`` (id, file_name = image key, width, height), one category (``opacity``, id 1: the prompted
-finding), ``annotations`` with ``segmentation`` as compressed RLE (``pycocotools.mask``, the mask at the image's
-resolution), ``bbox`` XYWH of the mask in pixels, ``area`` (pixels), ``score`` (SAM's predicted IoU) and
-PixelPerfect's ``stability``, ``consistency_std``, ``consistency_iou``, ``variant``, ``prompt_index`` as extra
-fields. CSV: one row per segment with the same scores, the prompt (XYXY), the mask and SEG URLs, no mask pixels.
+finding; a concept run: one per phrase, each instance in its phrase's), ``annotations`` with ``segmentation`` as
+compressed RLE (``pycocotools.mask``, the mask at the image's resolution), ``bbox`` XYWH of the mask in pixels,
+``area`` (pixels), ``score`` (SAM's predicted IoU) and PixelPerfect's ``stability``, ``consistency_std``,
+``consistency_iou``, ``variant``, ``prompt_index`` as extra fields. CSV: one row per segment with the same
+scores, the prompt (XYXY; a concept instance's ``{"concept", "box"}``), the mask and SEG URLs, no mask pixels.
 
 Memory does not grow with the run: rows are read from SQL in pages of :data:`PAGE` and masks in windows of
 :data:`WINDOW` (decoded, RLE-encoded and written before the next window is read). No patient attribute is exported:
@@ -149,6 +150,7 @@ def export_run(
         run_id, store_url = row.id, row.store_url
         names = [v["name"] for v in row.variants]
         info = provenance(row)
+        concepts = list(((row.settings or {}).get("concept") or {}).get("concepts") or [])  # concept runs (SAM 3)
     if variant is not None and variant not in names:
         raise ValueError(f"--variant {variant!r}: run {name!r} has {', '.join(names)}")
     pseudonyms = None
@@ -169,7 +171,7 @@ def export_run(
     stats = ExportStats(out=out, mapping=mapping)
     with _Output(out, settings) as fh:
         if fmt == "coco":
-            _write_coco(fh, settings, run_id, name, variant, store, stats, info, pseudonyms)
+            _write_coco(fh, settings, run_id, name, variant, store, stats, info, pseudonyms, concepts)
         else:
             _write_csv(fh, settings, run_id, variant, stats, info, pseudonyms)
     if pseudonyms is not None and mapping is not None:
@@ -264,6 +266,13 @@ def _rle(store: ObjectStore) -> Callable[[str], dict[str, Any]]:
     return encode
 
 
+def _category(prompt: Any, names: list[str]) -> int:
+    """The COCO category of a segment: its concept's (1-based, in the run's order), else 1 (``opacity``)."""
+    if isinstance(prompt, dict) and prompt.get("concept") in names:
+        return names.index(prompt["concept"]) + 1
+    return 1
+
+
 def _read(url: str) -> bytes:
     from pixelperfect.storage import read_url
 
@@ -280,10 +289,13 @@ def _write_coco(
     stats: ExportStats,
     provenance: dict[str, Any],
     pseudo: Pseudonyms | None,
+    concepts: list[str] | None = None,
 ) -> None:
     info = {"description": f"PixelPerfect run {name}", "variant": variant, **provenance}
-    fh.write('{"info": ' + json.dumps(info) + ', "licenses": [], "categories": [{"id": 1, "name": "opacity", '
-             '"supercategory": "finding"}],\n"images": [')  # fmt: skip
+    names = concepts or ["opacity"]  # a concept run: one category per phrase, in the run's order
+    categories = [{"id": i + 1, "name": n, "supercategory": "finding"} for i, n in enumerate(names)]
+    fh.write('{"info": ' + json.dumps(info) + ', "licenses": [], "categories": ' + json.dumps(categories)
+             + ',\n"images": [')  # fmt: skip
     for i, (image_id, key, width, height) in enumerate(_images(settings, run_id)):
         entry = {"id": image_id, "file_name": pseudo.key_of(key) if pseudo else key, "width": width, "height": height}
         fh.write((",\n" if i else "\n") + json.dumps(entry))
@@ -298,7 +310,7 @@ def _write_coco(
                 entry = {
                     "id": seg.id,
                     "image_id": image_id,
-                    "category_id": 1,
+                    "category_id": _category(seg.prompt, names),
                     "segmentation": {"size": rle["size"], "counts": rle["counts"]},
                     "bbox": rle["bbox"],
                     "area": rle["area"],

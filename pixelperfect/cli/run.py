@@ -49,17 +49,26 @@ def submit(
     model: str | None = typer.Option(
         None,
         help="sam_vit_b, sam_vit_l, sam_vit_h, medsam, sam_tiny, grabcut; SAM 2: sam2.1_hiera_tiny|small|base_plus|"
-        "large, sam2_hiera_*, medsam2, sam2_tiny",
+        "large, sam2_hiera_*, medsam2, sam2_tiny; SAM 3 (concept prompts): sam3",
     ),
     checkpoint: str | None = typer.Option(
-        None, help="model weights: path or s3:// URL (SAM 2: a Hugging Face model directory or s3:// prefix)"
+        None, help="model weights: path or s3:// URL (SAM 2, SAM 3: a Hugging Face model directory or s3:// prefix)"
     ),
     batch_size: int | None = typer.Option(None, min=1, help="images per task"),
     consistency_k: int = typer.Option(4, min=0, help="perturbed boxes per prompt for consistency"),
     seed: int = typer.Option(0, help="seed of the box perturbations"),
     prompts: str | None = typer.Option(
-        None, help="boxes | points | auto (default: auto for a SAM run without annotations, else boxes)"
+        None, help="boxes | points | auto | concept (default: auto for a SAM run without annotations, else boxes)"
     ),
+    concept: list[str] = typer.Option([], "--concept", help="--prompts concept: a noun phrase; repeat"),
+    concept_variants: list[str] = typer.Option(
+        [], "--concept-variants", help="PHRASE=SYNONYM|SYNONYM: rewordings of a --concept, each one perturbation"
+    ),
+    concept_threshold: float = typer.Option(0.3, min=0.0, max=0.99, help="--prompts concept: keep instances above"),
+    exemplars: str | None = typer.Option(
+        None, help="--prompts concept: exemplar boxes key,x1,y1,x2,y2[,label positive|negative] (path or URL)"
+    ),
+    exemplars_format: str = typer.Option("csv", help="csv (key,x1,y1,x2,y2[,label]) or rsna (+ optional label)"),
     points: str | None = typer.Option(None, help="--prompts points: CSV key,x,y[,label] (path or URL)"),
     manifest: str | None = typer.Option(None, help="keys to process, one per line (path or URL), instead of listing"),
     nsd_tolerance: float = typer.Option(2.0, min=0, help="NSD tolerance in px, where an image's spacing is unknown"),
@@ -103,10 +112,16 @@ def submit(
     from pixelperfect.embedded import SubmitError
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.inputs.annotations import AnnotationError
+    from pixelperfect.pipeline.options import ConceptSettings
     from pixelperfect.producer.request import submit_request
 
     settings = command_settings()
     try:
+        concepts = ConceptSettings(
+            concepts=tuple(concept),
+            synonyms=parse_concept_variants(concept, concept_variants),
+            threshold=concept_threshold,
+        )
         req = submit_request(
             source,
             run,
@@ -136,6 +151,9 @@ def submit(
             stow_to=stow_to,
             filters=filter_,
             allow_version_change=allow_version_change,
+            exemplars=exemplars,
+            exemplars_format=exemplars_format,
+            concept=concepts,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -192,6 +210,17 @@ def _print_plan(req: Any, settings: Settings) -> None:
         return
     for line in found.lines():
         console.print(line, highlight=False)
+
+
+def parse_concept_variants(concepts: list[str], texts: list[str]) -> tuple[tuple[str, ...], ...]:
+    """``--concept-variants PHRASE=SYN1|SYN2`` -> per ``--concept``, its synonyms (in the concepts' order)."""
+    out: dict[str, list[str]] = {c.strip(): [] for c in concepts}
+    for text in texts:
+        phrase, eq, rest = text.partition("=")
+        if not eq or phrase.strip() not in out:
+            raise ValueError(f"--concept-variants {text!r}: expected PHRASE=SYNONYM|SYNONYM for a given --concept")
+        out[phrase.strip()].extend(s.strip() for s in rest.split("|"))
+    return tuple(tuple(v) for v in out.values())
 
 
 def _submit_with_progress(req: Any, settings: Settings, do_submit: Any) -> Any:

@@ -219,6 +219,35 @@ def points_for(session: Session, *, run_id: int, keys: Sequence[str]) -> dict[st
     return out
 
 
+#: ``annotations.index`` of the first exemplar box of an image (after its ground-truth boxes and points).
+EXEMPLAR_INDEX_BASE = 2_000_000
+
+
+def add_exemplars(session: Session, *, run_id: int, exemplars: dict[str, list[list[float]]]) -> int:
+    """Store concept exemplars ``{key: [[x1, y1, x2, y2, label], ...]}`` (label 1 positive, 0 negative) as
+    ``kind='exemplar'`` annotations (idempotent). They are prompts, never ground truth: ``boxes_for`` and the
+    report read only ``kind='box'``."""
+    return _add_annotation_rows(session, [
+        {"run_id": run_id, "image_key": key, "index": EXEMPLAR_INDEX_BASE + i, "kind": "exemplar",
+         "x1": float(e[0]), "y1": float(e[1]), "x2": float(e[2]), "y2": float(e[3]), "label": int(e[4])}
+        for key, rows in exemplars.items()
+        for i, e in enumerate(rows)
+    ])  # fmt: skip
+
+
+def exemplars_for(session: Session, *, run_id: int, keys: Sequence[str]) -> dict[str, list[list[float]]]:
+    """Concept exemplars ``{key: [[x1, y1, x2, y2, label], ...]}`` of the given images, in import order."""
+    rows = session.execute(
+        select(Annotation.image_key, Annotation.x1, Annotation.y1, Annotation.x2, Annotation.y2, Annotation.label)
+        .where(Annotation.run_id == run_id, Annotation.image_key.in_(list(keys)), Annotation.kind == "exemplar")
+        .order_by(Annotation.image_key, Annotation.index)
+    )
+    out: dict[str, list[list[float]]] = {}
+    for key, x1, y1, x2, y2, label in rows:
+        out.setdefault(key, []).append([float(x1), float(y1), float(x2 or 0.0), float(y2 or 0.0), float(label)])
+    return out
+
+
 def boxes_for(session: Session, *, run_id: int, keys: Sequence[str]) -> dict[str, list[list[float]]]:
     """Ground-truth boxes (XYXY) of the given images, in import order."""
     rows = session.execute(

@@ -123,7 +123,10 @@ def _flat_comparisons(data: ReportData) -> list[dict[str, Any]]:
 
 
 _DETECTION_COLUMNS = ["run", "variant", "prompt_mode", "measure", "rsna_score", "box_agreement", "images", "labelled",
-                      "negatives", "negatives_predicted", "skipped", "rsna_score_positives", "positives"]  # fmt: skip
+                      "negatives", "negatives_predicted", "skipped", "rsna_score_positives", "positives",
+                      # concept runs: the instance-score threshold chosen by the sweep, and what it gives
+                      "score_threshold", "precision", "recall", "f1", "rsna_score_at_threshold",
+                      "presence_negatives", "presence_positives"]  # fmt: skip
 
 
 _SURFACE_COLUMNS = ["run", "variant", "unit", "n", "nsd_tolerance", "nsd_mean", "hd95_n", "hd95_mean"]

@@ -21,7 +21,7 @@ from pixelperfect.db import queries, repo, streams, windows
 from pixelperfect.db.models import Run
 from pixelperfect.evaluation import forest
 from pixelperfect.evaluation.challenge import box_agreement
-from pixelperfect.evaluation.detection import array_precisions, challenge_windows
+from pixelperfect.evaluation.detection import array_precisions, challenge_windows, threshold_sweep
 from pixelperfect.evaluation.sampled import CALIBRATION_MAX_ROWS, capped_pairs
 from pixelperfect.evaluation.stats import PREDICTORS, PairedComparison, calibration, paired_comparison
 from pixelperfect.evaluation.units import surface_summary, unit_notes, variant_surface
@@ -349,6 +349,11 @@ def _detection(session: Session, data: ReportData) -> None:
             challenge = challenge_windows(
                 windows.labelled_windows(session, run_id=run.id, variants=run.variants), run.variants
             )
+        sweep = None  # concept runs: the instance-score threshold their precision and recall choose
+        if run.prompt_mode == PromptMode.concept:
+            sweep = threshold_sweep(
+                windows.labelled_windows(session, run_id=run.id, variants=run.variants), run.variants
+            )
         for v in run.variants:
             entry: dict[str, Any] = {"run": run.name, "variant": v, "prompt_mode": run.prompt_mode}
             if run.prompt_mode == PromptMode.boxes:
@@ -359,6 +364,8 @@ def _detection(session: Session, data: ReportData) -> None:
                 result = dict(challenge[v])
                 entry.update(measure="rsna_challenge", rsna_score=result.pop("score"),
                              rsna_score_positives=result.pop("score_positives"), **result)  # fmt: skip
+                if sweep is not None:
+                    entry.update(sweep[v])
             data.detection.append(entry)
 
 

@@ -209,3 +209,108 @@ def challenge_windows(
             "positives": n_pos,
         }
     return out
+
+
+#: Instance-score thresholds of the concept runs' sweep (:func:`threshold_sweep`): 0.05, 0.10, ..., 0.95.
+SWEEP_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: A predicted box is a true positive at IoU >= this with a still unmatched ground-truth box (PASCAL VOC's 0.5).
+SWEEP_IOU = 0.5
+
+
+def true_positives(truth: np.ndarray, pred: np.ndarray, iou: float = SWEEP_IOU) -> np.ndarray:
+    """Per image with a truth or a prediction (id order, as :func:`array_precisions`), the true positives at one
+    IoU threshold: predictions by descending score, each matched to the unmatched truth box it overlaps most."""
+    images = np.union1d(truth[:, 0], pred[:, 0])
+    t, t_valid = _grouped(truth[:, 0], truth[:, 1:5], images)
+    p, p_valid = _grouped(pred[:, 0], pred[:, 1:6], images)
+    if p.shape[1] == 0 or t.shape[1] == 0:
+        return np.zeros(len(images), np.int64)
+    conf = np.where(p_valid, -p[:, :, 4], np.inf)
+    order = np.argsort(conf, axis=1, kind="stable")
+    boxes = np.take_along_axis(p[:, :, :4], order[:, :, None], axis=1)
+    p_valid = np.take_along_axis(p_valid, order, axis=1)
+    ious = _iou(boxes, t[:, :, :4])
+    b = np.arange(len(images))
+    matched = ~t_valid
+    tp = np.zeros(len(images), np.int64)
+    for r in range(boxes.shape[1]):
+        candidates = np.where(~matched & (ious[:, r, :] >= iou), ious[:, r, :], -1.0)
+        j = np.argmax(candidates, axis=1)
+        hit = (candidates[b, j] >= 0) & p_valid[:, r]
+        matched[b[hit], j[hit]] = True
+        tp += hit
+    return tp
+
+
+def threshold_sweep(
+    windows: Iterable[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]],
+    variants: Sequence[str],
+    thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+    iou: float = SWEEP_IOU,
+) -> dict[str, dict[str, Any]]:
+    """Precision and recall of the predicted boxes against the ground-truth boxes over the labelled images, for
+    predictions of instance score >= each threshold (one pass over :func:`pixelperfect.db.windows.labelled_windows`),
+    and the threshold they choose: the best F1, the lowest threshold on a tie. Also per threshold the image-level
+    presence — the fraction of labelled negatives with any prediction (``presence_negatives``, want 0) and of
+    labelled positives with one (``presence_positives``, want 1) — and the challenge score at the chosen threshold.
+
+    Returns per variant ``{"sweep": [{threshold, precision, recall, f1, tp, predicted, truth, presence_...}],
+    "score_threshold", "precision", "recall", "f1", "rsna_score_at_threshold", "presence_negatives",
+    "presence_positives"}`` (``None`` for a variant with no labelled truth box)."""
+    acc = {v: np.zeros((len(thresholds), 5), np.float64) for v in variants}  # tp, predicted, +found, -found, -
+    truth_n = {v: 0 for v in variants}
+    counts = {"positives": 0, "negatives": 0}
+    rsna = {v: [[0.0, 0] for _ in thresholds] for v in variants}
+    for labelled, truth, preds in windows:
+        truth = truth[np.isin(truth[:, 0], labelled)]
+        positives = np.unique(truth[:, 0])
+        negatives = np.setdiff1d(labelled, positives)
+        counts["positives"] += len(positives)
+        counts["negatives"] += len(negatives)
+        for v in variants:
+            pred = preds[v][np.isin(preds[v][:, 0], labelled)]
+            truth_n[v] += len(truth)
+            for i, t in enumerate(thresholds):
+                kept = pred[pred[:, 5] >= t]
+                acc[v][i, 0] += int(true_positives(truth, kept, iou).sum())
+                acc[v][i, 1] += len(kept)
+                found = np.unique(kept[:, 0])
+                acc[v][i, 2] += int(np.isin(positives, found).sum())
+                acc[v][i, 3] += int(np.isin(negatives, found).sum())
+                values = array_precisions(truth, kept)
+                values = values[np.isfinite(values)]
+                rsna[v][i][0] += float(values.sum())
+                rsna[v][i][1] += int(values.size)
+    out: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        rows = []
+        for i, t in enumerate(thresholds):
+            tp, predicted, pos_found, neg_found = (float(x) for x in acc[v][i, :4])
+            precision = tp / predicted if predicted else None
+            recall = tp / truth_n[v] if truth_n[v] else None
+            f1 = 2 * tp / (predicted + truth_n[v]) if predicted + truth_n[v] else None
+            total, n = rsna[v][i]
+            rows.append({
+                "threshold": t, "precision": precision, "recall": recall, "f1": f1, "tp": int(tp),
+                "predicted": int(predicted), "truth": truth_n[v],
+                "presence_positives": pos_found / counts["positives"] if counts["positives"] else None,
+                "presence_negatives": neg_found / counts["negatives"] if counts["negatives"] else None,
+                "rsna_score": total / n if n else None,
+            })  # fmt: skip
+        scored = [r for r in rows if r["f1"] is not None]
+        best = (
+            max(scored, key=lambda r: (float(r["f1"] or 0.0), -float(r["threshold"] or 0.0)))
+            if truth_n[v] and scored
+            else None
+        )
+        out[v] = {
+            "sweep": rows,
+            "score_threshold": best["threshold"] if best else None,
+            "precision": best["precision"] if best else None,
+            "recall": best["recall"] if best else None,
+            "f1": best["f1"] if best else None,
+            "rsna_score_at_threshold": best["rsna_score"] if best else None,
+            "presence_negatives": best["presence_negatives"] if best else None,
+            "presence_positives": best["presence_positives"] if best else None,
+        }
+    return out

@@ -118,7 +118,7 @@ def forest_figure(entries: Sequence[tuple[str, Sequence[float], Sequence[float],
 def overlay_tile(
     pixels: np.ndarray,
     mask: np.ndarray | None,
-    prompt: Sequence[float] | None,
+    prompt: Sequence[float] | dict[str, Any] | None,
     truth: np.ndarray | None,
     truth_boxes: Sequence[Sequence[float]] = (),
 ) -> str:
@@ -143,6 +143,8 @@ def overlay_tile(
     for box in truth_boxes:
         x1, y1, x2, y2 = (round(float(v) * scale) for v in box)
         cv2.rectangle(tile, (x1, y1), (x2, y2), (60, 200, 60), 1)
+    if isinstance(prompt, dict):  # a concept instance: {"concept": phrase, "box": the model's XYXY box}
+        prompt = prompt.get("box")
     if prompt is not None and len(prompt) == 4:
         x1, y1, x2, y2 = (round(float(v) * scale) for v in prompt)
         cv2.rectangle(tile, (x1, y1), (x2, y2), (0, 220, 255), 1)

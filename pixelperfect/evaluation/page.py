@@ -274,6 +274,18 @@ def detection_section(data: ReportData, settings: Settings) -> dict[str, Any]:
             ("negatives_predicted", "negatives predicted on"),
             ("rsna_score_positives", "score without negatives"),
         ],
+        "sweep_columns": [
+            ("run", "run"),
+            ("variant", "variant"),
+            ("score_threshold", "chosen threshold"),
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("f1", "F1"),
+            ("rsna_score_at_threshold", "score at threshold"),
+            ("presence_positives", "positives found"),
+            ("presence_negatives", "negatives predicted on"),
+        ],
+        "sweep_rows": [d for d in data.detection if d.get("prompt_mode") == "concept"],
         "notes": data.section_notes.get("detection", []),
     }
 

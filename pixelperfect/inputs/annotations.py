@@ -127,3 +127,46 @@ def match_masks(mask_keys: Iterable[str], image_keys: Iterable[str]) -> dict[str
     """``{image key: mask key}`` by shared stem (``images/a.png`` <-> ``masks/a.png``)."""
     masks = {stem(m): m for m in mask_keys}
     return {key: masks[stem(key)] for key in image_keys if stem(key) in masks}
+
+
+EXEMPLAR_LABELS = {"1": 1, "positive": 1, "pos": 1, "+": 1, "0": 0, "negative": 0, "neg": 0, "-": 0}
+
+
+def _exemplar_label(row: dict[str, str], where: str) -> int:
+    text = (row.get("label") or "1").strip().lower()
+    if text not in EXEMPLAR_LABELS:
+        raise AnnotationError(f"{where}: label must be positive/negative (or 1/0), got {text!r}")
+    return EXEMPLAR_LABELS[text]
+
+
+def parse_exemplars(text: str, fmt: str, name: str) -> dict[str, list[list[float]]]:
+    """Concept exemplar boxes ``{key: [[x1, y1, x2, y2, label], ...]}`` (label 1 positive, 0 negative) in the
+    box formats the annotations use, with an optional ``label`` column (``positive``/``negative`` or ``1``/``0``,
+    default positive): ``csv`` = ``key,x1,y1,x2,y2[,label]``; ``rsna`` = ``patientId,x,y,width,height,Target
+    [,label]`` (``Target=0`` rows carry no box and are skipped)."""
+    out: dict[str, list[list[float]]] = {}
+    if fmt == "csv":
+        for where, row in _rows(text, BOX_COLUMNS, name):
+            key = row["key"].strip()
+            if not key:
+                raise AnnotationError(f"{where}: empty key")
+            box = [_float(row[c].strip(), c, where) for c in ("x1", "y1", "x2", "y2")]
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise AnnotationError(f"{where}: box must have x2 > x1 and y2 > y1, got {box}")
+            out.setdefault(key, []).append([*box, float(_exemplar_label(row, where))])
+        return out
+    if fmt == "rsna":
+        for where, row in _rows(text, RSNA_COLUMNS, name):
+            pid = row["patientId"].strip()
+            if not pid:
+                raise AnnotationError(f"{where}: empty patientId")
+            if row["Target"].strip() != "1":
+                continue
+            x, y, w, h = (_float(row[c].strip(), c, where) for c in ("x", "y", "width", "height"))
+            try:
+                box = xywh_to_xyxy(x, y, w, h)
+            except ValueError as exc:
+                raise AnnotationError(f"{where}: {exc}") from None
+            out.setdefault(pid, []).append([*box, float(_exemplar_label(row, where))])
+        return out
+    raise AnnotationError(f"unknown exemplars format {fmt!r}: use csv or rsna")

@@ -30,19 +30,23 @@ class PromptKind(_Named):
     box = "box"
     point = "point"
     auto = "auto"  # a point of the automatic grid
+    concept = "concept"  # an instance SAM 3 found for a noun phrase (pipeline/prompt/concept.py)
 
 
 class PromptMode(_Named):
-    """A run's prompts (``runs.prompt_mode``): ground-truth ``boxes``, user ``points`` or the ``auto`` grid."""
+    """A run's prompts (``runs.prompt_mode``): ground-truth ``boxes``, user ``points``, the ``auto`` grid or SAM 3
+    ``concept`` phrases."""
 
     boxes = "boxes"
     points = "points"
     auto = "auto"
+    concept = "concept"
 
     @property
     def kind(self) -> PromptKind:
         """The kind of the prompts this mode draws."""
-        return {PromptMode.boxes: PromptKind.box, PromptMode.points: PromptKind.point}.get(self, PromptKind.auto)
+        kinds = {PromptMode.boxes: PromptKind.box, PromptMode.points: PromptKind.point}
+        return kinds.get(self, PromptKind.concept if self == PromptMode.concept else PromptKind.auto)
 
 
 PROMPT_MODES = tuple(m.value for m in PromptMode)
@@ -107,6 +111,62 @@ class AutoSettings:
         return cls(**{k: v for k, v in (values or {}).items() if k in known})
 
 
+#: SAM 3's text encoder reads at most this many tokens, start and end tokens included (``Sam3Processor``'s
+#: ``max_length``); a longer phrase is refused at submit rather than cut.
+CONCEPT_MAX_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class ConceptSettings:
+    """Concept-mode parameters (stored with the run; :mod:`pixelperfect.pipeline.prompt.concept`).
+
+    ``concepts``: the noun phrases, each segmented on every image. ``synonyms``: per phrase, the user's
+    ``--concept-variants``, each one more perturbation of that phrase (same image, other words). ``threshold``:
+    an instance is kept when its presence-aware score (``sigmoid(logit) * sigmoid(presence)``) exceeds it (SAM 3's
+    processor default 0.3, low enough for the report's threshold sweep to choose a higher one). ``max_instances``:
+    per phrase and image, best first. ``scale`` / ``shift``: the K image perturbations of the consistency
+    protocol, a rescale by ``1 ± U(scale)`` about the image centre and a shift by integers in ``±shift`` px.
+    """
+
+    concepts: tuple[str, ...] = ()
+    synonyms: tuple[tuple[str, ...], ...] = ()
+    threshold: float = 0.3
+    max_instances: int = 32
+    scale: float = 0.05
+    shift: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+        syn = tuple(tuple(s) for s in self.synonyms) or tuple(() for _ in self.concepts)
+        object.__setattr__(self, "synonyms", syn)
+        if len(self.synonyms) != len(self.concepts):
+            raise ValueError(f"{len(self.synonyms)} synonym lists for {len(self.concepts)} concepts")
+        if len(set(self.concepts)) != len(self.concepts):
+            raise ValueError(f"a concept is given twice: {', '.join(self.concepts)}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"concept threshold must be in [0, 1), got {self.threshold}")
+        if not 1 <= self.max_instances <= 200:
+            raise ValueError(f"concept max_instances must be in 1..200, got {self.max_instances}")
+        if not 0.0 <= self.scale < 0.5:
+            raise ValueError(f"concept perturbation scale must be in [0, 0.5), got {self.scale}")
+        if not 0 <= self.shift <= 100:
+            raise ValueError(f"concept perturbation shift must be in 0..100 px, got {self.shift}")
+
+    def phrases(self) -> list[str]:
+        """Every phrase the text encoder sees: the concepts, then their synonyms."""
+        return [*self.concepts, *(s for group in self.synonyms for s in group)]
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["concepts"], out["synonyms"] = list(self.concepts), [list(s) for s in self.synonyms]
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> ConceptSettings:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+
+
 @dataclass(frozen=True)
 class ProcessSettings:
     """Run-level scoring settings (stored with the run)."""
@@ -121,6 +181,7 @@ class ProcessSettings:
     nsd_tolerance_mm: float | None = 2.0
     pixel_spacing: tuple[float, float] | None = None  # (row, col) mm for images that carry none (--pixel-spacing)
     auto: AutoSettings = field(default_factory=AutoSettings)
+    concept: ConceptSettings = field(default_factory=ConceptSettings)
 
     def __post_init__(self) -> None:
         if self.prompt_mode not in PROMPT_MODES:
@@ -145,4 +206,6 @@ class ProcessSettings:
             out["pixel_spacing"] = list(self.pixel_spacing)
         if self.prompt_mode == PromptMode.auto:
             out["auto"] = self.auto.as_dict()
+        if self.prompt_mode == PromptMode.concept:
+            out["concept"] = self.concept.as_dict()
         return out

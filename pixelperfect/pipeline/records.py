@@ -19,7 +19,8 @@ Spacing = tuple[float, float] | None
 @dataclass
 class ImageInput:
     """A decoded image and its prompts. ``pixels``: ``(H, W)`` display values; ``boxes``: XYXY prompts (in points
-    and auto mode the ground truth); ``points``: ``[x, y, label]`` prompts of points mode."""
+    and auto mode the ground truth); ``points``: ``[x, y, label]`` prompts of points mode, or in concept mode the
+    image's exemplar boxes ``[x1, y1, x2, y2, label]`` (label 1 positive, 0 negative)."""
 
     key: str
     pixels: np.ndarray
@@ -47,6 +48,10 @@ class PreparedImage:
     n_prompts: int
     inputs: dict[str, Any]
     timings: dict[str, float]
+    #: concept mode: per variant, the segmenter's inputs of the K perturbed copies of the image, and the ``(K, 2,
+    #: 3)`` affine maps (original -> perturbed pixel coordinates) that made them
+    perturbed_inputs: dict[str, list[Any]] = field(default_factory=dict)
+    warps: np.ndarray | None = None
 
 
 @dataclass
@@ -62,7 +67,7 @@ class SegmentRecord:
     variant: str
     prompt_index: int
     prompt_kind: str
-    prompt: list[float]
+    prompt: list[float] | dict[str, Any]  # concept: {"concept": phrase, "box": XYXY}
     score: float | None
     scores: list[float | None]
     chosen: int

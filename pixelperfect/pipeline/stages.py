@@ -28,6 +28,7 @@ from pixelperfect.pipeline.output.masks import encode_mask_png
 from pixelperfect.pipeline.preprocess.variants import Variant
 from pixelperfect.pipeline.prompt.auto import predict_prompts
 from pixelperfect.pipeline.prompt.boxes import clip_boxes, perturb_box, prompt_rng
+from pixelperfect.pipeline.prompt.concept import predict_concept_images, prepare_concept_inputs
 from pixelperfect.pipeline.records import ImageInput, ImageResult, PreparedImage, SegmentRecord
 from pixelperfect.pipeline.score.segments import score_prediction
 
@@ -45,9 +46,12 @@ __all__ = [
 
 
 def is_prompted(image: ImageInput, settings: ProcessSettings) -> bool:
-    """boxes mode: the boxes are the prompts; points mode: the points; auto: every image (boxes are truth only)."""
+    """boxes mode: the boxes are the prompts; points mode: the points; auto and concept: every image (boxes are
+    truth only)."""
     mode = settings.prompt_mode
-    return bool(image.points if mode == PromptMode.points else image.boxes or mode == PromptMode.auto)
+    if mode in (PromptMode.auto, PromptMode.concept):
+        return True
+    return bool(image.points if mode == PromptMode.points else image.boxes)
 
 
 def prepare_image(
@@ -65,8 +69,12 @@ def prepare_image(
         jittered = [perturb_box(b, settings.jitter, prompt_rng(settings.seed, image.key, p), height, width)
                     for p, b in enumerate(base)]  # fmt: skip
         boxes, n = np.concatenate([base, *jittered]), len(base)
-    timings = {"preprocess": time.perf_counter() - t0, "encode": 0.0, "prompts": 0.0, "post": 0.0}
-    return PreparedImage(image, boxes, n, inputs, timings)
+    timings = {"preprocess": 0.0, "encode": 0.0, "prompts": 0.0, "post": 0.0}
+    prepared = PreparedImage(image, boxes, n, inputs, timings)
+    if settings.prompt_mode == PromptMode.concept:  # the K perturbed films of the consistency protocol
+        prepare_concept_inputs(prepared, variants, segmenter, settings)
+    timings["preprocess"] = time.perf_counter() - t0
+    return prepared
 
 
 def predict_images(
@@ -74,7 +82,10 @@ def predict_images(
 ) -> list[dict[str, Prediction]]:
     """The model stage: per variant the prompted images are encoded in one batched call, then each image's prompts
     and their K perturbations go through the decoder in one call. Returns, per image, ``{variant: Prediction}``
-    (empty for an image without prompts). Adds the ``encode`` and ``prompts`` timings. Nothing is scored here."""
+    (empty for an image without prompts). Adds the ``encode`` and ``prompts`` timings. Nothing is scored here.
+    Concept mode: :func:`~pixelperfect.pipeline.prompt.concept.predict_concept_images`."""
+    if settings.prompt_mode == PromptMode.concept:
+        return predict_concept_images(prepared, variants, segmenter, settings)
     out: list[dict[str, Prediction]] = [{} for _ in prepared]
     prompted = [i for i, prep in enumerate(prepared) if prep.inputs]
     for variant in variants if prompted else ():

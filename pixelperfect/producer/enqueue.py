@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +29,7 @@ from pixelperfect.db.models import RunState
 from pixelperfect.db.session import session_scope
 from pixelperfect.inputs.annotations import match_to_keys, stem
 from pixelperfect.inputs.sources import absolute_url
-from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings, PromptMode
+from pixelperfect.pipeline.options import PROMPT_MODES, ConceptSettings, ProcessSettings, PromptMode
 from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
 from pixelperfect.producer import intake
 from pixelperfect.producer.intake import SubmitError
@@ -44,7 +44,7 @@ from pixelperfect.producer.stream import (
     chunked,
     queue_length,
 )
-from pixelperfect.storage import is_archive_url, read_url
+from pixelperfect.storage import is_archive_url, read_directory, read_url
 from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class SubmitRequest:
     gt_masks: str | None = None
     prompts: str | None = None  # boxes | points | auto; None: auto for a SAM run without annotations, else boxes
     points: str | None = None  # points mode: CSV key,x,y[,label] (path or URL)
+    exemplars: str | None = None  # concept mode: exemplar boxes, key,x1,y1,x2,y2[,label] (or RSNA), path or URL
+    exemplars_format: str = "csv"
     manifest: str | None = None  # keys to process, one per line relative to source (path or URL), instead of listing
     batch_size: int | None = None
     outputs: Sequence[str] = ("png",)  # png | png,dicom-seg | png,dicom-seg,dicom-sr
@@ -173,8 +175,15 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
     model = req.model or settings.model
     if model not in MODEL_NAMES:
         raise SubmitError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
-    checkpoint, sha = _checkpoint(model, req.checkpoint or settings.checkpoint, settings)
-    process = replace(req.process, prompt_mode=prompt_mode(req, model))
+    mode = prompt_mode(req, model)
+    checkpoint: str | None
+    sha: str | None
+    process = replace(req.process, prompt_mode=mode)
+    if model == "sam3":  # a Hugging Face directory; the phrases are checked with its tokenizer
+        checkpoint, sha, concept = sam3_checkpoint(req.checkpoint or settings.checkpoint, req.process, settings)
+        process = replace(process, concept=concept)
+    else:
+        checkpoint, sha = _checkpoint(model, req.checkpoint or settings.checkpoint, settings)
     try:
         archive = archive_settings(req.source, req.outputs, req.stow_to, req.filters, settings.research_use)
     except ValueError as exc:
@@ -191,6 +200,7 @@ def run_config(req: SubmitRequest, settings: Settings, variants: list[Variant]) 
             **process.as_dict(),
             "annotations": bool(req.annotations),
             "points": bool(req.points),
+            **({"exemplars": bool(req.exemplars)} if req.exemplars else {}),
             "gt_masks": absolute_url(req.gt_masks) if req.gt_masks else None,
             **archive,
         },
@@ -212,7 +222,62 @@ def prompt_mode(req: SubmitRequest, model: str) -> PromptMode:
         raise SubmitError(f"--points is only used with --prompts points, not {mode}")
     if mode == PromptMode.auto and model == "grabcut":
         raise SubmitError("--prompts auto needs a SAM model: GrabCut has no confidence to filter masks by")
+    if (mode == PromptMode.concept) != (model == "sam3"):
+        raise SubmitError(
+            "--prompts concept needs --model sam3, and sam3 takes only concept prompts "
+            f"(--prompts concept --concept PHRASE); got model {model} with --prompts {mode}"
+        )
+    if mode == PromptMode.concept and not req.process.concept.concepts:
+        raise SubmitError("--prompts concept needs at least one --concept PHRASE (e.g. --concept 'lung opacity')")
+    if req.exemplars and mode != PromptMode.concept:
+        raise SubmitError(f"--exemplars is only used with --prompts concept, not {mode}")
     return mode
+
+
+def sam3_checkpoint(
+    checkpoint: str | None, process: ProcessSettings, settings: Settings
+) -> tuple[str, str, ConceptSettings]:
+    """A ``sam3`` run's checkpoint directory URL, the sha256 of its weight files, and its concept settings with
+    every phrase checked by the directory's tokenizer (empty, or over the text encoder's tokens: refused)."""
+    from pixelperfect.pipeline.model.sam3_files import (
+        ConceptError,
+        Sam3FilesError,
+        build_tokenizer,
+        check_names,
+        check_phrase,
+        detector_config,
+        wanted,
+        weights_sha256,
+    )
+
+    if not checkpoint or checkpoint == RANDOM_CHECKPOINT:
+        raise SubmitError(
+            "model sam3 needs its Hugging Face directory: --checkpoint DIR|s3://…/DIR holding config.json, "
+            "*.safetensors, vocab.json and merges.txt (huggingface-cli download facebook/sam3)"
+        )
+    url = checkpoint if "://" in checkpoint else absolute_url(checkpoint)
+    try:
+        files = read_directory(url, wanted, endpoint_url=settings.s3_endpoint_url)
+    except Exception as exc:
+        raise SubmitError(f"cannot read the sam3 checkpoint directory {checkpoint}: {exc}") from None
+    concept = process.concept
+    try:
+        check_names(files)
+        detector_config(files["config.json"])
+        tokenizer = build_tokenizer(files)
+        concepts = tuple(check_phrase(tokenizer, c) for c in concept.concepts)
+        synonyms = tuple(tuple(check_phrase(tokenizer, s) for s in group) for group in concept.synonyms)
+        concept = replace(concept, concepts=concepts, synonyms=synonyms)
+    except (Sam3FilesError, ConceptError, ValueError) as exc:
+        raise SubmitError(str(exc)) from None
+    return url, weights_sha256(files), concept
+
+
+def unmatched_idents(idents: Iterable[str], keys: Iterable[str]) -> list[str]:
+    """The identifiers (image keys or stems, as in an annotation file) that name none of ``keys``."""
+    key_set = set(keys)
+    stems = {stem(k) for k in key_set}
+    return sorted(i for i in idents if i not in key_set and i not in stems and stem(i) not in stems)
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -251,6 +316,14 @@ def submit(
     boxes = intake.box_matcher(req.annotations, req.annotations_format, settings, listing) if req.annotations else None
     points = KeyMatcher(intake.read_points(req.points, settings)) if req.points else None
     masks = intake.mask_index(req.gt_masks, settings) if req.gt_masks else None
+    exemplars = None
+    if req.exemplars:
+        exemplars = KeyMatcher(intake.read_exemplars(req.exemplars, req.exemplars_format, settings))
+        every = first if whole else list(intake.list_keys(req.source, req.manifest, settings, listing))
+        unmatched = unmatched_idents(exemplars.values, every)
+        if unmatched:
+            shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
+            raise SubmitError(f"exemplars in {req.exemplars} name images that are not in the run: {shown}")
     if whole and points is not None and not match_to_keys(points.values, first):
         raise SubmitError(f"no point in {req.points} matches an image key or stem")
     if whole and masks is not None and not any(stem(k) in masks for k in first):
@@ -291,6 +364,8 @@ def submit(
                     annotated += len(matched)
                 if points is not None:
                     repo.add_points(session, run_id=run_id, points=points.match(chunk))
+                if exemplars is not None:
+                    repo.add_exemplars(session, run_id=run_id, exemplars=exemplars.match(chunk))
             images, new, pending = images + len(chunk), new + inserted, pending + len(queued)
             if (inserted and analyzed == 0) or new >= 4 * analyzed > 0:
                 _analyze(settings)  # the run's rows in the statistics: see _analyze

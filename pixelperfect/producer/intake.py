@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pixelperfect.config import Settings
-from pixelperfect.inputs.annotations import parse_annotations, stem
+from pixelperfect.inputs.annotations import AnnotationError, parse_annotations, parse_exemplars, stem
 from pixelperfect.inputs.sources import SourceListing, absolute_url, iter_manifest, list_image_keys, open_source
 from pixelperfect.pipeline.prompt.auto import parse_points_csv
 from pixelperfect.producer.pacs import PatientMatcher
@@ -67,6 +67,15 @@ def read_text(what: str, where: str, settings: Settings) -> str:
 
 def read_boxes(where: str, fmt: str, settings: Settings) -> dict[str, list[list[float]]]:
     return parse_annotations(read_text("annotations", where, settings), fmt, where)
+
+
+def read_exemplars(where: str, fmt: str, settings: Settings) -> dict[str, list[list[float]]]:
+    """Concept exemplar boxes ``{key or stem: [[x1, y1, x2, y2, label], ...]}`` (``--exemplars``)."""
+    text = read_text("exemplars", where, settings)
+    try:
+        return parse_exemplars(text, fmt, where)
+    except AnnotationError as exc:
+        raise SubmitError(str(exc)) from None
 
 
 def read_points(where: str, settings: Settings) -> dict[str, list[list[float]]]:

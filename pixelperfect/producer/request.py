@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from pixelperfect.config import Settings
 from pixelperfect.pipeline.decode.spacing import parse_spacing_option
-from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings
+from pixelperfect.pipeline.options import AutoSettings, ConceptSettings, Jitter, ProcessSettings
 from pixelperfect.producer.enqueue import SubmitRequest
 from pixelperfect.producer.saved_variants import resolve_variants
 
@@ -46,6 +46,9 @@ def submit_request(
     stow_to: str | None = None,
     filters: Sequence[str] = (),
     allow_version_change: bool = False,
+    exemplars: str | None = None,
+    exemplars_format: str = "csv",
+    concept: ConceptSettings | None = None,
 ) -> SubmitRequest:
     """The request ``pixelperfect submit`` builds from these options; ``ValueError`` names a bad variant or
     spacing."""
@@ -63,6 +66,8 @@ def submit_request(
         batch_size=batch_size,
         prompts=prompts,
         points=points,
+        exemplars=exemplars,
+        exemplars_format=exemplars_format,
         manifest=manifest,
         republish=republish,
         allow_version_change=allow_version_change,
@@ -82,5 +87,6 @@ def submit_request(
                 min_score=auto_min_score,
                 min_stability=auto_min_stability,
             ),
+            concept=concept if concept is not None else ConceptSettings(),
         ),
     )

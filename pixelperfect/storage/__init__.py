@@ -32,6 +32,7 @@ from pixelperfect.storage.urls import (
     is_archive_url,
     open_store,
     parse_url,
+    read_directory,
     read_url,
     split_object_url,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "make_s3_client",
     "open_store",
     "parse_url",
+    "read_directory",
     "read_url",
     "split_object_url",
     "validate_key",

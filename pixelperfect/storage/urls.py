@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,13 @@ def read_url(url: str, *, endpoint_url: str | None = None, settings: Any = None)
         return Path(url).expanduser().read_bytes()
     root, name = split_object_url(url)
     return open_store(root, settings, endpoint_url=endpoint_url).get(name)
+
+
+def read_directory(
+    url: str, wanted: Callable[[str], bool], *, endpoint_url: str | None = None, settings: Any = None
+) -> dict[str, bytes]:
+    """The files directly under a directory URL (a path, ``file://`` or an ``s3://`` prefix) whose base name
+    ``wanted`` accepts, as ``{base name: bytes}`` (a model directory such as SAM 3's)."""
+    store = open_store(url if "://" in url else str(Path(url).expanduser()), settings, endpoint_url=endpoint_url)
+    names = [k for k in store.list() if "/" not in k and wanted(k)]
+    return {name: store.get(name) for name in sorted(names)}

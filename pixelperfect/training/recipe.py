@@ -18,8 +18,9 @@ from typing import Any
 
 from pixelperfect.config import MIN_AREA, MODEL_NAMES
 
-#: Models the trainer can fine-tune (GrabCut has nothing to learn); SAM 2 names: training/sam2_finetune.py.
-TRAINABLE_MODELS = tuple(m for m in MODEL_NAMES if m != "grabcut")
+#: Models the trainer can fine-tune (GrabCut has nothing to learn; SAM 3: inference only); SAM 2 names:
+#: training/sam2_finetune.py.
+TRAINABLE_MODELS = tuple(m for m in MODEL_NAMES if m not in ("grabcut", "sam3"))
 #: Fields that change where and how a training runs, not what it learns: left out of the identity hash.
 RUNTIME_FIELDS = ("resume", "run", "cache_url", "cache_memory_mb")
 #: Fields of the schedule: a resumed training may extend or shorten them (``--resume --max-steps 2000``).

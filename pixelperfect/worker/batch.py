@@ -125,6 +125,8 @@ def _run_held(
         points = (
             repo.points_for(session, run_id=run.id, keys=keys) if run.process.prompt_mode == PromptMode.points else {}
         )
+        if run.process.prompt_mode == PromptMode.concept:  # exemplar boxes travel as the image's points
+            points = repo.exemplars_for(session, run_id=run.id, keys=keys)
     todo = [ImageTodo(key, image_id, gt) for image_id, key, gt in hold.todo]
     read_s = time.perf_counter() - t_start
     segmenter = rt.segmenter(run)  # loaded once per process; raises (-> batch retry) if the model cannot load

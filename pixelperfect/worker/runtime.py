@@ -16,9 +16,9 @@ from pixelperfect.pipeline.model.builder import build_segmenter, dependency_prob
 from pixelperfect.pipeline.model.hf_checkpoint import HfCheckpoint, read_hf_checkpoint
 from pixelperfect.pipeline.model.protocol import Segmenter
 from pixelperfect.pipeline.model.weights import sha256_hex
-from pixelperfect.pipeline.options import AutoSettings, Jitter, ProcessSettings, PromptMode
+from pixelperfect.pipeline.options import AutoSettings, ConceptSettings, Jitter, ProcessSettings, PromptMode
 from pixelperfect.pipeline.preprocess.variants import Variant, parse_variant
-from pixelperfect.storage import ObjectStore, open_store, read_url
+from pixelperfect.storage import ObjectStore, open_store, read_directory, read_url
 from pixelperfect.version import ALLOW_VERSION_CHANGE, CODE_VERSION, VERSION_CHANGED
 
 #: The failure reason of images whose model this worker cannot run (a package missing or too old)
@@ -81,6 +81,7 @@ class RunSpec:
                 nsd_tolerance_mm=None if s.get("nsd_tolerance_mm") is None else float(s["nsd_tolerance_mm"]),
                 pixel_spacing=tuple(s["pixel_spacing"]) if s.get("pixel_spacing") else None,  # type: ignore[arg-type]
                 auto=AutoSettings.from_dict(s.get("auto")),
+                concept=ConceptSettings.from_dict(s.get("concept")),
             ),
             outputs=tuple(s.get("outputs") or ("png",)),
             stow_to=s.get("stow_to"),
@@ -113,8 +114,10 @@ class Runtime:
         key = (run.model, run.checkpoint)
         with self._lock:
             if key not in self._segmenters:
-                data: bytes | HfCheckpoint | None = None
-                if run.checkpoint and run.checkpoint != RANDOM_CHECKPOINT:
+                data: Any = None
+                if run.model == "sam3":  # a Hugging Face directory: sha256 over its weight files
+                    data = read_sam3_dir(run, self.settings)
+                elif run.checkpoint and run.checkpoint != RANDOM_CHECKPOINT:
                     data, sha = self._read_checkpoint(run)
                     if run.checkpoint_sha256 and sha != run.checkpoint_sha256:
                         raise CheckpointMismatchError(
@@ -181,6 +184,22 @@ class Runtime:
                     raise LookupError(f"run id {run_id} does not exist in {self.settings.database_url}")
                 self._runs[run_id] = RunSpec.from_row(row)
         return self._runs[run_id]
+
+
+def read_sam3_dir(run: RunSpec, settings: Settings) -> dict[str, bytes]:
+    """The files of a ``sam3`` run's checkpoint directory, checked against the run's sha256."""
+    from pixelperfect.pipeline.model.sam3_files import wanted, weights_sha256
+
+    if not run.checkpoint:
+        raise CheckpointMismatchError(f"run {run.name!r} (sam3) has no checkpoint directory")
+    files = read_directory(run.checkpoint, wanted, endpoint_url=settings.s3_endpoint_url)
+    digest = weights_sha256(files)
+    if run.checkpoint_sha256 and digest != run.checkpoint_sha256:
+        raise CheckpointMismatchError(
+            f"checkpoint {run.checkpoint} has weights sha256 {digest[:12]}…, the run was created with "
+            f"{run.checkpoint_sha256[:12]}…"
+        )
+    return files
 
 
 _RUNTIME: Runtime | None = None

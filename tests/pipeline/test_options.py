@@ -11,7 +11,9 @@ from pixelperfect.pipeline.options import PROMPT_MODES, ProcessSettings, PromptK
 
 
 def test_the_stored_strings_are_unchanged() -> None:
-    assert PROMPT_MODES == ("boxes", "points", "auto") and PROMPT_KINDS == ("box", "point", "auto")
+    assert PROMPT_MODES == ("boxes", "points", "auto", "concept")
+    assert PROMPT_KINDS == ("box", "point", "auto", "concept")
+    assert PromptMode.concept.kind == PromptKind.concept
     for member in (*PromptMode, *PromptKind):
         assert member.name == member.value  # psycopg writes an enum by its name: it must be the stored string
         assert member == member.value and str(member) == member.value and f"{member}" == member.value
@@ -28,5 +30,5 @@ def test_a_stored_prompt_mode_becomes_the_enum_and_a_bad_one_is_named() -> None:
     settings = ProcessSettings(prompt_mode="points")  # type: ignore[arg-type]  # as read from runs.prompt_mode
     assert settings.prompt_mode is PromptMode.points
     assert ProcessSettings().prompt_mode is PromptMode.boxes
-    with pytest.raises(ValueError, match="prompt mode must be one of boxes, points, auto, not 'box'"):
+    with pytest.raises(ValueError, match="prompt mode must be one of boxes, points, auto, concept, not 'box'"):
         ProcessSettings(prompt_mode="box")  # type: ignore[arg-type]  # the other vocabulary

@@ -8,6 +8,7 @@ family")."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pixelperfect.pipeline.model.grabcut import GrabCutSegmenter
@@ -64,7 +65,7 @@ def dependency_problem(model: str) -> MissingDependencyError | None:
 
 def build_segmenter(
     model: str,
-    checkpoint: bytes | HfCheckpoint | None,
+    checkpoint: bytes | HfCheckpoint | Mapping[str, bytes] | None,  # sam3: its Hugging Face directory's files
     device: str = "auto",
     *,
     encoder_batch: int = 8,
@@ -83,17 +84,23 @@ def build_segmenter(
         "compile_encoder": compile_encoder,
         "host_post": host_post,
     }
+    if model == "sam3":
+        from pixelperfect.pipeline.model.sam3 import build_sam3
+
+        if checkpoint is not None and not isinstance(checkpoint, Mapping):
+            raise CheckpointError("model sam3 takes a Hugging Face model directory with its tokenizer files")
+        return build_sam3(checkpoint, device, encoder_batch=encoder_batch, precision=precision)
     if is_sam2(model):
         problem = dependency_problem(model)
         if problem is not None:
             raise problem
-        if isinstance(checkpoint, bytes):
+        if checkpoint is not None and not isinstance(checkpoint, HfCheckpoint):
             raise CheckpointError(f"model {model} takes a Hugging Face model directory, not a single file")
         from pixelperfect.pipeline.model.sam2 import Sam2Segmenter, load_sam2
         from pixelperfect.pipeline.model.weights import resolve_device
 
         return Sam2Segmenter(load_sam2(model, checkpoint), resolve_device(device), **options)
-    if isinstance(checkpoint, HfCheckpoint):
+    if checkpoint is not None and not isinstance(checkpoint, bytes):
         raise CheckpointError(f"model {model} takes a SAM v1 state dict file, not a Hugging Face model directory")
     from pixelperfect.pipeline.model.sam import SamSegmenter
     from pixelperfect.pipeline.model.weights import load_sam, resolve_device

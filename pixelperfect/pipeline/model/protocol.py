@@ -65,12 +65,20 @@ class Prediction:
     ``kind``: one of :data:`PROMPT_KINDS`. ``prompts``: ``(n, 4)`` float64 XYXY boxes (``box``) or ``(n, 2)``
     float64 XY points (``point``, ``auto``), in the image's pixel coordinates. ``perturbed``: ``(n·K, 4|2)`` the
     jittered prompts, prompt-major. ``output``: the segmenter's masks for the ``n + n·K`` prompts in that order.
+
+    Concept predictions (``concept``): ``prompts`` are the ``(n, 4)`` XYXY boxes the model gave its ``n``
+    instances, ``labels`` the phrase of each, and ``perturbed_counts`` ``(n,)`` how many perturbed copies each has
+    (K image perturbations plus one per synonym of its phrase, so it differs between phrases); ``perturbed`` and
+    the masks after the first ``n`` hold, instance-major, the matched instance under each perturbation (a zero
+    box, an empty mask and score 0 where it vanished). ``None``: ``K`` each, from the run's settings.
     """
 
     kind: PromptKind
     prompts: np.ndarray
     perturbed: np.ndarray
     output: MaskPrediction
+    labels: list[str] | None = None
+    perturbed_counts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:

@@ -38,26 +38,33 @@ def score_prediction(
     prompt against the whole ground truth (:func:`full_image_accuracy`).
     """
     out = prediction.output
-    n, k = prediction.n_prompts, settings.jitter.k
-    if len(out.chosen) != n * (1 + k):
-        raise ValueError(f"prediction has {len(out.chosen)} masks for {n} prompts with K={k}: expected {n * (1 + k)}")
+    n = prediction.n_prompts
+    counts = prediction.perturbed_counts
+    if counts is None:
+        counts = np.full(n, settings.jitter.k, np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if len(counts) != n or len(out.chosen) != n + int(starts[-1]):
+        raise ValueError(
+            f"prediction has {len(out.chosen)} masks for {n} prompts with {int(starts[-1])} perturbed copies: "
+            f"expected {n + int(starts[-1])}"
+        )
     best = out.best_scores
     records = []
     for p in range(n):
         mask, prompt = out.masks[p], prediction.prompts[p]
-        jit = slice(n + p * k, n + (p + 1) * k)
+        jit = slice(n + int(starts[p]), n + int(starts[p + 1]))
         if prediction.kind == PromptKind.box:
             accuracy = prompt_accuracy(mask, prompt, image.gt_mask, settings, image.spacing)
         else:
             accuracy = full_image_accuracy(mask, image.boxes, image.gt_mask, settings, image.spacing)
-        jittered = prediction.perturbed[p * k : (p + 1) * k]
+        jittered = prediction.perturbed[int(starts[p]) : int(starts[p + 1])]
         stable = consistency(mask, out.masks[jit], best[jit])
         records.append(
             SegmentRecord(
                 variant=variant,
                 prompt_index=p,
                 prompt_kind=prediction.kind.value,
-                prompt=[float(v) for v in prompt],
+                prompt=_prompt_json(prediction, p),
                 score=_finite(best[p]),
                 scores=[_finite(v) for v in out.scores[p]],
                 chosen=int(out.chosen[p]),
@@ -79,6 +86,15 @@ def score_prediction(
             )
         )
     return records
+
+
+def _prompt_json(prediction: Prediction, p: int) -> list[float] | dict[str, Any]:
+    """The ``prompt`` column: the XYXY box or XY point, or for a concept instance ``{"concept": phrase, "box":
+    the model's XYXY box}`` (the phrase lives in the JSON: no migration)."""
+    values = [float(v) for v in prediction.prompts[p]]
+    if prediction.kind == PromptKind.concept:
+        return {"concept": (prediction.labels or [""] * prediction.n_prompts)[p], "box": values}
+    return values
 
 
 class Accuracy(TypedDict):
