@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pixelperfect.config import Settings
 from pixelperfect.pipeline.model.sam import SamEmbedding, SamSegmenter
@@ -34,15 +33,13 @@ from pixelperfect.pipeline.score.overlap import dice
 from pixelperfect.training.cache import CachedEmbedding, CacheStats, EmbeddingCache
 from pixelperfect.training.checkpoints import BEST, CONFIG, LAST, METRICS, CheckpointStore, model_bytes, state_dict_of
 from pixelperfect.training.data import TrainImage, jitter_boxes, load_images
+from pixelperfect.training.loss import sam_loss
 from pixelperfect.training.recipe import TrainConfig
 from pixelperfect.training.schedule import Schedule, no_improvement_warning
 from pixelperfect.training.setup import TrainError, TrainSetup, describe, prepare
 
 #: Progress callbacks (database row, Celery events) fire at most this often, and at every validation.
 PROGRESS_INTERVAL_S = 2.0
-#: Smoothing of the soft Dice loss (MONAI's default order of magnitude): an empty target and prediction score 0.
-DICE_SMOOTH = 1e-5
-
 __all__ = ["TrainError", "TrainResult", "sam_loss", "train"]
 
 
@@ -53,24 +50,6 @@ class TrainResult:
     out_url: str
     best_url: str
     metrics: dict[str, Any]
-
-
-def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, iou_weight: float) -> torch.Tensor:
-    """``logits``: ``(P, 3, h, w)`` candidate mask logits; ``iou_pred``: ``(P, 3)``; ``target``: ``(P, h, w)`` in
-    [0, 1]. Mean over prompts of the best candidate's Dice + BCE, plus ``iou_weight`` x MSE of the IoU head."""
-    t = target[:, None].expand_as(logits)
-    prob = logits.sigmoid()
-    inter = (prob * t).sum((-1, -2))
-    dice_loss = 1.0 - (2.0 * inter + DICE_SMOOTH) / (prob.sum((-1, -2)) + t.sum((-1, -2)) + DICE_SMOOTH)
-    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none").mean((-1, -2))
-    mask_loss = (dice_loss + bce).min(dim=1).values.mean()
-    if iou_weight == 0:
-        return mask_loss
-    with torch.no_grad():
-        pred, truth = logits > 0, t > 0.5
-        union = (pred | truth).sum((-1, -2)).float()
-        true_iou = torch.where(union > 0, (pred & truth).sum((-1, -2)).float() / union.clamp(min=1), 1.0)
-    return mask_loss + iou_weight * F.mse_loss(iou_pred, true_iou)
 
 
 def train(

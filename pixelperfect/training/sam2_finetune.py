@@ -2,7 +2,7 @@
 
 The same recipe as :mod:`pixelperfect.training.finetune`: image and prompt encoders frozen, the mask decoder
 trained with AdamW, box prompts enlarged by ``0..box_shift`` px per side, the loss of each box the best of the
-three candidates' Dice + BCE plus the IoU-head MSE (``finetune.sam_loss``), validation Dice over every held-out box
+three candidates' Dice + BCE plus the IoU-head MSE (``loss.sam_loss``), validation Dice over every held-out box
 decoded as the pipeline decodes, the best weights kept, early stopping after ``patience`` validations, progress in
 the training's run row. What SAM 2 changes:
 
@@ -204,7 +204,7 @@ class Sam2Trainer:
     # --- steps ---------------------------------------------------------------------------------------------
 
     def step(self, batch: Sequence[TrainImage], rng: np.random.Generator) -> float:
-        from pixelperfect.training.finetune import sam_loss
+        from pixelperfect.training.loss import sam_loss
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
