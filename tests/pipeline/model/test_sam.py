@@ -143,14 +143,20 @@ def _agreement(device: torch.device, n_images: int) -> list[float]:
 #: native time on the project's VM (1.98 s against 0.058 s; AVX2 kernels: 0.50 s), so the check below (~40 s)
 #: would run past pytest's 10-minute limit; where bf16 runs natively or in AVX2 kernels the check runs.
 SCALAR_BF16 = torch.backends.cpu.get_cpu_capability() == "DEFAULT" and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+#: bf16 without native instructions (AVX2 kernels: an AVX2-only CPU, or ONEDNN_MAX_CPU_ISA=AVX2 on this VM) is ~9x
+#: slower: the two-film check took 493 s alone at load 4 under the AVX2 setting (2026-12-07), near pytest's limit,
+#: so there it checks one film (the same prompts per film) under a longer limit.
+NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600 if NATIVE_BF16 else 1200)
 @pytest.mark.skipif(SCALAR_BF16, reason="bf16 here runs in ATen's scalar kernels: ViT-B would take ~30x its 40 s")
 def test_bf16_masks_agree_with_fp32_on_cpu() -> None:
-    """The same bf16 path on a CPU (autocast on the CPU; ~40 s on 2 cores): mean mask IoU >= 0.98."""
-    ious = _agreement(torch.device("cpu"), 2)
-    assert len(ious) >= 6
+    """The same bf16 path on a CPU (autocast on the CPU; ~40 s on 2 cores with native bf16): mean mask IoU >= 0.98."""
+    films = 2 if NATIVE_BF16 else 1
+    ious = _agreement(torch.device("cpu"), films)
+    assert len(ious) >= 3 * films
     assert float(np.mean(ious)) >= 0.98, f"mean IoU bf16 vs fp32 {np.mean(ious):.4f}"
 
 
