@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pixelperfect.pipeline.model.sam2 import tie_positional_embeddings
 from pixelperfect.pipeline.model.sam2_family import sam2_config, sam2_spec
 from pixelperfect.pipeline.model.weights import resolve_device
 from pixelperfect.pipeline.score.overlap import dice
@@ -82,16 +83,6 @@ def random_sam2(model: str, seed: int) -> Any:
         if callable(reset):
             reset()
     return tie_positional_embeddings(net).eval()
-
-
-def tie_positional_embeddings(model: Any) -> Any:
-    """A random ``Sam2Model`` draws the image's and the prompts' random-Fourier matrices separately; in every real
-    checkpoint they are one (Meta's ``pe_layer``), or a box would be encoded in another basis than the image."""
-    with torch.no_grad():
-        model.prompt_encoder.shared_embedding.positional_embedding.copy_(
-            model.shared_image_embedding.positional_embedding
-        )
-    return model
 
 
 def square_boxes(boxes: np.ndarray, original_size: tuple[int, int], side: int) -> np.ndarray:

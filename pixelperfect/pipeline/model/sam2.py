@@ -223,6 +223,17 @@ def load_sam2(model: str, checkpoint: HfCheckpoint | None) -> torch.nn.Module:
     return net.eval()
 
 
+def tie_positional_embeddings(model: Any) -> Any:
+    """A random ``Sam2Model`` draws the image's and the prompts' random-Fourier matrices separately; in every real
+    checkpoint they are one (Meta's ``pe_layer``), or a box would be encoded in another basis than the image.
+    Copies the image's matrix into the prompt encoder's (in place) and returns ``model``."""
+    with torch.no_grad():
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(
+            model.shared_image_embedding.positional_embedding
+        )
+    return model
+
+
 def seeded_sam2(model: str, seed: int) -> torch.nn.Module:
     """``model``'s ``Sam2Model`` with weights drawn by numpy (the same bytes on every CPU) at scales that make
     its outputs depend on the image and the prompt: ``transformers``' own initialiser (normal, std 0.02) gives
@@ -230,7 +241,8 @@ def seeded_sam2(model: str, seed: int) -> torch.nn.Module:
 
     Each tensor has its own ``numpy.random.default_rng([seed, crc32(name)])``; weights of linear and convolution
     layers are uniform with unit output variance (``±sqrt(3 / fan_in)``), biases ``±0.1``, norms one and zero,
-    every other tensor (embeddings, positional and "no memory" tokens) uniform ``±0.5``.
+    every other tensor (embeddings, positional and "no memory" tokens) uniform ``±0.5``; the prompt encoder's
+    positional matrix is then the image's (:func:`tie_positional_embeddings`), as in every real checkpoint.
     """
     import math
     import zlib
@@ -259,4 +271,4 @@ def seeded_sam2(model: str, seed: int) -> torch.nn.Module:
             values = rng.uniform(-0.5, 0.5, shape)
         state[name] = torch.from_numpy(np.array(values, np.float32))
     net.load_state_dict(state, strict=True)
-    return net.eval()
+    return tie_positional_embeddings(net).eval()

@@ -74,6 +74,15 @@ def tiny() -> Sam2Segmenter:
     return Sam2Segmenter(seeded_sam2("sam2_tiny", 7), torch.device("cpu"), name="sam2_tiny", encoder_batch=2)
 
 
+def test_seeded_weights_share_one_positional_matrix_as_real_checkpoints_do(tiny: Sam2Segmenter) -> None:
+    # Meta's one ``pe_layer`` is both transformers matrices in a converted checkpoint; two random ones would encode
+    # the boxes in another basis than the image, a model no real checkpoint is
+    image_pe = tiny.model.shared_image_embedding.positional_embedding
+    assert torch.equal(tiny.model.prompt_encoder.shared_embedding.positional_embedding, image_pe)
+    assert image_pe.std() > 0.2  # drawn (uniform ±0.5), not left at zero
+    assert not torch.equal(seeded_sam2("sam2_tiny", 8).shared_image_embedding.positional_embedding, image_pe)
+
+
 def test_every_name_has_its_architecture_and_hiera_tiny_is_transformers_default() -> None:
     assert tuple(SAM2_MODELS) == SAM2_MODEL_NAMES  # config.py's list (no pipeline import there) is the table's
     # transformers documents Sam2Config() as facebook/sam2.1-hiera-tiny: our figures from Meta's yaml agree
@@ -110,6 +119,7 @@ def test_boxes_with_perturbations_equal_the_processor_and_model_per_box(tiny: Sa
                 best.append(float(p_scores.max()))
                 moved.append(abs(float(p_scores.max()) - float(scores.max())))
             assert record.consistency_std == pytest.approx(float(np.std(best)), abs=ORACLE_ATOL)
+    print(f"largest oracle difference, boxes and their perturbations: {worst:.2e}")
     assert worst <= ORACLE_ATOL
     assert np.median(moved) > 10 * ORACLE_ATOL  # a jitter of a few px moves scores far beyond the tolerance
 
