@@ -104,6 +104,14 @@ class Segmenter(Protocol):
         """``points``: ``(M, P, 2)`` float XY; ``labels``: ``(M, P)`` int, 1 foreground / 0 background."""
 
 
+def check_options(encoder_batch: int, precision: str) -> None:
+    """The options every SAM-family segmenter takes, checked once for all of them (``ValueError`` names the bad one)."""
+    if encoder_batch < 1:
+        raise ValueError(f"encoder_batch must be >= 1, got {encoder_batch}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+
+
 def empty_prediction(height: int, width: int) -> MaskPrediction:
     """No prompts: ``(0, H, W)`` masks and empty score arrays."""
     return MaskPrediction(

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.amg import calculate_stability_score
 
-from pixelperfect.pipeline.model.protocol import STABILITY_OFFSET, MaskPrediction, empty_prediction
+from pixelperfect.pipeline.model.protocol import STABILITY_OFFSET, MaskPrediction, check_options, empty_prediction
 
 
 @dataclass
@@ -68,10 +68,7 @@ class SamSegmenter:
     ) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        if encoder_batch < 1:
-            raise ValueError(f"encoder_batch must be >= 1, got {encoder_batch}")
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        check_options(encoder_batch, precision)
         self.name = name
         self.device = device
         self.sam: Any = sam.to(device).eval()

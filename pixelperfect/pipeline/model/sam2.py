@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from pixelperfect.pipeline.model.hf_checkpoint import HfCheckpoint, check_sam2_checkpoint
-from pixelperfect.pipeline.model.protocol import STABILITY_OFFSET, CheckpointError, MaskPrediction, empty_prediction
+from pixelperfect.pipeline.model.protocol import (
+    STABILITY_OFFSET,
+    CheckpointError,
+    MaskPrediction,
+    check_options,
+    empty_prediction,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # transformers' IMAGENET_DEFAULT_MEAN / _STD: Sam2ImageProcessor's
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,10 +84,7 @@ class Sam2Segmenter:
         compile_encoder: bool = False,
         host_post: bool | None = None,
     ) -> None:
-        if encoder_batch < 1:
-            raise ValueError(f"encoder_batch must be >= 1, got {encoder_batch}")
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        check_options(encoder_batch, precision)
         self.name = name
         self.device = device
         self.model: Any = model.to(device).eval()
