@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from pixelperfect.db import keyed
@@ -31,23 +32,30 @@ def register_images(
     keys: Sequence[str],
     gt_masks: dict[str, str] | None = None,
     unpublished_only: bool = False,
+    published_at: datetime | None = None,
+    unpublished_since: datetime | None = None,
 ) -> tuple[int, list[str]]:
     """Register ``keys`` (at most :data:`MAX_KEYS`) as queued images of run ``run_id``; existing rows are left as
     they are. Returns the number of rows inserted and the keys among ``keys`` that are queued now (new ones and
-    unfinished ones of an earlier submission), in the order of ``keys``, each once. ``unpublished_only``: of the
-    earlier ones only those no message was published for (``Image.published_at`` unset)."""
+    unfinished ones of an earlier submission), in the order of ``keys``, each once.
+
+    ``unpublished_only``: of the earlier ones only those no message was published for: ``published_at`` unset, or
+    (``unpublished_since``, the run's publish checkpoint a crashed producer left) stamped at or after it.
+    ``published_at``: the producer's stamp for the keys it returns, set in the same transaction — the new rows'
+    in the insert itself, the earlier ones' by primary key — so that publishing them costs no second write of each
+    row (issue 24); the caller keeps ``Run.publish_checkpoint`` below the stamps whose messages are not yet out."""
     if len(keys) > MAX_KEYS:
         raise ValueError(f"register at most {MAX_KEYS} keys per call, got {len(keys)}")
     if not keys:
         return 0, []
     gt_masks = gt_masks or {}
     if session.get_bind().dialect.name == "postgresql":
-        new = _insert_postgres(session, run_id, keys, gt_masks)
+        new = _insert_postgres(session, run_id, keys, gt_masks, published_at)
     else:
         now = utcnow()
         rows = [
             {"run_id": run_id, "key": k, "status": ImageStatus.queued.value, "attempts": 0,
-             "gt_mask_key": gt_masks.get(k), "created_at": now}
+             "gt_mask_key": gt_masks.get(k), "created_at": now, "published_at": published_at}
             for k in dict.fromkeys(keys)
         ]  # fmt: skip
         stmt = dialect_insert(session, Image).on_conflict_do_nothing(index_elements=["run_id", "key"])
@@ -56,16 +64,29 @@ def register_images(
     queued = set(new)
     old = [k for k in dict.fromkeys(keys) if k not in new]
     if old:  # a resumed run: which of the keys registered before are still unfinished (one index lookup each)
-        stmt = select(Image.key).where(
+        stmt = select(Image.id, Image.key).where(
             keyed.by_keys(session, run_id=run_id, keys=old), Image.status == ImageStatus.queued.value
         )
         if unpublished_only:
-            stmt = stmt.where(Image.published_at.is_(None))
-        queued.update(session.scalars(stmt))
+            unpublished: Any = Image.published_at.is_(None)
+            if unpublished_since is not None:
+                unpublished = or_(unpublished, Image.published_at >= unpublished_since)
+            stmt = stmt.where(unpublished)
+        resumed = session.execute(stmt).all()
+        queued.update(k for _, k in resumed)
+        if published_at is not None and resumed:
+            session.execute(
+                update(Image)
+                .where(keyed.by_ids(session, Image.id, [int(i) for i, _ in resumed]))
+                .values(published_at=published_at)
+                .execution_options(synchronize_session=False)
+            )
     return len(new), [k for k in dict.fromkeys(keys) if k in queued]
 
 
-def _insert_postgres(session: Session, run_id: int, keys: Sequence[str], gt_masks: dict[str, str]) -> set[str]:
+def _insert_postgres(
+    session: Session, run_id: int, keys: Sequence[str], gt_masks: dict[str, str], published_at: datetime | None
+) -> set[str]:
     """COPY the keys into a temporary table, then one INSERT … SELECT; returns the keys inserted."""
     conn = session.connection().connection.driver_connection  # psycopg 3, inside the session's transaction
     with conn.cursor() as cur:  # type: ignore[union-attr]
@@ -76,10 +97,10 @@ def _insert_postgres(session: Session, run_id: int, keys: Sequence[str], gt_mask
             for key in keys:
                 copy.write_row((key, gt_masks.get(key)))
         cur.execute(
-            "INSERT INTO images (run_id, key, status, attempts, gt_mask_key, created_at) "
-            "SELECT %s, key, %s, 0, gt_mask_key, %s FROM pp_register "
+            "INSERT INTO images (run_id, key, status, attempts, gt_mask_key, created_at, published_at) "
+            "SELECT %s, key, %s, 0, gt_mask_key, %s, %s FROM pp_register "
             "ON CONFLICT (run_id, key) DO NOTHING RETURNING key",
-            (run_id, ImageStatus.queued.value, utcnow()),
+            (run_id, ImageStatus.queued.value, utcnow(), published_at),
         )
         return {row[0] for row in cur.fetchall()}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
@@ -266,6 +266,28 @@ def mark_published(session: Session, *, run_id: int, keys: Sequence[str]) -> Non
         )
 
 
+def open_publishing(session: Session, *, run_id: int, at: datetime) -> datetime | None:
+    """A producer starts publishing run ``run_id`` at ``at``, stamping ``published_at`` as it registers images:
+    the run's publish checkpoint becomes ``at`` unless a producer that did not finish left an earlier one (its
+    stamps from then on may lack their messages: this producer publishes them again). Returns that earlier
+    checkpoint, or None."""
+    left = session.scalar(select(Run.publish_checkpoint).where(Run.id == run_id).with_for_update())
+    if left is None:
+        session.execute(update(Run).where(Run.id == run_id).values(publish_checkpoint=at))
+    return None if left is None else _aware(left)
+
+
+def _aware(at: datetime) -> datetime:
+    """``at`` as UTC (SQLite hands ``DateTime(timezone=True)`` back naive, in the UTC it was written in)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+
+
+def set_publish_checkpoint(session: Session, *, run_id: int, at: datetime | None) -> None:
+    """Every image of run ``run_id`` stamped before ``at`` has its message in the broker (None: every stamped
+    image has; the producer finished)."""
+    session.execute(update(Run).where(Run.id == run_id).values(publish_checkpoint=at))
+
+
 def orphan_candidates(session: Session, *, published_before: datetime, limit: int) -> list[tuple[int, int, str]]:
     """``(image id, run id, key)`` of queued images of active segmentation runs that were published before
     ``published_before`` and hold no live lease: images whose message may have been lost (the caller rules out
@@ -273,17 +295,21 @@ def orphan_candidates(session: Session, *, published_before: datetime, limit: in
 
     One query per active run (there are few), each on ``(run_id, status)`` of ``ix_images_run_status_progress``:
     a join ordered by run would let the planner walk every image of every run in index order (SQLite does)."""
-    run_ids = session.scalars(
-        select(Run.id).where(Run.state == RunState.active.value, Run.kind == "segment").order_by(Run.id)
+    runs = session.execute(
+        select(Run.id, Run.publish_checkpoint)
+        .where(Run.state == RunState.active.value, Run.kind == "segment")
+        .order_by(Run.id)
     ).all()
     out: list[tuple[int, int, str]] = []
-    for run_id in run_ids:
+    for run_id, checkpoint in runs:
         if len(out) >= limit:
             break
+        # a producer still publishing: its stamps from its checkpoint on may precede their messages
+        before = published_before if checkpoint is None else min(published_before, _aware(checkpoint))
         rows = session.execute(
             select(Image.id, Image.key)
             .where(Image.run_id == run_id, Image.status == ImageStatus.queued.value)
-            .where(Image.published_at < published_before, _free(utcnow()))
+            .where(Image.published_at < before, _free(utcnow()))
             .order_by(Image.id)
             .limit(limit - len(out))
         ).all()

@@ -73,6 +73,10 @@ class Run(Base):
     # the secret of export --deidentify's pseudonyms, drawn at the first such export (migration 0009)
     deid_salt: Mapped[str | None] = mapped_column(String(64))
     state_reason: Mapped[str | None] = mapped_column(Text)  # why it paused itself (None while active)
+    # While a producer publishes (migration 0011): every image of the run whose published_at is before this time
+    # has its message in the broker; stamps from this time on may not yet (the producer stamps at registration).
+    # None: every stamp is backed by a message. The sweep and a re-submit read it; see producer/enqueue.py.
+    publish_checkpoint: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     images: Mapped[list[Image]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
@@ -108,7 +112,8 @@ class Image(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Leases (worker/leases.py): the message (Celery task id) whose batch holds the image, the worker process,
     # and until when; a lease past its expiry belongs to nobody. published_at: a message naming the image was
-    # handed to the broker (a re-submit publishes only images without one).
+    # handed to the broker (a re-submit publishes only images without one), or, from the producer, is about to
+    # be: it stamps at registration, and Run.publish_checkpoint says up to when the stamps are backed.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_worker: Mapped[str | None] = mapped_column(String(255))
     lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

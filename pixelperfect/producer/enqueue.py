@@ -19,13 +19,14 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from pixelperfect.broker.names import GPU_QUEUE
 from pixelperfect.config import MODEL_NAMES, RANDOM_BY_DEFAULT, RANDOM_CHECKPOINT, SAM2_MODEL_NAMES, Settings
 from pixelperfect.db import bulk, control, keyed, repo
 from pixelperfect.db.migrate import upgrade
-from pixelperfect.db.models import RunState
+from pixelperfect.db.models import RunState, utcnow
 from pixelperfect.db.session import session_scope
 from pixelperfect.inputs.annotations import match_to_keys, stem
 from pixelperfect.inputs.sources import absolute_url
@@ -343,20 +344,24 @@ def submit(
         run_id = run.id
         resumed = _resume(session, run) + _version_change(session, run, req.allow_version_change)
 
-    sink = _Sink(run_id, req.run, settings, on_progress, run_batches) if execute else None
+    sink = _Sink(run_id, req.run, settings, on_progress, run_batches, stamp=False) if execute else None
+    publishing = sink is not None and sink.publisher is not None
+    checkpoint = _Checkpoint(settings, run_id) if publishing else None
     batcher = Batcher(batch_size)
     images = new = pending = batches = annotated = analyzed = 0
     stopped = False
     try:
         for chunk in chunks:
             gt = {k: masks[stem(k)] for k in chunk if stem(k) in masks} if masks else {}
+            stamp = utcnow() if checkpoint is not None else None
             with session_scope(settings.database_url) as session:  # one transaction per chunk
                 if control.run_state(session, run_id=run_id) != RunState.active.value:
                     stopped = True  # `pixelperfect cancel` (or delete) while we were publishing: stop here
                     break
                 inserted, queued = bulk.register_images(
-                    session, run_id=run_id, keys=chunk, gt_masks=gt, unpublished_only=not req.republish
-                )
+                    session, run_id=run_id, keys=chunk, gt_masks=gt, unpublished_only=not req.republish,
+                    published_at=stamp, unpublished_since=checkpoint.left if checkpoint is not None else None,
+                )  # fmt: skip
                 if boxes is not None:
                     matched = boxes.match(chunk)
                     repo.add_annotations(session, run_id=run_id, boxes=matched)
@@ -374,10 +379,14 @@ def submit(
             batches += len(ready)
             if sink is not None:
                 sink.send(ready, known_images=pending, known_batches=batches)
+            if checkpoint is not None and stamp is not None:
+                checkpoint.sent(stamp, queued=len(queued), held=batcher.held)
         rest = [] if stopped else batcher.flush()
         batches += len(rest)
         if sink is not None:
             sink.send(rest, known_images=pending, known_batches=batches)
+        if checkpoint is not None and not stopped:
+            checkpoint.done()
     finally:
         if sink is not None:
             sink.close()
@@ -388,6 +397,42 @@ def submit(
     if stopped:
         log.warning("run %s was cancelled or paused while it was being submitted: publishing stopped", req.run)
     return SubmitResult(run_id, req.run, created, images, new, pending, batches, annotated, resumed, stopped)
+
+
+class _Checkpoint:
+    """The run's publish checkpoint while this producer publishes (issue 24). The producer stamps ``published_at``
+    when it registers a chunk, in the insert itself (one write per image; stamping after each publish was a second
+    UPDATE of every row, a third of P5's time), so a stamp may precede its message by the time the chunk takes to
+    publish, or longer while backpressure holds it. ``Run.publish_checkpoint`` says which stamps are backed: those
+    before it. After each chunk is sent it moves up to the stamp of the oldest chunk whose keys the batcher still
+    holds (a short last batch waits for the next chunk), or to now when it holds none; at the end it is cleared.
+    The orphan sweep looks only below it; a producer that dies leaves it where it was, and the next ``submit``
+    publishes again the queued images stamped from it on (a message at most sent twice: the fence and the lease
+    let one execution write an image)."""
+
+    def __init__(self, settings: Settings, run_id: int) -> None:
+        self.settings, self.run_id = settings, run_id
+        with session_scope(settings.database_url) as session:
+            #: the checkpoint a producer that did not finish left: stamps from it on may lack their message
+            self.left = control.open_publishing(session, run_id=run_id, at=utcnow())
+        self.held_since: datetime | None = None
+
+    def sent(self, stamp: datetime, *, queued: int, held: int) -> None:
+        """A chunk stamped ``stamp`` with ``queued`` keys to publish was sent; the batcher holds ``held`` keys."""
+        if held == 0:
+            self.held_since = None
+        elif held <= queued:
+            self.held_since = stamp  # the held keys are this chunk's: every earlier chunk is out
+        at = self.held_since or utcnow()
+        self._set(at if self.left is None else min(at, self.left))
+
+    def done(self) -> None:
+        """Everything registered is published: every stamp of the run is backed."""
+        self._set(None)
+
+    def _set(self, at: datetime | None) -> None:
+        with session_scope(self.settings.database_url) as session:
+            control.set_publish_checkpoint(session, run_id=self.run_id, at=at)
 
 
 def _analyze(settings: Settings) -> None:
@@ -453,8 +498,11 @@ class _Sink:
         settings: Settings,
         on_progress: Callable[[int, int], None] | None,
         run_batches: BatchRunner | None = None,
+        *,
+        stamp: bool = True,
     ) -> None:
         self.run_id, self.settings, self.on_progress = run_id, settings, on_progress
+        self.stamp = stamp  # False: the caller stamped at registration (submit; see _Checkpoint)
         self.run_batches = run_batches
         self.done = 0
         self.publisher: Publisher | None = None
@@ -476,7 +524,8 @@ class _Sink:
             for start in range(0, len(batches), PUBLISH_CHUNK):  # each group noted in SQL once it is in the broker
                 group = batches[start : start + PUBLISH_CHUNK]
                 self.publisher.publish(group)
-                self._stamp([k for b in group for k in b])
+                if self.stamp:
+                    self._stamp([k for b in group for k in b])
             self.done = self.publisher.published
             if report and batches:
                 report(self.done, known_batches)

@@ -86,6 +86,11 @@ class Batcher:
         full, self._pending = self._pending[:cut], self._pending[cut:]
         return [full[i : i + self.size] for i in range(0, cut, self.size)]
 
+    @property
+    def held(self) -> int:
+        """Keys waiting for a full batch."""
+        return len(self._pending)
+
     def flush(self) -> list[list[str]]:
         rest, self._pending = self._pending, []
         return [rest] if rest else []
