@@ -202,3 +202,64 @@ def test_finding_12_cfind_answers_without_their_uids() -> None:
     raw = struct.pack("<HHI", 0x0008, 0x0060, 2) + b"DX"  # Modality, implicit VR
     assert _answer_matches(read_dataset(io.BytesIO(raw), True, True), {"Modality": "D*"})
     assert not _answer_matches(read_dataset(io.BytesIO(raw), True, True), {"Modality": "CR"})
+
+
+def _lossless_jpeg_film(strip_huffman_tables: bool) -> bytes:
+    """A 64 × 56 12-bit film in JPEG Lossless SV1 (libjpeg-turbo's own lossless encoder); ``strip_huffman_tables``:
+    its DHT marker overwritten, so the scan refers to tables nobody defined."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    pixels = ((np.arange(64 * 56, dtype=np.uint16).reshape(64, 56) * 7) % 4096).astype(np.uint16)
+    stream = bytes(imagecodecs.jpeg8_encode(pixels, lossless=True, bitspersample=12))
+    if strip_huffman_tables:
+        at = stream.index(b"\xff\xc4")
+        stream = stream[:at] + b"\xff\x01" + stream[at + 2 :]
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import JPEGLosslessSV1, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 64, 56, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_finding_12_lossless_jpeg_without_huffman_tables_fails_without_killing_the_process() -> None:
+    """F12: imagecodecs' liblj92 (``ljpeg_decode``), the fast path's fallback when libjpeg-turbo refused a JPEG
+    Lossless stream, crashed the process (SIGSEGV) on a stream whose Huffman tables were never defined. Run in a
+    child process, so that a crash fails this test instead of ending the session."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tests.fuzz.test_replay import _lossless_jpeg_film, _reason; "
+        "from pixelperfect.pipeline.decode.reader import decode_image; "
+        "assert decode_image(_lossless_jpeg_film(False), 'good.dcm').pixels.shape == (64, 56); "
+        "print(_reason(_lossless_jpeg_film(True)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"the decode died with {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.strip().splitlines()[-1] in DECODE_REASONS
+
+
+def test_finding_13_a_transfer_syntax_that_is_no_uid() -> None:
+    """F13: a meta group whose (0002,0010) comes a second time as SH ("PYDICOM 3.0.2") reached the pixel decoder as
+    a str and raised AttributeError (``.name``) instead of the missing-codec reason."""
+    film = _film()
+    meta_end = film.index(b"\x02\x00\x10\x00UI")
+    value = b"PYDICOM 3.0.2 "
+    twice = struct.pack("<HH", 2, 0x10) + b"SH" + struct.pack("<H", len(value)) + value
+    group_length = struct.unpack("<I", film[140:144])[0]
+    head = film[:140] + struct.pack("<I", group_length + len(twice)) + film[144:]
+    end = meta_end + 8 + struct.unpack("<H", film[meta_end + 6 : meta_end + 8])[0]
+    assert _reason(head[:end] + twice + head[end:]) in DECODE_REASONS

@@ -298,12 +298,6 @@ def _imagecodecs_jpeg(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
     return np.asarray(imagecodecs.jpeg8_decode(stream))
 
 
-def _imagecodecs_ljpeg(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
-    import imagecodecs
-
-    return np.asarray(imagecodecs.ljpeg_decode(stream))
-
-
 def _imagecodecs_jpegls(stream: bytes, info: FrameInfo, r: int) -> np.ndarray:
     import imagecodecs
 
@@ -390,10 +384,9 @@ _JPEG = [
     Codec("opencv", "cv2", _opencv_jpeg, bits=(8,)),
     Codec("pillow", "PIL", _pillow_jpeg, bits=(8,), scales=True),
 ]
-_JPEG_LOSSLESS = [
-    Codec("imagecodecs-jpeg8", "imagecodecs", _imagecodecs_jpeg),
-    Codec("imagecodecs-ljpeg", "imagecodecs", _imagecodecs_ljpeg),
-]
+# libjpeg-turbo only: imagecodecs' liblj92 (ljpeg_decode) was the fallback for streams libjpeg-turbo refuses, and
+# on such streams it reads Huffman tables that were never defined and crashes the process (docs/fuzzing.md F12)
+_JPEG_LOSSLESS = [Codec("imagecodecs-jpeg8", "imagecodecs", _imagecodecs_jpeg)]
 _JPEG_LS = [Codec("imagecodecs-jpegls", "imagecodecs", _imagecodecs_jpegls)]
 _J2K = [
     Codec("pillow-openjpeg", "PIL", _pillow_j2k, scales=True),

@@ -407,8 +407,10 @@ def _ensure_transfer_syntax(ds: Any) -> None:
 def _decode_pixels(ds: Any, key: str, index: int | None) -> np.ndarray:
     from pydicom.pixels import pixel_array
     from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import UID
 
-    syntax = ds.file_meta.TransferSyntaxUID
+    # a UID whatever its VR says: a meta group that encodes (0002,0010) as SH hands back a str (docs/fuzzing.md F13)
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
