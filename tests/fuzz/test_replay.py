@@ -234,8 +234,8 @@ def _lossless_jpeg_film(strip_huffman_tables: bool) -> bytes:
     return out.getvalue()
 
 
-def test_finding_12_lossless_jpeg_without_huffman_tables_fails_without_killing_the_process() -> None:
-    """F12: imagecodecs' liblj92 (``ljpeg_decode``), the fast path's fallback when libjpeg-turbo refused a JPEG
+def test_finding_13_lossless_jpeg_without_huffman_tables_fails_without_killing_the_process() -> None:
+    """F13: imagecodecs' liblj92 (``ljpeg_decode``), the fast path's fallback when libjpeg-turbo refused a JPEG
     Lossless stream, crashed the process (SIGSEGV) on a stream whose Huffman tables were never defined. Run in a
     child process, so that a crash fails this test instead of ending the session."""
     import subprocess
@@ -252,8 +252,8 @@ def test_finding_12_lossless_jpeg_without_huffman_tables_fails_without_killing_t
     assert proc.stdout.strip().splitlines()[-1] in DECODE_REASONS
 
 
-def test_finding_13_a_transfer_syntax_that_is_no_uid() -> None:
-    """F13: a meta group whose (0002,0010) comes a second time as SH ("PYDICOM 3.0.2") reached the pixel decoder as
+def test_finding_14_a_transfer_syntax_that_is_no_uid() -> None:
+    """F14: a meta group whose (0002,0010) comes a second time as SH ("PYDICOM 3.0.2") reached the pixel decoder as
     a str and raised AttributeError (``.name``) instead of the missing-codec reason."""
     film = _film()
     meta_end = film.index(b"\x02\x00\x10\x00UI")

@@ -385,7 +385,7 @@ _JPEG = [
     Codec("pillow", "PIL", _pillow_jpeg, bits=(8,), scales=True),
 ]
 # libjpeg-turbo only: imagecodecs' liblj92 (ljpeg_decode) was the fallback for streams libjpeg-turbo refuses, and
-# on such streams it reads Huffman tables that were never defined and crashes the process (docs/fuzzing.md F12)
+# on such streams it reads Huffman tables that were never defined and crashes the process (docs/fuzzing.md F13)
 _JPEG_LOSSLESS = [Codec("imagecodecs-jpeg8", "imagecodecs", _imagecodecs_jpeg)]
 _JPEG_LS = [Codec("imagecodecs-jpegls", "imagecodecs", _imagecodecs_jpegls)]
 _J2K = [

@@ -409,7 +409,7 @@ def _decode_pixels(ds: Any, key: str, index: int | None) -> np.ndarray:
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.uid import UID
 
-    # a UID whatever its VR says: a meta group that encodes (0002,0010) as SH hands back a str (docs/fuzzing.md F13)
+    # a UID whatever its VR says: a meta group that encodes (0002,0010) as SH hands back a str (docs/fuzzing.md F14)
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
     try:
         decoder = get_decoder(syntax)
