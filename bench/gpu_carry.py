@@ -69,8 +69,10 @@ def read_list(path: Path = WHEELS_LIST) -> list[tuple[str, str, str]]:
         if not line:
             continue
         fields = line.split()
-        if len(fields) != 2 or "==" not in fields[1] or (fields[0] != "all" and fields[0] not in PARTS):
-            raise ValueError(f"{path.name}:{number}: expected 'PART NAME==VERSION', PART 'all' or one of {PARTS}")
+        parts = fields[0].split(",") if fields else []
+        if len(fields) != 2 or "==" not in fields[1] or not all(p == "all" or p in PARTS for p in parts):
+            raise ValueError(f"{path.name}:{number}: expected 'PART[,PART] NAME==VERSION', PART 'all' or one of "
+                             f"{PARTS}")  # fmt: skip
         name, version = fields[1].split("==", 1)
         rows.append((fields[0], normalize(name), version))
     return rows
@@ -78,7 +80,11 @@ def read_list(path: Path = WHEELS_LIST) -> list[tuple[str, str, str]]:
 
 def carried(parts: Collection[str] | None = None, path: Path = WHEELS_LIST) -> dict[str, str]:
     """Normalized name -> pinned version of what the given parts need carried (``None``: every part)."""
-    return {name: version for part, name, version in read_list(path) if parts is None or part in ("all", *parts)}
+    return {
+        name: version
+        for part, name, version in read_list(path)
+        if parts is None or any(p in ("all", *parts) for p in part.split(","))
+    }
 
 
 def image_packages(path: Path = IMAGE_LIST) -> set[str]:

@@ -26,7 +26,7 @@ import gpu_carry  # noqa: E402
 
 #: The scripts of the GPU parts and the plan: every import in them, inside functions too, runs on the lent machine
 #: (``common``'s module-level imports come with it; its functions for the CPU benchmarks' services do not).
-GPU_SCRIPTS = ("gpu_bench.py", "gpu_decode.py", "gpu_parts.py", "gpu_carry.py")
+GPU_SCRIPTS = ("gpu_bench.py", "gpu_decode.py", "gpu_parts.py", "gpu_carry.py", "gpu_sam2.py", "gpu_sam3.py")
 #: What the issue names as never imported by the GPU path (modules of boto3, Celery, highdicom, imagecodecs,
 #: dicomweb-client), beside the general rule that everything imported is in the image or carried.
 NEVER = ("boto3", "botocore", "celery", "kombu", "highdicom", "imagecodecs", "dicomweb_client")
@@ -114,8 +114,13 @@ def test_carried_list_parses_and_carries_only_what_the_image_lacks() -> None:
     assert len(names) == len(set(names)), "one version of each"
     image = gpu_carry.image_packages()
     assert {"torch", "numpy", "opencv-python-headless", "pillow", "scipy"} <= image
-    # typing-extensions is the one exception: the image's version was never read and pydantic needs a recent one
-    assert [n for n in names if n in image] == ["typing-extensions"]
+    # the exceptions, carried although the image has them: typing-extensions (the image's version was never read and
+    # pydantic needs a recent one) and, for the SAM 2 / SAM 3 parts, transformers (the image's 5.17.0 is older than
+    # MIN_TRANSFORMERS) with the newer hub, tokenizers and safetensors it declares
+    sam_stack = ["transformers", "huggingface-hub", "tokenizers", "safetensors"]
+    assert sorted(n for n in names if n in image) == sorted(["typing-extensions", *sam_stack])
+    assert set(sam_stack) <= set(gpu_carry.carried(["sam2"])) and set(sam_stack) <= set(gpu_carry.carried(["sam3"]))
+    assert not set(sam_stack) & set(gpu_carry.carried(["p6", "decode"]))
     assert {"segment-anything", "sqlalchemy", "pydantic-settings"} <= set(gpu_carry.carried(["p6"]))
     assert "pydicom" not in gpu_carry.carried(["p6"]) and "pydicom" in gpu_carry.carried(["decode"])
     lines = (BENCH / "gpu-rehearsal.txt").read_text().splitlines()
