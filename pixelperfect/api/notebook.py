@@ -63,8 +63,9 @@ def submit(
     once the run is published (``wait=False``) or once no image is queued (``wait=True``, a progress bar with
     ``progress``). ``dry_run``: return the :class:`~pixelperfect.producer.dryrun.Plan` and change nothing.
     ``options``: the rest of ``submit``'s options by their Python names (``output``, ``stow_to``, ``filters``,
-    ``nsd_tolerance``, ``points_per_side``, ``allow_version_change``, ...). Raises ``SubmitError`` (a
-    ``ValueError``) for a submission that cannot run."""
+    ``nsd_tolerance``, ``points_per_side``, ``allow_version_change``, ...). ``broker_url=""`` runs embedded even
+    where ``PIXELPERFECT_BROKER_URL`` is set. Raises ``SubmitError`` (a ``ValueError``) for a submission that cannot
+    run."""
     from pixelperfect.embedded import submit as do_submit
     from pixelperfect.producer.request import submit_request
 

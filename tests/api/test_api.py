@@ -60,6 +60,20 @@ def test_explicit_arguments_override_the_environment(api_db: dict[str, Any], mon
     assert len(pp.runs(database_url=api_db["urls"]["database_url"])) == 2
 
 
+def test_an_empty_broker_url_runs_embedded_whatever_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``broker_url=""`` forces the embedded path (``None`` means: as the environment says)."""
+    from pixelperfect.api.notebook import resolve_settings
+    from pixelperfect.config import use_settings
+
+    monkeypatch.setenv("PIXELPERFECT_BROKER_URL", "redis://127.0.0.1:1/0")
+    use_settings(None)
+    try:
+        assert not resolve_settings().embedded
+        assert resolve_settings(broker_url="").embedded
+    finally:
+        use_settings(None)
+
+
 def test_segments_frame_has_categoricals_float32_and_matches_the_database(api_db: dict[str, Any]) -> None:
     import sqlite3
 
