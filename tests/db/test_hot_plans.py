@@ -75,8 +75,15 @@ CASES = [
         frozenset(KEYS),
     ),
     Case(
-        "registration, resumed keys",
-        lambda s, r: bulk.register_images(s, run_id=r.run_id, keys=_keys(40_001, 50_001), unpublished_only=True),
+        "registration, resumed keys (found by key, stamped by id)",
+        lambda s, r: bulk.register_images(
+            s,
+            run_id=r.run_id,
+            keys=_keys(40_001, 50_001),
+            unpublished_only=True,
+            published_at=utcnow(),
+            unpublished_since=utcnow() - timedelta(days=3650),  # every stamp of the fixture: all resumed, restamped
+        ),
         frozenset(KEYS),
     ),
     Case(
