@@ -263,3 +263,12 @@ def test_finding_14_a_transfer_syntax_that_is_no_uid() -> None:
     head = film[:140] + struct.pack("<I", group_length + len(twice)) + film[144:]
     end = meta_end + 8 + struct.unpack("<H", film[meta_end + 6 : meta_end + 8])[0]
     assert _reason(head[:end] + twice + head[end:]) in DECODE_REASONS
+
+
+def test_finding_15_a_binary_attribute_whose_length_is_no_multiple_of_its_size() -> None:
+    """F15: PixelRepresentation written with VR UL in 2 bytes: pydicom's ``BytesLengthException`` (no ValueError)
+    escaped ``check_dataset`` on first access."""
+    film = _film()
+    element = struct.pack("<HH", 0x0028, 0x0103) + b"US"
+    assert film.count(element) == 1
+    assert _reason(film.replace(element, struct.pack("<HH", 0x0028, 0x0103) + b"UL")) == "bad_attribute"

@@ -302,13 +302,17 @@ def check_dataset(ds: Any, key: str, *, max_pixels: int, frame: int | None, colo
 def _integer(ds: Any, keyword: str, default: int, key: str) -> int:
     """An image pixel attribute as one integer (``default`` when absent or empty). ``bad_attribute`` for a value
     that is none: several values (``1\\2``), text (an IS of ``"abc"``), infinity, or one below 0 or over 2**32."""
+    from pydicom.errors import BytesLengthException
+
     value: Any = "(unconvertible)"
     try:  # pydicom converts the value when it is first read: an IS of "inf" fails there
         value = ds.get(keyword, None)
         if value is None or value == "":
             return default
         number = int(value)
-    except (TypeError, ValueError, OverflowError, NotImplementedError):  # NotImplementedError: an unknown VR
+    # NotImplementedError: an unknown VR; BytesLengthException: a binary VR whose length is no multiple of its size
+    # (a US attribute written as UL in 2 bytes, docs/fuzzing.md F15)
+    except (TypeError, ValueError, OverflowError, NotImplementedError, BytesLengthException):
         raise CorruptImageError(key, "bad_attribute", f"{keyword} is no single integer: {str(value)[:40]!r}") from None
     if not 0 <= number < 2**32:
         raise CorruptImageError(key, "bad_attribute", f"{keyword} = {number} is out of range")
@@ -462,11 +466,13 @@ def _to_luminance(arr: np.ndarray, ds: Any, photometric: str, key: str) -> np.nd
 def _decimal(ds: Any, keyword: str, default: float, key: str) -> float:
     """A DS attribute as one number (``default`` when absent or empty); ``bad_attribute`` when it is none,
     ``nan_pixels`` when it is NaN or infinite."""
+    from pydicom.errors import BytesLengthException
+
     value: Any = "(unconvertible)"
     try:
         value = ds.get(keyword, None)
         number = default if value is None or value == "" else float(value)
-    except (TypeError, ValueError, OverflowError, NotImplementedError):
+    except (TypeError, ValueError, OverflowError, NotImplementedError, BytesLengthException):
         raise CorruptImageError(key, "bad_attribute", f"{keyword} is no single number: {str(value)[:40]!r}") from None
     if not np.isfinite(number):  # as the modality LUT's check names it
         raise CorruptImageError(key, "nan_pixels", f"{keyword} = {number} is not finite")

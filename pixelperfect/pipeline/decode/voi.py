@@ -140,9 +140,11 @@ def _identity(ds: Any, window_index: int) -> bool:
     if ds.get("VOILUTSequence") or ds.get("ModalityLUTSequence") or _window(ds, window_index) is not None:
         return False
     if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        from pydicom.errors import BytesLengthException
+
         try:
             return float(ds.RescaleSlope) == 1.0 and float(ds.RescaleIntercept) == 0.0
-        except (TypeError, ValueError):  # an unreadable rescale: the general path reports it
+        except (TypeError, ValueError, BytesLengthException):  # an unreadable rescale: the general path reports it
             return False
     return True
 
