@@ -219,9 +219,13 @@ def _wildcard(pattern: str) -> re.Pattern[str]:
 def answer_uid(answer: Any, keyword: str) -> str | None:
     """A UID of a C-FIND answer, ``None`` when the archive left it out, empty or unreadable (an element of an unknown
     VR, several values): the answer is then skipped, as QIDO-RS items without their UIDs are."""
+    from pydicom.errors import BytesLengthException
+
     try:
         value = answer.get(keyword)
-    except (NotImplementedError, ValueError, TypeError):  # pydicom converts the raw value on first access
+    # pydicom converts the raw value on first access; BytesLengthException: the UID came with a binary VR of the
+    # wrong length (an explicit-VR answer, docs/fuzzing.md F16)
+    except (NotImplementedError, ValueError, TypeError, BytesLengthException):
         return None
     if value is None or not isinstance(value, str):
         return None
@@ -234,6 +238,7 @@ def _answer_matches(answer: Any, combo: Mapping[str, str]) -> bool:
     an answer without the attribute does not match, as an instance without it would not. Dates, times and
     person names stay the archive's to match."""
     from pydicom.datadict import dictionary_VR
+    from pydicom.errors import BytesLengthException
     from pydicom.multival import MultiValue
 
     for keyword, pattern in combo.items():
@@ -241,7 +246,7 @@ def _answer_matches(answer: Any, combo: Mapping[str, str]) -> bool:
             continue
         try:
             value = answer.get(keyword)
-        except (NotImplementedError, ValueError, TypeError):  # an unreadable value matches nothing
+        except (NotImplementedError, ValueError, TypeError, BytesLengthException):  # unreadable: matches nothing
             return False
         values = [str(v) for v in (value if isinstance(value, MultiValue) else [value]) if v not in (None, "")]
         if not any(_wildcard(pattern).fullmatch(v) for v in values):

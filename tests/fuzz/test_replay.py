@@ -272,3 +272,19 @@ def test_finding_15_a_binary_attribute_whose_length_is_no_multiple_of_its_size()
     element = struct.pack("<HH", 0x0028, 0x0103) + b"US"
     assert film.count(element) == 1
     assert _reason(film.replace(element, struct.pack("<HH", 0x0028, 0x0103) + b"UL")) == "bad_attribute"
+
+
+def test_finding_16_a_cfind_answer_whose_uid_has_a_binary_vr() -> None:
+    """F16: an explicit-VR C-FIND answer holding SOPInstanceUID (or a filtered attribute) as US of 3 bytes: pydicom's
+    ``BytesLengthException`` escaped the DIMSE listing; the answer is now skipped, and matches no filter."""
+    import io
+
+    from pydicom.filereader import read_dataset
+
+    from pixelperfect.storage.dimse import _answer_matches, answer_uid
+
+    for tag, keyword in ((0x00080018, "SOPInstanceUID"), (0x00080060, "Modality")):
+        raw = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"US" + struct.pack("<H", 3) + b"1.2"
+        answer = read_dataset(io.BytesIO(raw), False, True)
+        assert answer_uid(answer, keyword) is None
+        assert not _answer_matches(read_dataset(io.BytesIO(raw), False, True), {keyword: "*"})
