@@ -193,7 +193,7 @@ class Run:
         """
         import pandas as pd
 
-        from pixelperfect.db.frames import DEFAULT_COLUMNS, PROMPT_KINDS, SEGMENT_COLUMNS, image_keys, segment_columns
+        from pixelperfect.db.frames import DEFAULT_COLUMNS, PROMPT_KINDS, SEGMENT_COLUMNS, image_keys, variant_columns
         from pixelperfect.db.session import session_scope
 
         wanted = list(columns) if columns is not None else ["run", *DEFAULT_COLUMNS]
@@ -206,15 +206,9 @@ class Run:
         variants = [variant] if variant is not None else self.variants
         for v in variants:
             self._check_variant(v)
-        parts: dict[str, list[np.ndarray]] = {}
-        lengths: list[int] = []
         with session_scope(self.settings.database_url) as session:
             ids, keys = image_keys(session, run_id=self.id) if "key" in wanted else (np.zeros(0, np.int64), None)
-            for v in variants:
-                cols = segment_columns(session, run_id=self.id, variant=v, columns=wanted, ranges=where)
-                lengths.append(len(cols["image_id"]))
-                for name, arr in cols.items():
-                    parts.setdefault(name, []).append(arr)
+            cols, lengths = variant_columns(session, run_id=self.id, variants=variants, columns=wanted, ranges=where)
         n = sum(lengths)
         data: dict[str, Any] = {}
         for name in wanted:
@@ -224,18 +218,18 @@ class Run:
                 codes = np.repeat(np.arange(len(variants), dtype=np.int16), lengths)
                 data[name] = pd.Categorical.from_codes(codes, categories=variants)
             elif name == "key":
-                image_id = np.concatenate(parts["image_id"]) if n else np.zeros(0, np.int64)
+                image_id = cols["image_id"] if n else np.zeros(0, np.int64)
                 data[name] = pd.Categorical.from_codes(np.searchsorted(ids, image_id).astype(np.int32), categories=keys)
             elif name == "prompt_kind":
-                codes = np.concatenate(parts["prompt_kind"]) if n else np.zeros(0, np.int8)
+                codes = cols["prompt_kind"] if n else np.zeros(0, np.int8)
                 data[name] = pd.Categorical.from_codes(codes, categories=list(PROMPT_KINDS))
             else:
-                values = np.concatenate(parts[name]) if n else np.zeros(0, np.float32)
+                values = cols[name] if n else np.zeros(0, np.float32)
                 if name in ("prompt_index", "area", "chosen"):
                     data[name] = pd.array(values, dtype="Int64") if np.isnan(values).any() else values.astype(np.int64)
                 else:
                     data[name] = values
-        parts.clear()
+        cols.clear()
         df = pd.DataFrame(data, columns=wanted)
         if not as_arrow:
             return df
