@@ -4,13 +4,13 @@ off on images as in ``make bench-quick``).
 
 The assertion that decides is a count, not a time: rows of ``images`` the database read per key (its statistics'
 ``idx_tup_read`` + ``seq_tup_read``), at 200,000 ÷ at 20,000 keys. The producer's statements look each key up a
-bounded number of times (2.00 rows per key at both sizes with the stamp after each group; none since the
-stamp is part of the insert: the unique-index check of ``ON CONFLICT`` is no read in these statistics); issue 24's publish stamp, which read every row of the
-run for each group of keys, gave 8.0 (37.7 vs 4.7 rows per key, bench/RESULTS.md). It is the same on any CPU and
-under any load. keys/s at 200,000 ÷ at 20,000 is asserted only loosely: on the shared 2-core VM it read 1.1-1.5
-with and without the fix (load 13-20), too noisy at this size to tell the two apart. Row writes of ``images`` per key
-(``n_tup_ins + n_tup_upd``) must stay at one: the publish stamp is part of the insert (a stamp after each published
-group wrote every row twice, 65 % of 3b4789a's rate on a quiet machine)."""
+bounded number of times: 2.00 rows per key at both sizes with the stamp after each group, none since the stamp is
+part of the insert (the unique-index check of ``ON CONFLICT`` counts as no read there). Issue 24's publish stamp,
+which read every row of the run for each group of keys, gave 8.0 (37.7 vs 4.7 rows per key, bench/RESULTS.md). It is
+the same on any CPU and under any load. keys/s at 200,000 ÷ at 20,000 is asserted only loosely: on the shared 2-core
+VM it read 1.1-1.5 with and without the fix (load 13-20), too noisy at this size to tell the two apart. Row writes
+of ``images`` per key (``n_tup_ins + n_tup_upd``) must stay at one: the publish stamp is part of the insert (a stamp
+after each published group wrote every row twice, 65 % of 3b4789a's rate on a quiet machine)."""
 
 from __future__ import annotations
 
