@@ -161,7 +161,7 @@ def main() -> int:
     failed: list[str] = []
     results: list[dict[str, object]] = []
     for measure, script, full, quick in BENCHES:
-        if only and measure not in only:
+        if only and measure.upper() not in only:  # P3c as --only p3c or P3C
             continue
         path = HERE / script
         if not path.exists():
